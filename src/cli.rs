@@ -1,0 +1,741 @@
+//! The `paperpost` command line.
+
+use std::{
+    io::{IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use futures_util::TryStreamExt;
+use sqlx::SqlitePool;
+
+use crate::{
+    config::Settings,
+    domain::{
+        Format, MaxPapers, PaperId, SubscriberEmail, SubscriberName, SubscriberSource,
+        SubscriberStatus, TimeZone, Topics,
+    },
+    ingest::{
+        self, InputError,
+        papers::{PaperFormat, Record},
+        subscriber_csv, subscriber_file,
+    },
+    security::Keys,
+    store::{
+        self, StoreError,
+        subscribers::{self as subs, Profile, ProfileChanges},
+    },
+};
+
+/// paperpost mails each day's selected research papers to your subscribers,
+/// as a personalized digest per person.
+///
+/// An editor imports the day's papers (`papers import`), subscribers are managed
+/// with `subscribers ...` or a hand-edited file, and the daemon sends each edition
+/// on schedule. Start with `paperpost demo` to see it work on sample data.
+#[derive(Debug, Parser)]
+#[command(name = "paperpost", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// A configuration file layered over the built-in defaults (see config/default.toml).
+    #[arg(long, global = true, env = "PAPERPOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Try paperpost on sample data: creates the database, imports the bundled
+    /// sample papers and sample subscribers, and shows the result.
+    Demo,
+    /// Create the database or bring its schema up to date (also done on every start).
+    Migrate,
+    /// Check the configuration and print the effective settings (secrets hidden).
+    Config,
+    /// Add, edit, remove, list, import, export and sync subscribers.
+    #[command(subcommand)]
+    Subscribers(SubscribersCmd),
+    /// Import papers and choose each day's selection.
+    #[command(subcommand)]
+    Papers(PapersCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Display name, used in the greeting and the To: header ("" clears it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Topics of interest, separated by commas: papers matching them come first ("" clears them).
+    #[arg(long, value_name = "A,B,...")]
+    pub topics: Option<String>,
+    /// IANA time zone, such as Europe/Berlin.
+    #[arg(long, value_name = "TZ")]
+    pub timezone: Option<String>,
+    /// html (HTML with a plain-text alternative) or text.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// How many papers a digest holds (1 to 50).
+    #[arg(long, value_name = "K")]
+    pub max_papers: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersCmd {
+    /// Add a subscriber (active at once).
+    Add {
+        /// Their email address.
+        email: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Change a subscriber's name, topics, time zone, format or max papers.
+    Edit {
+        email: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Unsubscribe someone, keeping their history; --purge deletes them and their deliveries.
+    Remove {
+        email: String,
+        /// Delete the subscriber and every record of mail sent to them.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// List subscribers, by address.
+    List {
+        /// Only those with this status.
+        #[arg(long, value_enum)]
+        status: Option<SubscriberStatus>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import subscribers from CSV (header email,name,topics,timezone,format,max_papers;
+    /// only email is required; topics separated by ';'). All or nothing.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Write subscribers as CSV in the import's columns (to FILE, or standard output).
+    Export {
+        file: Option<PathBuf>,
+        /// Which subscribers to write.
+        #[arg(long, value_enum, default_value = "active")]
+        status: SubscriberStatus,
+    },
+    /// Apply the subscriber file (subscribers.file, default config/subscribers.toml).
+    Sync {
+        /// Another subscriber file to apply.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Subscribe this address again although they unsubscribed (repeatable).
+        #[arg(long, value_name = "EMAIL")]
+        resubscribe: Vec<String>,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PapersCmd {
+    /// Import papers and make them the selection for their date.
+    Import {
+        /// A daily_papers JSON file, a text file of papers, or a `papers export` file.
+        file: PathBuf,
+        /// The edition date the papers are selected for (default: each record's
+        /// publishedAt date; for text files, today in schedule.timezone).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<NaiveDate>,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: PaperFormat,
+    },
+    /// List the papers selected for a date, or all stored papers.
+    List {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<NaiveDate>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a date's selection by hand: the given paper ids, in this order.
+    Select {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Write a date's selection as JSON (re-importable with `papers import`).
+    Export {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Exit code for configuration errors (EX_CONFIG from sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Parses arguments, loads settings, runs the command, and turns errors into
+/// messages and exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    quiet_on_closed_pipe(&cli.command);
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bad input is shown as `FILE:LINE: reason` on the first line; anything else as `error: ...`.
+fn report_error(e: &anyhow::Error) {
+    if let Some(input) = e.downcast_ref::<InputError>() {
+        eprintln!("{input}");
+        eprintln!("error: nothing was imported or changed");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
+/// What commands share: settings, the database and the link keys.
+pub struct App {
+    pub settings: Settings,
+    pub pool: SqlitePool,
+    pub keys: Keys,
+}
+
+impl App {
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let pool = store::connect(&settings.database).await?;
+        let keys = Keys::load(&settings.security)?;
+        Ok(Self {
+            settings,
+            pool,
+            keys,
+        })
+    }
+
+    fn defaults(&self) -> Profile {
+        let s = &self.settings.subscribers;
+        Profile {
+            name: None,
+            topics: Topics::default(),
+            timezone: s.default_timezone,
+            format: s.default_format,
+            max_papers: s.default_max_papers,
+        }
+    }
+
+    fn today(&self) -> NaiveDate {
+        chrono::Utc::now()
+            .with_timezone(&self.settings.schedule.timezone.0)
+            .date_naive()
+    }
+}
+
+/// Commands whose output is made to be piped (`| head`) exit quietly when the
+/// reader goes away, as Unix tools do, instead of failing on a broken pipe.
+/// Only for commands that open no network connections.
+fn quiet_on_closed_pipe(command: &Command) {
+    let piped = matches!(
+        command,
+        Command::Config
+            | Command::Demo
+            | Command::Subscribers(SubscribersCmd::List { .. } | SubscribersCmd::Export { .. })
+            | Command::Papers(PapersCmd::List { .. } | PapersCmd::Export { .. })
+    );
+    #[cfg(unix)]
+    if piped {
+        // SAFETY: called before any thread is spawned; restores the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Config => {
+            println!("{settings:#?}");
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = store::connect(&settings.database).await?;
+            let applied = store::MIGRATOR.iter().count();
+            pool.close().await;
+            println!(
+                "database {} is up to date ({applied} migrations)",
+                settings.database.path.display()
+            );
+            Ok(())
+        }
+        Command::Demo => demo(&App::open(settings).await?).await,
+        Command::Subscribers(cmd) => subscribers(&App::open(settings).await?, cmd).await,
+        Command::Papers(cmd) => papers(&App::open(settings).await?, cmd).await,
+    }
+}
+
+// ------------------------------------------------------------ subscribers
+
+fn parse_changes(p: ProfileArgs) -> anyhow::Result<ProfileChanges> {
+    Ok(ProfileChanges {
+        name: p
+            .name
+            .as_deref()
+            .map(SubscriberName::parse_optional)
+            .transpose()
+            .context("--name")?,
+        topics: p
+            .topics
+            .as_deref()
+            .map(|t| Topics::parse_separated(t, ','))
+            .transpose()
+            .context("--topics")?,
+        timezone: p
+            .timezone
+            .as_deref()
+            .map(TimeZone::parse)
+            .transpose()
+            .context("--timezone")?,
+        format: p.format,
+        max_papers: p
+            .max_papers
+            .map(MaxPapers::new)
+            .transpose()
+            .context("--max-papers")?,
+    })
+}
+
+fn describe(s: &subs::Subscriber) -> String {
+    let p = &s.profile;
+    let topics = if p.topics.is_empty() {
+        "none".to_string()
+    } else {
+        p.topics.join(", ")
+    };
+    format!(
+        "{}{} ({}; {}, {} papers, {}; topics: {topics})",
+        p.name.as_ref().map(|n| format!("{n} ")).unwrap_or_default(),
+        if p.name.is_some() {
+            format!("<{}>", s.email)
+        } else {
+            s.email.to_string()
+        },
+        s.status.as_str(),
+        p.format.as_str(),
+        p.max_papers.get(),
+        p.timezone,
+    )
+}
+
+async fn subscribers(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    match cmd {
+        SubscribersCmd::Add { email, profile } => {
+            let email = SubscriberEmail::parse(&email)?;
+            let profile = parse_changes(profile)?.apply_to(&ctx.defaults());
+            let mut conn = pool.acquire().await?;
+            if let Some(existing) = subs::find_by_email(&mut conn, email.as_str()).await? {
+                anyhow::bail!(
+                    "{} is already a subscriber ({}); change them with `paperpost subscribers edit`",
+                    existing.email,
+                    existing.status.as_str()
+                );
+            }
+            let s = subs::insert(
+                &mut conn,
+                &ctx.keys,
+                &email,
+                &profile,
+                SubscriberStatus::Active,
+                SubscriberSource::Cli,
+            )
+            .await?;
+            println!("Added {}", describe(&s));
+        }
+        SubscribersCmd::Edit { email, profile } => {
+            let changes = parse_changes(profile)?;
+            if changes.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
+                );
+            }
+            let mut tx = pool.begin().await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            let changed =
+                subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            tx.commit().await?;
+            if changed {
+                println!("Updated {}", describe(&s));
+            } else {
+                println!("No change: {}", describe(&s));
+            }
+        }
+        SubscribersCmd::Remove { email, purge } => {
+            let mut tx = pool.begin().await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            if purge {
+                subs::purge(&mut tx, s.id).await?;
+                tx.commit().await?;
+                println!("Deleted {} and every record of mail sent to them", s.email);
+            } else if s.status == SubscriberStatus::Unsubscribed {
+                println!("{} is already unsubscribed", s.email);
+            } else {
+                subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "cli")
+                    .await?;
+                tx.commit().await?;
+                println!(
+                    "Unsubscribed {}; their history is kept (--purge deletes it)",
+                    s.email
+                );
+            }
+        }
+        SubscribersCmd::List { status, json } => list_subscribers(pool, status, json).await?,
+        SubscribersCmd::Import { file } => {
+            let r = subscriber_csv::import(pool, &ctx.keys, &ctx.defaults(), &file).await?;
+            println!(
+                "Imported {}: {} rows: {} added, {} updated, {} unchanged, {} skipped",
+                file.display(),
+                r.rows,
+                r.added,
+                r.updated,
+                r.unchanged,
+                r.skipped.len()
+            );
+            for s in &r.skipped {
+                let who = match &s.name {
+                    Some(n) => format!("{n} <{}>", s.email),
+                    None => s.email.clone(),
+                };
+                let why = match (s.status.as_str(), s.by.as_deref()) {
+                    ("bounced", _) => "mail to them bounced".to_string(),
+                    (_, Some("link")) => "they unsubscribed by link".to_string(),
+                    (_, Some(by)) => format!("unsubscribed ({by})"),
+                    (st, None) => st.to_string(),
+                };
+                println!("  skipped {who}: {why}; left as is");
+            }
+        }
+        SubscribersCmd::Export { file, status } => match file {
+            Some(path) => {
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let n = subscriber_csv::export(pool, status, std::io::BufWriter::new(f)).await?;
+                println!("Exported {n} subscribers to {}", path.display());
+            }
+            None => {
+                subscriber_csv::export(pool, status, std::io::stdout().lock()).await?;
+            }
+        },
+        SubscribersCmd::Sync {
+            file,
+            resubscribe,
+            dry_run,
+        } => {
+            let path = file.unwrap_or_else(|| ctx.settings.subscribers.file.clone());
+            let entries = subscriber_file::read(&path, &ctx.defaults())?;
+            let resubscribe = resubscribe
+                .iter()
+                .map(|e| SubscriberEmail::parse(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, dry_run).await?;
+            print_sync(&path, &r, dry_run);
+        }
+    }
+    Ok(())
+}
+
+async fn list_subscribers(
+    pool: &SqlitePool,
+    status: Option<SubscriberStatus>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rows = subs::stream(pool, status);
+    let mut n = 0usize;
+    if json {
+        write!(out, "[")?;
+        while let Some(s) = rows.try_next().await? {
+            if n > 0 {
+                write!(out, ",")?;
+            }
+            write!(out, "\n  {}", serde_json::to_string(&s.view())?)?;
+            n += 1;
+        }
+        writeln!(out, "{}]", if n > 0 { "\n" } else { "" })?;
+    } else {
+        writeln!(
+            out,
+            "{:<32} {:<24} {:<12} {:<6} {:>3} {:<20} TOPICS",
+            "EMAIL", "NAME", "STATUS", "FORMAT", "MAX", "TIMEZONE"
+        )?;
+        while let Some(s) = rows.try_next().await? {
+            let p = &s.profile;
+            writeln!(
+                out,
+                "{:<32} {:<24} {:<12} {:<6} {:>3} {:<20} {}",
+                s.email.as_str(),
+                p.name.as_ref().map(SubscriberName::as_str).unwrap_or("-"),
+                s.status.as_str(),
+                p.format.as_str(),
+                p.max_papers.get(),
+                p.timezone.name(),
+                p.topics.join(", ")
+            )?;
+            n += 1;
+        }
+        writeln!(out, "{n} subscriber{}", if n == 1 { "" } else { "s" })?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_sync(path: &Path, r: &subscriber_file::SyncReport, dry_run: bool) {
+    let verb = if dry_run { "would be " } else { "" };
+    println!(
+        "{}{}: {} listed: {} added, {} updated, {} resubscribed, {} unchanged, {} deactivated, {} skipped",
+        if dry_run { "Dry run of " } else { "Synced " },
+        path.display(),
+        r.listed,
+        r.added.len(),
+        r.updated.len(),
+        r.reactivated.len(),
+        r.unchanged,
+        r.deactivated.len(),
+        r.kept_unsubscribed.len() + r.not_managed.len()
+    );
+    for e in &r.added {
+        println!("  {verb}added {e}");
+    }
+    for e in &r.updated {
+        println!("  {verb}updated {e}");
+    }
+    for e in &r.reactivated {
+        println!("  {verb}resubscribed {e}");
+    }
+    for e in &r.deactivated {
+        println!("  {verb}deactivated {e} (no longer in the file)");
+    }
+    for (who, how) in &r.kept_unsubscribed {
+        let email = who.rsplit(['<', '>']).nth(1).unwrap_or(who);
+        println!(
+            "  skipped {who}: {how}; they stay unsubscribed (--resubscribe {email} overrides)"
+        );
+    }
+    for (who, source) in &r.not_managed {
+        println!("  skipped {who}: added by {source}, not managed by the file");
+    }
+    for (email, why) in &r.unused_resubscribe {
+        println!("  note: --resubscribe {email} was not used: {why}");
+    }
+}
+
+// ------------------------------------------------------------ papers
+
+async fn import_papers(
+    ctx: &App,
+    label: &Path,
+    records: Vec<Record>,
+    date: Option<NaiveDate>,
+) -> anyhow::Result<()> {
+    let groups = ingest::papers::by_date(label, &records, date, Some(ctx.today()))?;
+    let r = ingest::papers::store(&ctx.pool, &records, &groups).await?;
+    println!(
+        "Imported {}: {} papers ({} added, {} updated, {} unchanged)",
+        label.display(),
+        records.len(),
+        r.added,
+        r.updated,
+        r.unchanged
+    );
+    for (d, n, changed) in &r.dates {
+        if *changed {
+            println!("Selected {n} papers for {d}");
+        } else {
+            println!("Selection for {d} unchanged ({n} papers)");
+        }
+    }
+    Ok(())
+}
+
+async fn papers(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    match cmd {
+        PapersCmd::Import { file, date, format } => {
+            let records = ingest::papers::read(&file, format)?;
+            let has_dates = records.iter().any(|r| r.date.is_some());
+            if date.is_none() && !has_dates {
+                eprintln!(
+                    "note: the file carries no dates; selecting its papers for today, {}",
+                    ctx.today()
+                );
+            }
+            import_papers(ctx, &file, records, date).await?;
+        }
+        PapersCmd::List { date, json } => {
+            let mut conn = pool.acquire().await?;
+            let papers = match date {
+                Some(d) => store::papers::selection(&mut conn, d).await?,
+                None => store::papers::all(&mut conn).await?,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if json {
+                serde_json::to_writer_pretty(&mut out, &papers)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{:>3} {:<16} {:>7}  TITLE", "#", "ID", "UPVOTES")?;
+                for (i, p) in papers.iter().enumerate() {
+                    writeln!(
+                        out,
+                        "{:>3} {:<16} {:>7}  {}",
+                        i + 1,
+                        p.id.as_str(),
+                        p.upvotes,
+                        p.title
+                    )?;
+                }
+                match date {
+                    Some(d) if papers.is_empty() => writeln!(out, "no papers selected for {d}")?,
+                    Some(d) => writeln!(out, "{} papers selected for {d}", papers.len())?,
+                    None => {
+                        writeln!(out, "{} papers stored", papers.len())?;
+                        for (d, n) in store::papers::selected_dates(&mut conn).await? {
+                            writeln!(out, "  {d}: {n} selected")?;
+                        }
+                    }
+                }
+            }
+            out.flush()?;
+        }
+        PapersCmd::Select { date, ids } => {
+            let ids = ids
+                .iter()
+                .map(|i| PaperId::parse(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tx = pool.begin().await?;
+            let changed = store::papers::replace_selection(&mut tx, date, &ids)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(m) | StoreError::NotFound(m) => anyhow::anyhow!(m),
+                    other => other.into(),
+                })?;
+            tx.commit().await?;
+            if changed {
+                println!("Selected {} papers for {date}", ids.len());
+            } else {
+                println!("Selection for {date} unchanged ({} papers)", ids.len());
+            }
+        }
+        PapersCmd::Export { date, out } => {
+            let mut conn = pool.acquire().await?;
+            let papers = store::papers::selection(&mut conn, date).await?;
+            if papers.is_empty() {
+                anyhow::bail!("no papers selected for {date}");
+            }
+            let export = ingest::papers::Export {
+                date: Some(date),
+                papers,
+            };
+            let json = serde_json::to_string_pretty(&export)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!(
+                        "Exported {} papers for {date} to {}",
+                        export.papers.len(),
+                        path.display()
+                    );
+                }
+                None => std::io::stdout().write_all(json.as_bytes())?,
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ demo
+
+/// The bundled sample: a day of Hugging Face daily papers.
+pub const SAMPLE_PAPERS: &str = include_str!("../samples/daily_papers-2024-03-11.json");
+/// The bundled example subscriber file.
+pub const SAMPLE_SUBSCRIBERS: &str = include_str!("../config/subscribers.example.toml");
+
+async fn demo(ctx: &App) -> anyhow::Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let step = |s: &str| {
+        if tty {
+            println!("\x1b[1m==> {s}\x1b[0m");
+        } else {
+            println!("==> {s}");
+        }
+    };
+    println!(
+        "paperpost demo: database {}",
+        ctx.settings.database.path.display()
+    );
+
+    step("Importing the bundled sample papers (Hugging Face daily_papers JSON)");
+    let label = Path::new("samples/daily_papers-2024-03-11.json");
+    let records =
+        ingest::papers::parse(label, SAMPLE_PAPERS.as_bytes().to_vec(), PaperFormat::Auto)?;
+    import_papers(ctx, label, records, None).await?;
+
+    step("Applying the example subscriber file");
+    let dir = scratch_dir(&ctx.settings)?;
+    let path = dir.join("subscribers.example.toml");
+    std::fs::write(&path, SAMPLE_SUBSCRIBERS)?;
+    let entries = subscriber_file::read(&path, &ctx.defaults())?;
+    let r = subscriber_file::sync(&ctx.pool, &ctx.keys, &entries, &[], false).await?;
+    print_sync(Path::new("config/subscribers.example.toml"), &r, false);
+
+    step("Subscribers");
+    list_subscribers(&ctx.pool, Some(SubscriberStatus::Active), false).await?;
+    step("Papers selected for 2024-03-11");
+    Box::pin(papers(
+        ctx,
+        PapersCmd::List {
+            date: NaiveDate::from_ymd_opt(2024, 3, 11),
+            json: false,
+        },
+    ))
+    .await?;
+    println!();
+    println!("Next: paperpost subscribers add you@example.org --topics llm");
+    Ok(())
+}
+
+/// A scratch folder beside the database.
+fn scratch_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
+    let dir = settings.data_dir().join("tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}

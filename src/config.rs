@@ -1,0 +1,709 @@
+//! Typed, layered settings: the compiled-in `config/default.toml`, then an optional
+//! file (`--config FILE` or `PAPERPOST_CONFIG`), then `PAPERPOST__SECTION__KEY`
+//! environment variables. Every value is parsed into its final type while it is
+//! read, so an unknown key or a bad value stops start-up with the key's name.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::domain::{Format, MaxPapers, ParseError, SubscriberEmail, TimeZone};
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Start-up configuration error: names the key (or the file) and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("cannot read configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub schedule: ScheduleSettings,
+    pub mail: MailSettings,
+    pub http: HttpSettings,
+    pub newsletter: NewsletterSettings,
+    pub subscribers: SubscribersSettings,
+    pub security: SecuritySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    #[serde(deserialize_with = "de::path")]
+    pub path: PathBuf,
+    #[serde(deserialize_with = "de::duration")]
+    pub busy_timeout: Duration,
+    #[serde(deserialize_with = "de::connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub cron: CronExpr,
+    #[serde(deserialize_with = "de::timezone")]
+    pub timezone: TimeZone,
+    #[serde(deserialize_with = "de::duration")]
+    pub catch_up: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub max_edition_age: Duration,
+    pub per_subscriber_timezone: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Smtp,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    #[serde(deserialize_with = "de::mailbox")]
+    pub from: lettre::message::Mailbox,
+    #[serde(deserialize_with = "de::optional_mailbox")]
+    pub reply_to: Option<lettre::message::Mailbox>,
+    pub transport: TransportKind,
+    #[serde(deserialize_with = "de::path")]
+    pub outbox_dir: PathBuf,
+    #[serde(deserialize_with = "de::concurrency")]
+    pub concurrency: u16,
+    pub rate_limit: u32,
+    pub smtp: SmtpSettings,
+    pub retry: RetrySettings,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    #[serde(deserialize_with = "de::host")]
+    pub host: String,
+    #[serde(deserialize_with = "de::port")]
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    pub password: SecretString,
+    #[serde(deserialize_with = "de::duration")]
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SecretString already redacts itself; spelled out so no future field slips through.
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &"[REDACTED]")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(deserialize_with = "de::attempts")]
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "de::duration")]
+    pub base_delay: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub max_delay: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(deserialize_with = "de::socket_addr")]
+    pub bind: SocketAddr,
+    #[serde(deserialize_with = "de::base_url")]
+    pub public_url: url::Url,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewsletterSettings {
+    #[serde(deserialize_with = "de::title")]
+    pub title: String,
+    #[serde(deserialize_with = "de::list_id")]
+    pub list_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribersSettings {
+    #[serde(deserialize_with = "de::path")]
+    pub file: PathBuf,
+    #[serde(deserialize_with = "de::timezone")]
+    pub default_timezone: TimeZone,
+    #[serde(deserialize_with = "de::format")]
+    pub default_format: Format,
+    #[serde(deserialize_with = "de::max_papers")]
+    pub default_max_papers: MaxPapers,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    #[serde(deserialize_with = "de::secret")]
+    pub secret: SecretString,
+    #[serde(deserialize_with = "de::path")]
+    pub secret_file: PathBuf,
+}
+
+impl fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field("secret", &"[REDACTED]")
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    #[serde(deserialize_with = "de::log_level")]
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// A parsed cron expression (with seconds) and the text it came from.
+#[derive(Clone)]
+pub struct CronExpr {
+    pub source: String,
+    pub schedule: cron::Schedule,
+}
+
+impl fmt::Debug for CronExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CronExpr({:?})", self.source)
+    }
+}
+
+impl FromStr for CronExpr {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let schedule = cron::Schedule::from_str(s.trim()).map_err(|e| {
+            let e = e.to_string();
+            let reason = e.lines().last().unwrap_or("").trim();
+            ParseError::new(format!(
+                "invalid cron expression {s:?}: {reason} (expected \"sec min hour day-of-month month day-of-week\", e.g. \"0 0 7 * * Mon-Fri\")"
+            ))
+        })?;
+        Ok(CronExpr {
+            source: s.trim().to_string(),
+            schedule,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CronExpr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+impl Settings {
+    /// Reads the layers: defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, None)
+    }
+
+    /// As [`Settings::load`], with the environment given as a map (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            // Parse it ourselves first so a syntax error names the file and line.
+            if let Err(e) = text.parse::<toml::Table>() {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim().to_string(),
+                });
+            }
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PAPERPOST")
+                .prefix_separator("__")
+                .separator("__")
+                .source(env),
+        );
+        let cfg = builder.build().map_err(|e| ConfigError::Invalid {
+            key: "(layers)".into(),
+            message: e.to_string(),
+        })?;
+        serde_path_to_error::deserialize::<_, Settings>(cfg).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            ConfigError::Invalid {
+                key,
+                message: clean_message(&message),
+            }
+        })
+    }
+
+    /// The directory that holds the database file.
+    pub fn data_dir(&self) -> &Path {
+        self.database.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// config's messages sometimes repeat the key ("... for key `a.b`"); ours already leads with it.
+fn clean_message(msg: &str) -> String {
+    match msg.find(" for key `") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+impl<'de> Deserialize<'de> for TransportKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "smtp" => Ok(Self::Smtp),
+            "file" => Ok(Self::File),
+            _ => Err(D::Error::custom(format!(
+                "invalid value {s:?} (expected one of: smtp, file)"
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "starttls" => Ok(Self::Starttls),
+            "tls" => Ok(Self::Tls),
+            _ => Err(D::Error::custom(format!(
+                "invalid value {s:?} (expected one of: none, starttls, tls)"
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(D::Error::custom(format!(
+                "invalid value {s:?} (expected one of: text, json)"
+            ))),
+        }
+    }
+}
+
+mod de {
+    use super::*;
+
+    fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        String::deserialize(d)
+    }
+
+    fn parsed<'de, D, T>(d: D, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        let s = string(d)?;
+        f(&s).map_err(D::Error::custom)
+    }
+
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parsed(d, |s| {
+            humantime::parse_duration(s.trim()).map_err(|e| {
+                format!("invalid duration {s:?}: {e} (write e.g. \"100ms\", \"30s\", \"5m\", \"6h\", \"2days\")")
+            })
+        })
+    }
+
+    pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        parsed(d, |s| {
+            if s.trim().is_empty() {
+                Err("the path is empty".to_string())
+            } else if s.contains('\0') {
+                Err(format!("invalid path {s:?}"))
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        })
+    }
+
+    pub fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<TimeZone, D::Error> {
+        parsed(d, |s| TimeZone::parse(s).map_err(|e| e.to_string()))
+    }
+
+    pub fn format<'de, D: Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
+        parsed(d, |s| Format::parse(s).map_err(|e| e.to_string()))
+    }
+
+    pub fn max_papers<'de, D: Deserializer<'de>>(d: D) -> Result<MaxPapers, D::Error> {
+        let n = i64::deserialize(d)?;
+        MaxPapers::new(n).map_err(D::Error::custom)
+    }
+
+    fn ranged<'de, D: Deserializer<'de>>(
+        d: D,
+        lo: u64,
+        hi: u64,
+        what: &str,
+    ) -> Result<u64, D::Error> {
+        let n = u64::deserialize(d)?;
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(D::Error::custom(format!(
+                "{what} {n} is out of range ({lo} to {hi})"
+            )))
+        }
+    }
+
+    pub fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        ranged(d, 1, 65535, "port").map(|n| n as u16)
+    }
+
+    pub fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        ranged(d, 1, 256, "concurrency").map(|n| n as u16)
+    }
+
+    pub fn connections<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 1, 64, "connections").map(|n| n as u32)
+    }
+
+    pub fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 1, 1000, "attempts").map(|n| n as u32)
+    }
+
+    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parsed(d, |s| {
+            s.trim().parse().map_err(|_| {
+                format!("invalid listen address {s:?} (write IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)")
+            })
+        })
+    }
+
+    pub fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim();
+            if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+            {
+                Err(format!("invalid host name {s:?}"))
+            } else {
+                Ok(s.to_string())
+            }
+        })
+    }
+
+    pub fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<lettre::message::Mailbox, D::Error> {
+        parsed(d, parse_mailbox)
+    }
+
+    pub fn optional_mailbox<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<lettre::message::Mailbox>, D::Error> {
+        parsed(d, |s| {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_mailbox(s).map(Some)
+            }
+        })
+    }
+
+    fn parse_mailbox(s: &str) -> Result<lettre::message::Mailbox, String> {
+        if s.contains(|c: char| c.is_control()) {
+            return Err(format!(
+                "invalid mail address {s:?}: it contains control characters"
+            ));
+        }
+        let mb: lettre::message::Mailbox = s.trim().parse().map_err(|e| {
+            format!("invalid mail address {s:?}: {e} (write \"Name <user@example.org>\" or \"user@example.org\")")
+        })?;
+        // The address part must also pass the subscriber address rules.
+        SubscriberEmail::parse(mb.email.as_ref())
+            .map_err(|e| format!("invalid mail address {s:?}: {e}"))?;
+        Ok(mb)
+    }
+
+    pub fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<url::Url, D::Error> {
+        parsed(d, |s| {
+            let url = url::Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(format!(
+                    "invalid URL {s:?}: it must be an absolute http:// or https:// URL"
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(format!(
+                    "invalid URL {s:?}: a base URL has no query or fragment"
+                ));
+            }
+            Ok(url)
+        })
+    }
+
+    pub fn title<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            let t = crate::domain::normalize_ws(s);
+            if t.is_empty()
+                || t.chars().count() > 100
+                || s.chars().any(|c| c.is_control() && c != ' ')
+            {
+                Err(format!(
+                    "invalid title {s:?}: 1 to 100 characters on one line"
+                ))
+            } else {
+                Ok(t)
+            }
+        })
+    }
+
+    pub fn list_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim();
+            let ok = !s.is_empty()
+                && s.len() <= 255
+                && s.contains('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!(
+                    "invalid list id {s:?}: use a domain-like name such as daily.news.example.org"
+                ))
+            }
+        })
+    }
+
+    pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        // Never echo the value.
+        parsed(d, |s| {
+            if !s.is_empty() && s.chars().count() < 32 {
+                Err(
+                    "the secret is shorter than 32 characters (leave it empty to use secret_file)"
+                        .to_string(),
+                )
+            } else {
+                Ok(SecretString::from(s.to_string()))
+            }
+        })
+    }
+
+    pub fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_string())
+                .map_err(|e| format!("invalid log filter {s:?}: {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> String {
+        Settings::load_from(None, env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.database.path, PathBuf::from("data/paperpost.db"));
+        assert_eq!(s.mail.transport, TransportKind::File);
+        assert_eq!(s.mail.retry.max_attempts, 8);
+        assert_eq!(s.mail.retry.base_delay, Duration::from_secs(30));
+        assert_eq!(s.schedule.catch_up, Duration::from_secs(6 * 3600));
+        assert_eq!(s.schedule.timezone.name(), "UTC");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PAPERPOST__MAIL__SMTP__PORT", "2525"),
+                ("PAPERPOST__SCHEDULE__CATCH_UP", "100ms"),
+                ("PAPERPOST__MAIL__TRANSPORT", "smtp"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.mail.smtp.port, 2525);
+        assert_eq!(s.schedule.catch_up, Duration::from_millis(100));
+        assert_eq!(s.mail.transport, TransportKind::Smtp);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_value() {
+        let cases = [
+            (
+                "PAPERPOST__SCHEDULE__CRON",
+                "every day",
+                "schedule.cron",
+                "every day",
+            ),
+            (
+                "PAPERPOST__SCHEDULE__TIMEZONE",
+                "Mars/Base",
+                "schedule.timezone",
+                "Mars/Base",
+            ),
+            (
+                "PAPERPOST__HTTP__PUBLIC_URL",
+                "javascript:alert(1)",
+                "http.public_url",
+                "javascript:alert(1)",
+            ),
+            (
+                "PAPERPOST__MAIL__FROM",
+                "not an address",
+                "mail.from",
+                "not an address",
+            ),
+            (
+                "PAPERPOST__MAIL__SMTP__PORT",
+                "70000",
+                "mail.smtp.port",
+                "70000",
+            ),
+            ("PAPERPOST__MAIL__SMTP__PORT", "0", "mail.smtp.port", "0"),
+            (
+                "PAPERPOST__MAIL__SMTP__TLS",
+                "maybe",
+                "mail.smtp.tls",
+                "maybe",
+            ),
+            (
+                "PAPERPOST__MAIL__RETRY__BASE_DELAY",
+                "soon",
+                "mail.retry.base_delay",
+                "soon",
+            ),
+            ("PAPERPOST__DATABASE__PATH", "", "database.path", "empty"),
+            (
+                "PAPERPOST__HTTP__BIND",
+                "localhost:http",
+                "http.bind",
+                "localhost:http",
+            ),
+            (
+                "PAPERPOST__MAIL__SMTP__TLS",
+                "maybe",
+                "mail.smtp.tls",
+                "starttls",
+            ),
+        ];
+        for (var, value, key, shown) in cases {
+            let msg = err(&[(var, value)]);
+            assert!(msg.contains(key), "{var}={value}: {msg}");
+            assert!(msg.contains(shown), "{var}={value}: {msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let msg = err(&[("PAPERPOST__MAIL__SMTP__HOSTNAME", "x")]);
+        assert!(msg.contains("hostname"), "{msg}");
+        assert!(msg.contains("mail.smtp"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PAPERPOST__MAIL__SMTP__PASSWORD", "hunter2-very-secret"),
+                (
+                    "PAPERPOST__SECURITY__SECRET",
+                    "0123456789abcdef0123456789abcdef-topsecret",
+                ),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+        let msg = err(&[("PAPERPOST__SECURITY__SECRET", "short-secret")]);
+        assert!(
+            msg.contains("security.secret") && !msg.contains("short-secret"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn file_layer_with_syntax_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("local.toml");
+        std::fs::write(&p, "[mail]\nfrom = \n").unwrap();
+        let msg = Settings::load_from(Some(&p), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("local.toml"), "{msg}");
+        std::fs::write(&p, "[mail]\nconcurrency = 8\n").unwrap();
+        assert_eq!(
+            Settings::load_from(Some(&p), env(&[]))
+                .unwrap()
+                .mail
+                .concurrency,
+            8
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Domain types that can only hold valid values ("parse, don't validate").
+//!
+//! Every value that comes from a user (CLI flag, CSV cell, TOML file, web form)
+//! goes through one of these `parse` functions before it reaches the store.
+
+mod email;
+mod paper;
+mod subscriber;
+
+pub use email::SubscriberEmail;
+pub use paper::{Paper, PaperDraft, PaperId, normalize_ws};
+pub use subscriber::{
+    Format, MaxPapers, SubscriberName, SubscriberSource, SubscriberStatus, TimeZone, Topic, Topics,
+};
+
+/// Why a value was rejected. The message is meant for the person who typed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// True for characters that must never reach a header or a log line unescaped:
+/// C0/C1 controls (CR, LF, TAB, NUL, ...) and Unicode bidi overrides.
+pub(crate) fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}

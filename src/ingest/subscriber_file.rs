@@ -1,0 +1,240 @@
+//! The hand-edited subscriber file (`config/subscribers.toml`) and `subscribers sync`.
+//!
+//! The file is authoritative for the subscribers that came from it (source `file`):
+//! sync adds the new ones, rewrites the listed ones, and deactivates the ones no
+//! longer listed. Subscribers from anywhere else are never touched, and someone who
+//! unsubscribed by link (or was removed on the command line) stays unsubscribed
+//! unless named with `--resubscribe`.
+
+use std::{collections::HashSet, path::Path};
+
+use serde::Deserialize;
+use sqlx::SqlitePool;
+
+use super::InputError;
+use crate::{
+    domain::{
+        Format, MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource, SubscriberStatus,
+        TimeZone, Topics,
+    },
+    security::Keys,
+    store::subscribers::{self as store, Profile},
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    subscriber: Vec<toml::Spanned<Entry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    email: String,
+    name: Option<String>,
+    #[serde(default)]
+    topics: Vec<String>,
+    timezone: Option<String>,
+    format: Option<String>,
+    max_papers: Option<i64>,
+}
+
+/// One validated entry of the file.
+#[derive(Debug, Clone)]
+pub struct FileSubscriber {
+    pub line: u64,
+    pub email: SubscriberEmail,
+    pub profile: Profile,
+}
+
+fn line_of(text: &str, offset: usize) -> u64 {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u64
+        + 1
+}
+
+/// Reads and validates the whole file; the first bad entry is an error naming its line.
+pub fn read(path: &Path, defaults: &Profile) -> anyhow::Result<Vec<FileSubscriber>> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = line_of(
+            &String::from_utf8_lossy(e.as_bytes()),
+            e.utf8_error().valid_up_to(),
+        );
+        InputError::new(path, line, "not valid UTF-8 text")
+    })?;
+    let doc: FileDoc = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(1);
+        InputError::new(path, line, e.message().trim().to_string())
+    })?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(doc.subscriber.len());
+    for spanned in doc.subscriber {
+        let line = line_of(&text, spanned.span().start);
+        let e = spanned.into_inner();
+        let err = |reason: String| InputError::new(path, line, reason);
+        let email = SubscriberEmail::parse(&e.email).map_err(|x| err(format!("email: {x}")))?;
+        if !seen.insert(email.as_str().to_lowercase()) {
+            return Err(err(format!("{email} is listed twice")).into());
+        }
+        let profile = Profile {
+            name: e
+                .name
+                .as_deref()
+                .map(SubscriberName::parse_optional)
+                .transpose()
+                .map_err(|x| err(format!("name: {x}")))?
+                .flatten(),
+            topics: Topics::from_list(&e.topics).map_err(|x| err(format!("topics: {x}")))?,
+            timezone: match e.timezone.as_deref() {
+                Some(t) => TimeZone::parse(t).map_err(|x| err(format!("timezone: {x}")))?,
+                None => defaults.timezone,
+            },
+            format: match e.format.as_deref() {
+                Some(f) => Format::parse(f).map_err(|x| err(format!("format: {x}")))?,
+                None => defaults.format,
+            },
+            max_papers: match e.max_papers {
+                Some(m) => MaxPapers::new(m).map_err(|x| err(format!("max_papers: {x}")))?,
+                None => defaults.max_papers,
+            },
+        };
+        out.push(FileSubscriber {
+            line,
+            email,
+            profile,
+        });
+    }
+    Ok(out)
+}
+
+/// What a sync did (or, for a dry run, would do).
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub listed: usize,
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub reactivated: Vec<String>,
+    pub unchanged: usize,
+    pub deactivated: Vec<String>,
+    /// Listed, but unsubscribed by their own or an operator's request: (who, how).
+    pub kept_unsubscribed: Vec<(String, String)>,
+    /// Listed, but managed elsewhere (web, cli, import): (who, source).
+    pub not_managed: Vec<(String, String)>,
+    /// `--resubscribe` addresses that did not apply, with why.
+    pub unused_resubscribe: Vec<(String, String)>,
+}
+
+fn who(s: &store::Subscriber) -> String {
+    match &s.profile.name {
+        Some(n) => format!("{n} <{}>", s.email),
+        None => s.email.to_string(),
+    }
+}
+
+/// Applies the file's entries in one transaction.
+pub async fn sync(
+    pool: &SqlitePool,
+    keys: &Keys,
+    entries: &[FileSubscriber],
+    resubscribe: &[SubscriberEmail],
+    dry_run: bool,
+) -> anyhow::Result<SyncReport> {
+    let mut report = SyncReport {
+        listed: entries.len(),
+        ..Default::default()
+    };
+    let wanted: HashSet<String> = resubscribe
+        .iter()
+        .map(|e| e.as_str().to_lowercase())
+        .collect();
+    let mut used: HashSet<String> = HashSet::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut tx = pool.begin().await?;
+    for entry in entries {
+        let key = entry.email.as_str().to_lowercase();
+        listed.insert(key.clone());
+        let Some(existing) = store::find_by_email(&mut tx, entry.email.as_str()).await? else {
+            store::insert(
+                &mut tx,
+                keys,
+                &entry.email,
+                &entry.profile,
+                SubscriberStatus::Active,
+                SubscriberSource::File,
+            )
+            .await?;
+            report.added.push(entry.email.to_string());
+            continue;
+        };
+        if existing.source != SubscriberSource::File {
+            report
+                .not_managed
+                .push((who(&existing), existing.source.as_str().to_string()));
+            continue;
+        }
+        match existing.status {
+            SubscriberStatus::Active | SubscriberStatus::Pending => {
+                if store::update_profile(&mut tx, existing.id, &entry.profile).await? {
+                    report.updated.push(entry.email.to_string());
+                } else {
+                    report.unchanged += 1;
+                }
+            }
+            SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced => {
+                let by = existing
+                    .unsubscribed_by
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into());
+                if by == "sync" || wanted.contains(&key) {
+                    store::update_profile(&mut tx, existing.id, &entry.profile).await?;
+                    store::reactivate(&mut tx, existing.id).await?;
+                    report.reactivated.push(entry.email.to_string());
+                    used.insert(key);
+                } else {
+                    let how = match (existing.status, by.as_str()) {
+                        (SubscriberStatus::Bounced, _) => "mail to them bounced".to_string(),
+                        (_, "link") => "unsubscribed by link".to_string(),
+                        (_, "cli") => "removed on the command line".to_string(),
+                        (_, other) => format!("unsubscribed ({other})"),
+                    };
+                    report.kept_unsubscribed.push((who(&existing), how));
+                }
+            }
+        }
+    }
+    for s in store::list_by_source(&mut tx, SubscriberSource::File).await? {
+        if !listed.contains(&s.email.as_str().to_lowercase())
+            && matches!(
+                s.status,
+                SubscriberStatus::Active | SubscriberStatus::Pending
+            )
+        {
+            store::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "sync").await?;
+            report.deactivated.push(s.email.to_string());
+        }
+    }
+    for e in resubscribe {
+        let key = e.as_str().to_lowercase();
+        if !used.contains(&key) {
+            let why = if listed.contains(&key) {
+                "it is not unsubscribed, or is not managed by the file"
+            } else {
+                "it is not listed in the file"
+            };
+            report
+                .unused_resubscribe
+                .push((e.to_string(), why.to_string()));
+        }
+    }
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(report)
+}

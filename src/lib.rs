@@ -1,0 +1,12 @@
+//! paperpost: mails each day's trending research papers to subscribers as
+//! personalized digests. See README.md for the tour.
+//!
+//! Data flows one way: ingest → store → digest → mailer → delivery → store.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod security;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,153 @@
+//! The server secret and the per-subscriber link tokens derived from it.
+//!
+//! A subscriber's token is HMAC-SHA256(secret, "unsubscribe:" + uuid), hex-encoded.
+//! The database stores only SHA-256(token), so a stolen copy of the database
+//! cannot forge links, and a token is checked with one indexed lookup.
+
+use std::{io::Write, path::Path};
+
+use anyhow::Context;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::{Digest, Sha256};
+
+use crate::config::SecuritySettings;
+
+/// The key that all link tokens are derived from.
+#[derive(Clone)]
+pub struct Keys {
+    secret: SecretSlice<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys([REDACTED])")
+    }
+}
+
+impl Keys {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self {
+            secret: SecretSlice::from(bytes.to_vec()),
+        }
+    }
+
+    /// `security.secret` when set; otherwise the contents of `security.secret_file`,
+    /// which is created (mode 0600) with 32 random bytes on first use.
+    pub fn load(settings: &SecuritySettings) -> anyhow::Result<Self> {
+        let configured = settings.secret.expose_secret();
+        if !configured.is_empty() {
+            return Ok(Self::from_bytes(configured.as_bytes()));
+        }
+        let path = &settings.secret_file;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let text = text.trim();
+                if text.len() < 32 {
+                    anyhow::bail!(
+                        "secret file {} holds fewer than 32 characters; delete it to generate a new one \
+                         (existing unsubscribe links then stop working)",
+                        path.display()
+                    );
+                }
+                Ok(Self::from_bytes(text.as_bytes()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) => Err(e).with_context(|| format!("cannot read secret file {}", path.display())),
+        }
+    }
+
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create folder {}", dir.display()))?;
+        }
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+        let text = hex::encode(raw);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(path) {
+            Ok(mut f) => {
+                f.write_all(text.as_bytes())
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("cannot write secret file {}", path.display()))?;
+                tracing::info!(path = %path.display(), "created a new secret for subscriber links");
+                Ok(Self::from_bytes(text.as_bytes()))
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(path)?;
+                Ok(Self::from_bytes(text.trim().as_bytes()))
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot create secret file {}", path.display()))
+            }
+        }
+    }
+
+    /// The token in a subscriber's unsubscribe and preference links.
+    pub fn subscriber_token(&self, uuid: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose_secret())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"paperpost-subscriber-token:");
+        mac.update(uuid.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// What the database stores for a subscriber: the hash of their token.
+    pub fn subscriber_token_hash(&self, uuid: &str) -> String {
+        token_hash(&self.subscriber_token(uuid))
+    }
+}
+
+/// SHA-256 of a token, hex-encoded: the form stored and looked up.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_depend_on_secret_and_uuid() {
+        let a = Keys::from_bytes(b"0123456789abcdef0123456789abcdef");
+        let b = Keys::from_bytes(b"fedcba9876543210fedcba9876543210");
+        assert_eq!(a.subscriber_token("u1"), a.subscriber_token("u1"));
+        assert_ne!(a.subscriber_token("u1"), a.subscriber_token("u2"));
+        assert_ne!(a.subscriber_token("u1"), b.subscriber_token("u1"));
+        assert_eq!(
+            a.subscriber_token_hash("u1"),
+            token_hash(&a.subscriber_token("u1"))
+        );
+        assert_ne!(a.subscriber_token_hash("u1"), a.subscriber_token("u1"));
+        assert_eq!(a.subscriber_token("u1").len(), 64);
+    }
+
+    #[test]
+    fn secret_file_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SecuritySettings {
+            secret: String::new().into(),
+            secret_file: dir.path().join("sub/secret.key"),
+        };
+        let k1 = Keys::load(&settings).unwrap();
+        let k2 = Keys::load(&settings).unwrap();
+        assert_eq!(k1.subscriber_token("x"), k2.subscriber_token("x"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&settings.secret_file)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The SQLite store. Every query paperpost runs lives in this module's children,
+//! and every other module (CLI, daemon, web) reads and writes through them.
+
+pub mod papers;
+pub mod subscribers;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use crate::config::DatabaseSettings;
+
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+/// The migrations in migrations/, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Errors a store function reports to its caller in words a user understands.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Opens (creating if needed) the database file with WAL, foreign keys and a
+/// busy timeout, and applies pending migrations.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
+    let pool = open(settings).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens the pool without migrating.
+pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
+    let path = &settings.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+    }
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(settings.busy_timeout)
+        .pragma("temp_store", "file");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(())
+}
+
+/// Now, as stored: Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A stored time for people: RFC 3339 in UTC.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// True when `e` is a UNIQUE constraint violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

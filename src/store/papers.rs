@@ -1,0 +1,187 @@
+//! Paper and selection queries.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
+
+use super::{StoreError, now_ms};
+use crate::domain::{Paper, PaperId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Added,
+    Updated,
+    Unchanged,
+}
+
+const COLUMNS: &str = "p.id, p.title, p.abstract, p.authors, p.keywords, p.upvotes, p.num_comments, p.github_repo, p.thumbnail, p.published_at";
+
+fn decode(row: &SqliteRow) -> Result<Paper, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let authors: String = row.try_get("authors")?;
+    let keywords: String = row.try_get("keywords")?;
+    let published: Option<i64> = row.try_get("published_at")?;
+    Ok(Paper {
+        id: PaperId::parse(&id).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "id".into(),
+            source: e.into(),
+        })?,
+        title: row.try_get("title")?,
+        abstract_text: row.try_get("abstract")?,
+        authors: serde_json::from_str(&authors).unwrap_or_default(),
+        keywords: serde_json::from_str(&keywords).unwrap_or_default(),
+        upvotes: row.try_get("upvotes")?,
+        num_comments: row.try_get("num_comments")?,
+        github_repo: row.try_get("github_repo")?,
+        thumbnail: row.try_get("thumbnail")?,
+        published_at: published.and_then(DateTime::<Utc>::from_timestamp_millis),
+    })
+}
+
+/// Inserts a paper or brings the stored copy up to date; reports which.
+pub async fn upsert(conn: &mut SqliteConnection, p: &Paper) -> Result<Upsert, StoreError> {
+    let existed: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM papers WHERE id = ?")
+        .bind(p.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let now = now_ms();
+    let r = sqlx::query(
+        "INSERT INTO papers (id, title, abstract, authors, keywords, upvotes, num_comments, github_repo, thumbnail, \
+           published_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11) \
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, abstract = excluded.abstract, \
+           authors = excluded.authors, keywords = excluded.keywords, upvotes = excluded.upvotes, \
+           num_comments = excluded.num_comments, github_repo = excluded.github_repo, \
+           thumbnail = excluded.thumbnail, published_at = excluded.published_at, updated_at = excluded.updated_at \
+         WHERE title IS NOT excluded.title OR abstract IS NOT excluded.abstract OR authors IS NOT excluded.authors \
+           OR keywords IS NOT excluded.keywords OR upvotes IS NOT excluded.upvotes \
+           OR num_comments IS NOT excluded.num_comments OR github_repo IS NOT excluded.github_repo \
+           OR thumbnail IS NOT excluded.thumbnail OR published_at IS NOT excluded.published_at",
+    )
+    .bind(p.id.as_str())
+    .bind(&p.title)
+    .bind(&p.abstract_text)
+    .bind(serde_json::to_string(&p.authors).expect("strings serialize"))
+    .bind(serde_json::to_string(&p.keywords).expect("strings serialize"))
+    .bind(p.upvotes)
+    .bind(p.num_comments)
+    .bind(&p.github_repo)
+    .bind(&p.thumbnail)
+    .bind(p.published_at.map(|t| t.timestamp_millis()))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(match (existed.is_some(), r.rows_affected() > 0) {
+        (false, _) => Upsert::Added,
+        (true, true) => Upsert::Updated,
+        (true, false) => Upsert::Unchanged,
+    })
+}
+
+/// The ids selected for `date`, in the editor's order.
+pub async fn selection_ids(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+) -> Result<Vec<PaperId>, StoreError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT paper_id FROM selections WHERE edition_date = ? ORDER BY position")
+            .bind(date.to_string())
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id,)| PaperId::parse(&id).ok())
+        .collect())
+}
+
+/// Makes `ids` the selection for `date`, in that order. Returns false when it
+/// already was. Every id must name a stored paper.
+pub async fn replace_selection(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+    ids: &[PaperId],
+) -> Result<bool, StoreError> {
+    if selection_ids(&mut *conn, date).await? == ids {
+        return Ok(false);
+    }
+    let missing = missing_ids(&mut *conn, ids).await?;
+    if !missing.is_empty() {
+        return Err(StoreError::NotFound(format!(
+            "no paper with id {}; import it first (paperpost papers import)",
+            missing.join(", ")
+        )));
+    }
+    sqlx::query("DELETE FROM selections WHERE edition_date = ?")
+        .bind(date.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for (pos, id) in ids.iter().enumerate() {
+        sqlx::query("INSERT INTO selections (edition_date, position, paper_id) VALUES (?, ?, ?)")
+            .bind(date.to_string())
+            .bind(pos as i64 + 1)
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                if super::is_unique_violation(&e) {
+                    StoreError::Conflict(format!("paper {id} is listed twice"))
+                } else {
+                    e.into()
+                }
+            })?;
+    }
+    Ok(true)
+}
+
+/// The ids among `ids` that no stored paper has.
+pub async fn missing_ids(
+    conn: &mut SqliteConnection,
+    ids: &[PaperId],
+) -> Result<Vec<String>, StoreError> {
+    let mut missing = Vec::new();
+    for id in ids {
+        let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM papers WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if found.is_none() {
+            missing.push(id.to_string());
+        }
+    }
+    Ok(missing)
+}
+
+/// The papers selected for `date`, in the editor's order.
+pub async fn selection(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+) -> Result<Vec<Paper>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM selections s JOIN papers p ON p.id = s.paper_id WHERE s.edition_date = ? ORDER BY s.position"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(date.to_string())
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+}
+
+/// Every stored paper, newest first.
+pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<Paper>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM papers p ORDER BY p.published_at DESC, p.id");
+    let rows = sqlx::query(&sql).fetch_all(conn).await?;
+    Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+}
+
+/// Dates that have a selection, newest first, with how many papers each holds.
+pub async fn selected_dates(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(NaiveDate, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT edition_date, count(*) FROM selections GROUP BY edition_date ORDER BY edition_date DESC",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(d, n)| d.parse().ok().map(|d| (d, n)))
+        .collect())
+}

@@ -1,0 +1,558 @@
+//! Subscriber queries.
+
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection, SqlitePool, sqlite::SqliteRow};
+
+use super::{StoreError, is_unique_violation, now_ms};
+use crate::{
+    domain::{
+        Format, MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource, SubscriberStatus,
+        TimeZone, Topics,
+    },
+    security::Keys,
+};
+
+/// What a subscriber chose: everything but their address and status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Profile {
+    pub name: Option<SubscriberName>,
+    pub topics: Topics,
+    pub timezone: TimeZone,
+    pub format: Format,
+    pub max_papers: MaxPapers,
+}
+
+/// A partial edit of a [`Profile`]: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChanges {
+    /// `Some(None)` clears the name.
+    pub name: Option<Option<SubscriberName>>,
+    pub topics: Option<Topics>,
+    pub timezone: Option<TimeZone>,
+    pub format: Option<Format>,
+    pub max_papers: Option<MaxPapers>,
+}
+
+impl ProfileChanges {
+    pub fn apply_to(&self, p: &Profile) -> Profile {
+        Profile {
+            name: self.name.clone().unwrap_or_else(|| p.name.clone()),
+            topics: self.topics.clone().unwrap_or_else(|| p.topics.clone()),
+            timezone: self.timezone.unwrap_or(p.timezone),
+            format: self.format.unwrap_or(p.format),
+            max_papers: self.max_papers.unwrap_or(p.max_papers),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.topics.is_none()
+            && self.timezone.is_none()
+            && self.format.is_none()
+            && self.max_papers.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub id: i64,
+    pub uuid: String,
+    pub email: SubscriberEmail,
+    pub profile: Profile,
+    pub status: SubscriberStatus,
+    pub source: SubscriberSource,
+    /// `link`, `cli`, `sync` or `bounce` for unsubscribed/bounced subscribers.
+    pub unsubscribed_by: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub unsubscribed_at: Option<i64>,
+}
+
+/// The JSON shape of `subscribers list --json`.
+#[derive(Debug, Serialize)]
+pub struct SubscriberView<'a> {
+    pub email: &'a str,
+    pub name: Option<&'a str>,
+    pub topics: &'a Topics,
+    pub timezone: &'a str,
+    pub format: &'a str,
+    pub max_papers: u8,
+    pub status: &'a str,
+    pub source: &'a str,
+    pub unsubscribed_by: Option<&'a str>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Subscriber {
+    pub fn view(&self) -> SubscriberView<'_> {
+        SubscriberView {
+            email: self.email.as_str(),
+            name: self.profile.name.as_ref().map(SubscriberName::as_str),
+            topics: &self.profile.topics,
+            timezone: self.profile.timezone.name(),
+            format: self.profile.format.as_str(),
+            max_papers: self.profile.max_papers.get(),
+            status: self.status.as_str(),
+            source: self.source.as_str(),
+            unsubscribed_by: self.unsubscribed_by.as_deref(),
+            created_at: super::format_ms(self.created_at),
+            updated_at: super::format_ms(self.updated_at),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
+                       unsubscribed_by, created_at, updated_at, unsubscribed_at";
+
+fn decode_err(col: &str, e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: col.to_string(),
+        source: e.to_string().into(),
+    }
+}
+
+impl<'r> sqlx::FromRow<'r, SqliteRow> for Subscriber {
+    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
+        let email: String = row.try_get("email")?;
+        let name: Option<String> = row.try_get("name")?;
+        let topics: String = row.try_get("topics")?;
+        let timezone: String = row.try_get("timezone")?;
+        let format: String = row.try_get("format")?;
+        let max_papers: i64 = row.try_get("max_papers")?;
+        let status: String = row.try_get("status")?;
+        let source: String = row.try_get("source")?;
+        Ok(Subscriber {
+            id: row.try_get("id")?,
+            uuid: row.try_get("uuid")?,
+            email: SubscriberEmail::parse(&email).map_err(|e| decode_err("email", e))?,
+            profile: Profile {
+                name: name
+                    .as_deref()
+                    .map(SubscriberName::parse)
+                    .transpose()
+                    .map_err(|e| decode_err("name", e))?,
+                topics: Topics::from_json(&topics),
+                timezone: TimeZone::parse(&timezone).map_err(|e| decode_err("timezone", e))?,
+                format: Format::parse(&format).map_err(|e| decode_err("format", e))?,
+                max_papers: MaxPapers::new(max_papers).map_err(|e| decode_err("max_papers", e))?,
+            },
+            status: status.parse().map_err(|e| decode_err("status", e))?,
+            source: source.parse().map_err(|e| decode_err("source", e))?,
+            unsubscribed_by: row.try_get("unsubscribed_by")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            unsubscribed_at: row.try_get("unsubscribed_at")?,
+        })
+    }
+}
+
+/// Adds a subscriber. Fails with [`StoreError::Conflict`] when the address
+/// (compared case-insensitively) is already known.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    keys: &Keys,
+    email: &SubscriberEmail,
+    profile: &Profile,
+    status: SubscriberStatus,
+    source: SubscriberSource,
+) -> Result<Subscriber, StoreError> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let now = now_ms();
+    let sql = format!(
+        "INSERT INTO subscribers (uuid, email, name, topics, timezone, format, max_papers, status, source, \
+         token_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+    );
+    sqlx::query_as::<_, Subscriber>(&sql)
+        .bind(&uuid)
+        .bind(email.as_str())
+        .bind(profile.name.as_ref().map(SubscriberName::as_str))
+        .bind(profile.topics.to_json())
+        .bind(profile.timezone.name())
+        .bind(profile.format.as_str())
+        .bind(i64::from(profile.max_papers.get()))
+        .bind(status.as_str())
+        .bind(source.as_str())
+        .bind(keys.subscriber_token_hash(&uuid))
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("{email} is already a subscriber"))
+            } else {
+                e.into()
+            }
+        })
+}
+
+pub async fn find_by_email(
+    conn: &mut SqliteConnection,
+    email: &str,
+) -> Result<Option<Subscriber>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscribers WHERE email = ?");
+    Ok(sqlx::query_as(&sql)
+        .bind(email.trim())
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Like [`find_by_email`], but a missing subscriber is an error naming the address.
+pub async fn get_by_email(
+    conn: &mut SqliteConnection,
+    email: &str,
+) -> Result<Subscriber, StoreError> {
+    find_by_email(conn, email)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no subscriber with address {}", email.trim())))
+}
+
+/// The subscriber a link token belongs to, by the token's hash.
+pub async fn find_by_token(
+    conn: &mut SqliteConnection,
+    token: &str,
+) -> Result<Option<Subscriber>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscribers WHERE token_hash = ?");
+    Ok(sqlx::query_as(&sql)
+        .bind(crate::security::token_hash(token))
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Writes a profile. Returns false when nothing changed.
+pub async fn update_profile(
+    conn: &mut SqliteConnection,
+    id: i64,
+    p: &Profile,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE subscribers SET name = ?1, topics = ?2, timezone = ?3, format = ?4, max_papers = ?5, \
+         updated_at = ?6 WHERE id = ?7 AND (name IS NOT ?1 OR topics IS NOT ?2 OR timezone IS NOT ?3 \
+         OR format IS NOT ?4 OR max_papers IS NOT ?5)",
+    )
+    .bind(p.name.as_ref().map(SubscriberName::as_str))
+    .bind(p.topics.to_json())
+    .bind(p.timezone.name())
+    .bind(p.format.as_str())
+    .bind(i64::from(p.max_papers.get()))
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Ends a subscription (`by`: link, cli, sync or bounce) and cancels every
+/// delivery of theirs that has not gone out yet, in one step.
+pub async fn end_subscription(
+    conn: &mut SqliteConnection,
+    id: i64,
+    status: SubscriberStatus,
+    by: &str,
+) -> Result<(), StoreError> {
+    debug_assert!(matches!(
+        status,
+        SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced
+    ));
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE subscribers SET status = ?, unsubscribed_by = ?, unsubscribed_at = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(by)
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', last_error = ?, updated_at = ? \
+         WHERE subscriber_id = ? AND status = 'queued'",
+    )
+    .bind(format!("subscriber {}", status.as_str()))
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes an unsubscribed (or bounced) subscriber active again.
+pub async fn reactivate(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
+         hard_bounces = 0, updated_at = ? WHERE id = ?",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a subscriber with their deliveries and link history.
+pub async fn purge(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM subscribers WHERE id = ?")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Every subscriber (optionally of one status), by address, streamed from the database.
+pub fn stream<'a>(
+    pool: &'a SqlitePool,
+    status: Option<SubscriberStatus>,
+) -> impl Stream<Item = Result<Subscriber, StoreError>> + 'a {
+    let sql: &'static str = match status {
+        None => {
+            "SELECT id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
+                 unsubscribed_by, created_at, updated_at, unsubscribed_at FROM subscribers ORDER BY email"
+        }
+        Some(_) => {
+            "SELECT id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
+                    unsubscribed_by, created_at, updated_at, unsubscribed_at FROM subscribers \
+                    WHERE status = ? ORDER BY email"
+        }
+    };
+    let mut q = sqlx::query_as::<_, Subscriber>(sql);
+    if let Some(s) = status {
+        q = q.bind(s.as_str());
+    }
+    q.fetch(pool).map(|r| r.map_err(StoreError::from))
+}
+
+/// Subscribers that came from the subscriber file.
+pub async fn list_by_source(
+    conn: &mut SqliteConnection,
+    source: SubscriberSource,
+) -> Result<Vec<Subscriber>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscribers WHERE source = ? ORDER BY email");
+    Ok(sqlx::query_as(&sql)
+        .bind(source.as_str())
+        .fetch_all(conn)
+        .await?)
+}
+
+/// How many subscribers have each status.
+pub async fn count_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT status, count(*) FROM subscribers GROUP BY status ORDER BY status")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// One validated row of a subscriber import. `None` fields were empty or absent:
+/// new subscribers get the defaults, existing ones keep what they have.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub line: u64,
+    pub email: SubscriberEmail,
+    pub name: Option<SubscriberName>,
+    pub topics: Option<Topics>,
+    pub timezone: Option<TimeZone>,
+    pub format: Option<Format>,
+    pub max_papers: Option<MaxPapers>,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub rows: u64,
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    /// Known subscribers the import left alone: (email, name, status, ended by).
+    pub skipped: Vec<SkippedSubscriber>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSubscriber {
+    pub email: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub by: Option<String>,
+}
+
+/// Why an import was refused after all rows were read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("duplicate email {email} (first on line {first_line})")]
+    Duplicate {
+        line: u64,
+        first_line: u64,
+        email: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ImportError {
+    fn from(e: sqlx::Error) -> Self {
+        ImportError::Store(e.into())
+    }
+}
+
+/// A bulk import in progress, inside the caller's transaction. Rows are staged in
+/// batches into a temporary table, checked as a whole, then merged with a few
+/// set-based statements: constant memory and one round trip per batch.
+pub struct Import<'c> {
+    conn: &'c mut SqliteConnection,
+    keys: Keys,
+    batch: Vec<ImportRow>,
+    rows: u64,
+}
+
+const BATCH: usize = 500;
+
+impl<'c> Import<'c> {
+    pub async fn begin(conn: &'c mut SqliteConnection, keys: &Keys) -> Result<Self, StoreError> {
+        sqlx::query("DROP TABLE IF EXISTS temp.import_rows")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "CREATE TEMP TABLE import_rows (line INTEGER NOT NULL, email TEXT NOT NULL COLLATE NOCASE, \
+             name TEXT, topics TEXT, timezone TEXT, format TEXT, max_papers INTEGER, \
+             uuid TEXT NOT NULL, token_hash TEXT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(Self {
+            conn,
+            keys: keys.clone(),
+            batch: Vec::with_capacity(BATCH),
+            rows: 0,
+        })
+    }
+
+    pub async fn push(&mut self, row: ImportRow) -> Result<(), StoreError> {
+        self.batch.push(row);
+        self.rows += 1;
+        if self.batch.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO import_rows (line, email, name, topics, timezone, format, max_papers, uuid, token_hash) ",
+        );
+        let keys = &self.keys;
+        qb.push_values(self.batch.drain(..), |mut b, r| {
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let hash = keys.subscriber_token_hash(&uuid);
+            b.push_bind(r.line as i64)
+                .push_bind(r.email.as_str().to_string())
+                .push_bind(r.name.map(|n| n.as_str().to_string()))
+                .push_bind(r.topics.map(|t| t.to_json()))
+                .push_bind(r.timezone.map(|t| t.name()))
+                .push_bind(r.format.map(|f| f.as_str()))
+                .push_bind(r.max_papers.map(|m| i64::from(m.get())))
+                .push_bind(uuid)
+                .push_bind(hash);
+        });
+        qb.build()
+            .persistent(false)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Checks the staged rows and merges them. New addresses are added as active;
+    /// known ones are updated unless they unsubscribed or bounced (reported).
+    pub async fn finish(mut self, defaults: &Profile) -> Result<ImportReport, ImportError> {
+        self.flush().await?;
+        let conn = &mut *self.conn;
+        sqlx::query("CREATE INDEX temp.import_rows_email ON import_rows (email)")
+            .execute(&mut *conn)
+            .await?;
+
+        let dup: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT b.line, min(a.line), b.email FROM import_rows b JOIN import_rows a \
+             ON a.email = b.email AND a.line < b.line GROUP BY b.line ORDER BY b.line LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((line, first_line, email)) = dup {
+            return Err(ImportError::Duplicate {
+                line: line as u64,
+                first_line: first_line as u64,
+                email,
+            });
+        }
+
+        let skipped = sqlx::query_as::<_, (String, Option<String>, String, Option<String>)>(
+            "SELECT s.email, s.name, s.status, s.unsubscribed_by FROM import_rows i \
+             JOIN subscribers s ON s.email = i.email WHERE s.status IN ('unsubscribed', 'bounced') ORDER BY i.line",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(email, name, status, by)| SkippedSubscriber { email, name, status, by })
+        .collect();
+
+        let (matched,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM import_rows i JOIN subscribers s ON s.email = i.email \
+             WHERE s.status IN ('active', 'pending')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE subscribers SET \
+               name = coalesce(i.name, subscribers.name), \
+               topics = coalesce(i.topics, subscribers.topics), \
+               timezone = coalesce(i.timezone, subscribers.timezone), \
+               format = coalesce(i.format, subscribers.format), \
+               max_papers = coalesce(i.max_papers, subscribers.max_papers), \
+               updated_at = ?1 \
+             FROM import_rows AS i \
+             WHERE i.email = subscribers.email AND subscribers.status IN ('active', 'pending') \
+               AND (coalesce(i.name, subscribers.name) IS NOT subscribers.name \
+                 OR coalesce(i.topics, subscribers.topics) IS NOT subscribers.topics \
+                 OR coalesce(i.timezone, subscribers.timezone) IS NOT subscribers.timezone \
+                 OR coalesce(i.format, subscribers.format) IS NOT subscribers.format \
+                 OR coalesce(i.max_papers, subscribers.max_papers) IS NOT subscribers.max_papers)",
+        )
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+
+        let added = sqlx::query(
+            "INSERT INTO subscribers (uuid, email, name, topics, timezone, format, max_papers, status, source, \
+               token_hash, created_at, updated_at) \
+             SELECT i.uuid, i.email, i.name, coalesce(i.topics, ?1), coalesce(i.timezone, ?2), \
+               coalesce(i.format, ?3), coalesce(i.max_papers, ?4), 'active', 'import', i.token_hash, ?5, ?5 \
+             FROM import_rows i WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = i.email) \
+             ORDER BY i.line",
+        )
+        .bind(defaults.topics.to_json())
+        .bind(defaults.timezone.name())
+        .bind(defaults.format.as_str())
+        .bind(i64::from(defaults.max_papers.get()))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+
+        sqlx::query("DROP TABLE temp.import_rows")
+            .execute(&mut *conn)
+            .await?;
+        Ok(ImportReport {
+            rows: self.rows,
+            added,
+            updated,
+            unchanged: matched as u64 - updated,
+            skipped,
+        })
+    }
+}
