@@ -10,6 +10,7 @@ use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
 use sqlx::SqlitePool;
+use toml::Spanned;
 
 use super::InputError;
 use crate::{
@@ -25,19 +26,18 @@ use crate::{
 #[serde(deny_unknown_fields)]
 struct FileDoc {
     #[serde(default)]
-    subscriber: Vec<toml::Spanned<Entry>>,
+    subscriber: Vec<Spanned<Entry>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
-    email: String,
-    name: Option<String>,
-    #[serde(default)]
-    topics: Vec<String>,
-    timezone: Option<String>,
-    format: Option<String>,
-    max_papers: Option<i64>,
+    email: Spanned<String>,
+    name: Option<Spanned<String>>,
+    topics: Option<Spanned<Vec<String>>>,
+    timezone: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    max_papers: Option<Spanned<i64>>,
 }
 
 /// One validated entry of the file.
@@ -76,30 +76,40 @@ pub fn read(path: &Path, defaults: &Profile) -> anyhow::Result<Vec<FileSubscribe
     for spanned in doc.subscriber {
         let line = line_of(&text, spanned.span().start);
         let e = spanned.into_inner();
-        let err = |reason: String| InputError::new(path, line, reason);
-        let email = SubscriberEmail::parse(&e.email).map_err(|x| err(format!("email: {x}")))?;
+        // Errors point at the offending field's line.
+        let at = |span: std::ops::Range<usize>, reason: String| {
+            InputError::new(path, line_of(&text, span.start), reason)
+        };
+        let email = SubscriberEmail::parse(e.email.get_ref())
+            .map_err(|x| at(e.email.span(), format!("email: {x}")))?;
         if !seen.insert(email.as_str().to_lowercase()) {
-            return Err(err(format!("{email} is listed twice")).into());
+            return Err(at(e.email.span(), format!("{email} is listed twice")).into());
         }
         let profile = Profile {
-            name: e
-                .name
-                .as_deref()
-                .map(SubscriberName::parse_optional)
-                .transpose()
-                .map_err(|x| err(format!("name: {x}")))?
-                .flatten(),
-            topics: Topics::from_list(&e.topics).map_err(|x| err(format!("topics: {x}")))?,
-            timezone: match e.timezone.as_deref() {
-                Some(t) => TimeZone::parse(t).map_err(|x| err(format!("timezone: {x}")))?,
+            name: match &e.name {
+                Some(n) => SubscriberName::parse_optional(n.get_ref())
+                    .map_err(|x| at(n.span(), format!("name: {x}")))?,
+                None => None,
+            },
+            topics: match &e.topics {
+                Some(t) => Topics::from_list(t.get_ref())
+                    .map_err(|x| at(t.span(), format!("topics: {x}")))?,
+                None => Topics::default(),
+            },
+            timezone: match &e.timezone {
+                Some(t) => TimeZone::parse(t.get_ref())
+                    .map_err(|x| at(t.span(), format!("timezone: {x}")))?,
                 None => defaults.timezone,
             },
-            format: match e.format.as_deref() {
-                Some(f) => Format::parse(f).map_err(|x| err(format!("format: {x}")))?,
+            format: match &e.format {
+                Some(f) => {
+                    Format::parse(f.get_ref()).map_err(|x| at(f.span(), format!("format: {x}")))?
+                }
                 None => defaults.format,
             },
-            max_papers: match e.max_papers {
-                Some(m) => MaxPapers::new(m).map_err(|x| err(format!("max_papers: {x}")))?,
+            max_papers: match &e.max_papers {
+                Some(m) => MaxPapers::new(*m.get_ref())
+                    .map_err(|x| at(m.span(), format!("max_papers: {x}")))?,
                 None => defaults.max_papers,
             },
         };

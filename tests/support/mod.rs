@@ -1,0 +1,179 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+/// A scratch installation: its own directory, database, secret and subscriber file.
+/// Every command runs the real `paperpost` binary there.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts failure with exit code 1 and returns stderr.
+    #[track_caller]
+    pub fn fails(&self) -> &str {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        &self.stderr
+    }
+
+    /// The first line of stderr.
+    pub fn first_error_line(&self) -> &str {
+        self.stderr.lines().next().unwrap_or("")
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.path("data/paperpost.db")
+    }
+
+    /// Writes a file in the sandbox and returns its path.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_paperpost"));
+        c.current_dir(self.dir.path())
+            .env_remove("PAPERPOST_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("PAPERPOST__SECURITY__SECRET", SECRET)
+            .env("PAPERPOST__LOG__LEVEL", "warn");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PAPERPOST__")
+                && k != "PAPERPOST__SECURITY__SECRET"
+                && k != "PAPERPOST__LOG__LEVEL"
+            {
+                c.env_remove(k);
+            }
+        }
+        c
+    }
+
+    /// Runs `paperpost ARGS...` in the sandbox.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command()
+            .args(args)
+            .output()
+            .expect("run paperpost")
+            .into()
+    }
+
+    /// Runs with extra environment variables.
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let mut c = self.command();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(args).output().expect("run paperpost").into()
+    }
+
+    /// `subscribers list --json`, parsed.
+    pub fn subscribers(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["subscribers", "list", "--json"]);
+        serde_json::from_str(out.ok()).expect("list --json prints JSON")
+    }
+
+    /// The stored subscriber with this address, if any.
+    pub fn subscriber(&self, email: &str) -> Option<serde_json::Value> {
+        self.subscribers()
+            .into_iter()
+            .find(|s| s["email"].as_str().unwrap().eq_ignore_ascii_case(email))
+    }
+
+    /// `papers list [--date D] --json`, as (id, title) pairs in order.
+    pub fn papers(&self, date: Option<&str>) -> Vec<(String, String)> {
+        let mut args = vec!["papers", "list", "--json"];
+        if let Some(d) = date {
+            args.extend(["--date", d]);
+        }
+        let out = self.run(&args);
+        let v: Vec<serde_json::Value> = serde_json::from_str(out.ok()).expect("JSON");
+        v.iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    p["title"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Opens the sandbox database with the library, as the daemon would.
+    pub async fn pool(&self) -> sqlx::SqlitePool {
+        let settings = paperpost::config::Settings::load_from(
+            None,
+            Some(
+                [(
+                    "PAPERPOST__DATABASE__PATH".to_string(),
+                    self.db_path().display().to_string(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+        )
+        .unwrap();
+        paperpost::store::connect(&settings.database).await.unwrap()
+    }
+}
+
+/// The sample daily_papers file shipped with the tests.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
