@@ -248,7 +248,7 @@ fn bad_csv_rows_are_named_and_nothing_is_imported() {
         (
             "bad-email.csv",
             b"email,name\na@example.org,A\nb@example.org,B\nnot-an-email,C\n".to_vec(),
-            ":5: email: invalid email address".into(),
+            ":4: email: invalid email address".into(),
         ),
         (
             "dup.csv",
