@@ -3,8 +3,10 @@
 
 CREATE TABLE subscribers (
     id                   INTEGER PRIMARY KEY,
-    -- Public, random identifier; links are derived from it and the server secret.
-    uuid                 TEXT    NOT NULL UNIQUE,
+    -- Random (v4) identifier that link tokens are derived from, with the server
+    -- secret. Not indexed: nothing looks subscribers up by it, and a random-key
+    -- index would halve bulk import speed.
+    uuid                 TEXT    NOT NULL,
     email                TEXT    NOT NULL UNIQUE COLLATE NOCASE,
     name                 TEXT,
     -- JSON array of topic strings.

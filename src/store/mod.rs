@@ -8,7 +8,7 @@ use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use sqlx::{
-    SqlitePool,
+    ConnectOptions, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -52,7 +52,9 @@ pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(settings.busy_timeout)
-        .pragma("temp_store", "file");
+        .pragma("temp_store", "file")
+        // A bulk import's merge legitimately runs for seconds; only warn past a minute.
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
