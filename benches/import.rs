@@ -48,7 +48,11 @@ fn run(rows: usize) {
         .output()
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains(&format!("{rows} added")), "{summary}");
     // RUSAGE_CHILDREN reports the largest child so far; sizes run in increasing order.
@@ -62,7 +66,8 @@ fn run(rows: usize) {
 
 fn main() {
     // `cargo test --benches` runs benches once in test mode; keep that quick.
-    let quick = std::env::args().any(|a| a == "--test") || std::env::var_os("PAPERPOST_BENCH_QUICK").is_some();
+    let quick = std::env::args().any(|a| a == "--test")
+        || std::env::var_os("PAPERPOST_BENCH_QUICK").is_some();
     if quick {
         run(10_000);
         return;

@@ -8,40 +8,90 @@ use support::Sandbox;
 fn invalid_values_stop_start_up_with_the_key_and_value() {
     let s = Sandbox::new();
     let cases = [
-        ("PAPERPOST__SCHEDULE__CRON", "at seven", "schedule.cron", "at seven"),
-        ("PAPERPOST__SCHEDULE__TIMEZONE", "Europe/Atlantis", "schedule.timezone", "Europe/Atlantis"),
-        ("PAPERPOST__MAIL__FROM", "paperpost", "mail.from", "paperpost"),
-        ("PAPERPOST__MAIL__SMTP__PORT", "99999", "mail.smtp.port", "99999"),
-        ("PAPERPOST__HTTP__PUBLIC_URL", "ftp://example.org", "http.public_url", "ftp://example.org"),
-        ("PAPERPOST__MAIL__TRANSPORT", "pigeon", "mail.transport", "pigeon"),
-        ("PAPERPOST__MAIL__RETRY__MAX_AGE", "forever", "mail.retry.max_age", "forever"),
+        (
+            "PAPERPOST__SCHEDULE__CRON",
+            "at seven",
+            "schedule.cron",
+            "at seven",
+        ),
+        (
+            "PAPERPOST__SCHEDULE__TIMEZONE",
+            "Europe/Atlantis",
+            "schedule.timezone",
+            "Europe/Atlantis",
+        ),
+        (
+            "PAPERPOST__MAIL__FROM",
+            "paperpost",
+            "mail.from",
+            "paperpost",
+        ),
+        (
+            "PAPERPOST__MAIL__SMTP__PORT",
+            "99999",
+            "mail.smtp.port",
+            "99999",
+        ),
+        (
+            "PAPERPOST__HTTP__PUBLIC_URL",
+            "ftp://example.org",
+            "http.public_url",
+            "ftp://example.org",
+        ),
+        (
+            "PAPERPOST__MAIL__TRANSPORT",
+            "pigeon",
+            "mail.transport",
+            "pigeon",
+        ),
+        (
+            "PAPERPOST__MAIL__RETRY__MAX_AGE",
+            "forever",
+            "mail.retry.max_age",
+            "forever",
+        ),
     ];
     for (var, value, key, shown) in cases {
         let out = s.run_env(&[(var, value)], &["subscribers", "list"]);
         assert_eq!(out.code, 78, "{var}: {}", out.stderr);
         let line = out.first_error_line();
         assert!(line.starts_with("error: invalid configuration: "), "{line}");
-        assert!(line.contains(key) && line.contains(shown), "{var}={value}: {line}");
-        assert!(!s.db_path().exists(), "nothing is created when the configuration is invalid");
+        assert!(
+            line.contains(key) && line.contains(shown),
+            "{var}={value}: {line}"
+        );
+        assert!(
+            !s.db_path().exists(),
+            "nothing is created when the configuration is invalid"
+        );
     }
 }
 
 #[test]
 fn a_config_file_layers_over_defaults_and_env_wins() {
     let s = Sandbox::new();
-    let f = s.write("local.toml", "[database]\npath = \"other/pp.db\"\n[mail]\nconcurrency = 9\n");
+    let f = s.write(
+        "local.toml",
+        "[database]\npath = \"other/pp.db\"\n[mail]\nconcurrency = 9\n",
+    );
     let out = s.run(&["--config", f.to_str().unwrap(), "config"]);
     assert!(out.ok().contains("other/pp.db"), "{}", out.stdout);
     assert!(out.stdout.contains("concurrency: 9"), "{}", out.stdout);
     let out = s.run_env(
-        &[("PAPERPOST_CONFIG", f.to_str().unwrap()), ("PAPERPOST__MAIL__CONCURRENCY", "3")],
+        &[
+            ("PAPERPOST_CONFIG", f.to_str().unwrap()),
+            ("PAPERPOST__MAIL__CONCURRENCY", "3"),
+        ],
         &["config"],
     );
     assert!(out.ok().contains("concurrency: 3"), "{}", out.stdout);
     assert!(out.stdout.contains("other/pp.db"));
 
     s.run(&["--config", f.to_str().unwrap(), "migrate"]).ok();
-    assert!(s.path("other/pp.db").exists(), "the database folder is created");
+    assert!(
+        s.path("other/pp.db").exists(),
+        "the database folder is created"
+    );
 }
 
 #[test]
@@ -50,7 +100,12 @@ fn unknown_keys_and_broken_files_are_named() {
     let f = s.write("local.toml", "[mail]\nfrom_address = \"x@example.org\"\n");
     let out = s.run(&["--config", f.to_str().unwrap(), "config"]);
     assert_eq!(out.code, 78);
-    assert!(out.first_error_line().contains("mail.from_address: unknown field `from_address`"), "{}", out.stderr);
+    assert!(
+        out.first_error_line()
+            .contains("mail.from_address: unknown field `from_address`"),
+        "{}",
+        out.stderr
+    );
 
     let f = s.write("broken.toml", "[mail\nfrom = 1\n");
     let out = s.run(&["--config", f.to_str().unwrap(), "config"]);
@@ -65,7 +120,10 @@ fn unknown_keys_and_broken_files_are_named() {
 #[test]
 fn secrets_never_appear_in_output() {
     let s = Sandbox::new();
-    let out = s.run_env(&[("PAPERPOST__MAIL__SMTP__PASSWORD", "correct-horse-battery")], &["config"]);
+    let out = s.run_env(
+        &[("PAPERPOST__MAIL__SMTP__PASSWORD", "correct-horse-battery")],
+        &["config"],
+    );
     assert!(out.ok().contains("REDACTED"));
     assert!(!out.stdout.contains("correct-horse") && !out.stderr.contains("correct-horse"));
     assert!(!out.stdout.contains(support::SECRET));
@@ -86,13 +144,21 @@ fn help_explains_the_commands() {
 #[test]
 fn demo_runs_on_the_embedded_defaults() {
     let s = Sandbox::new();
-    let out = s.command().env_remove("PAPERPOST__SECURITY__SECRET").arg("demo").output().unwrap();
+    let out = s
+        .command()
+        .env_remove("PAPERPOST__SECURITY__SECRET")
+        .arg("demo")
+        .output()
+        .unwrap();
     let out = support::Run::from(out);
     let text = out.ok();
     assert!(text.contains("Selected 5 papers for 2024-03-11"), "{text}");
     assert!(text.contains("ada@example.org"), "{text}");
     assert!(s.db_path().exists());
-    assert!(s.path("data/secret.key").exists(), "a secret is generated on first use");
+    assert!(
+        s.path("data/secret.key").exists(),
+        "a secret is generated on first use"
+    );
     // Twice is fine.
     s.run(&["demo"]).ok();
 }
