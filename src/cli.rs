@@ -14,6 +14,7 @@ use sqlx::SqlitePool;
 
 use crate::{
     config::Settings,
+    digest::{Composer, Edition, Reader},
     domain::{
         Format, MaxPapers, PaperId, SubscriberEmail, SubscriberName, SubscriberSource,
         SubscriberStatus, TimeZone, Topics,
@@ -62,6 +63,30 @@ pub enum Command {
     /// Import papers and choose each day's selection.
     #[command(subcommand)]
     Papers(PapersCmd),
+    /// Render one digest without sending it or touching any delivery state.
+    Preview {
+        /// The edition date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+        /// Whose digest (their topics, name and format); default: a reader with no
+        /// name and no topics.
+        #[arg(long, value_name = "EMAIL")]
+        subscriber: Option<String>,
+        /// html or text: that part of the digest; eml: the whole message as sent.
+        /// Default: the reader's format.
+        #[arg(long, value_enum)]
+        format: Option<PreviewFormat>,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PreviewFormat {
+    Html,
+    Text,
+    Eml,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +294,7 @@ fn quiet_on_closed_pipe(command: &Command) {
             | Command::Demo
             | Command::Subscribers(SubscribersCmd::List { .. } | SubscribersCmd::Export { .. })
             | Command::Papers(PapersCmd::List { .. } | PapersCmd::Export { .. })
+            | Command::Preview { .. }
     );
     #[cfg(unix)]
     if piped {
@@ -299,6 +325,21 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Demo => demo(&App::open(settings).await?).await,
         Command::Subscribers(cmd) => subscribers(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers(&App::open(settings).await?, cmd).await,
+        Command::Preview {
+            date,
+            subscriber,
+            format,
+            out,
+        } => {
+            preview(
+                &App::open(settings).await?,
+                date,
+                subscriber.as_deref(),
+                format,
+                out.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -678,6 +719,78 @@ async fn papers(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
                 None => std::io::stdout().write_all(json.as_bytes())?,
             }
         }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ preview
+
+/// The token shown in previews' links: a preview forwarded to someone cannot
+/// unsubscribe the reader it was made for.
+pub const PREVIEW_TOKEN: &str = "preview";
+
+async fn preview(
+    app: &App,
+    date: NaiveDate,
+    email: Option<&str>,
+    format: Option<PreviewFormat>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut conn = app.pool.acquire().await?;
+    let papers = store::papers::selection(&mut conn, date).await?;
+    if papers.is_empty() {
+        anyhow::bail!("no papers selected for {date}; import some with `paperpost papers import`");
+    }
+    let sample_email = SubscriberEmail::parse("reader@example.org")?;
+    let subscriber = match email {
+        Some(e) => Some(subs::get_by_email(&mut conn, e).await?),
+        None => None,
+    };
+    drop(conn);
+    let sample_topics = Topics::default();
+    let reader = match &subscriber {
+        Some(s) => Reader::from(s),
+        None => Reader {
+            uuid: "00000000-0000-0000-0000-000000000000",
+            email: &sample_email,
+            name: None,
+            topics: &sample_topics,
+            format: Format::Html,
+            max_papers: app.settings.subscribers.default_max_papers,
+        },
+    };
+    let format = format.unwrap_or(match reader.format {
+        Format::Html => PreviewFormat::Html,
+        Format::Text => PreviewFormat::Text,
+    });
+    let composer = Composer::new(&app.settings, app.keys.clone())?;
+    let edition = Edition::new(date, papers, app.settings.newsletter.thumbnails);
+    let reader = Reader {
+        format: if format == PreviewFormat::Html {
+            Format::Html
+        } else {
+            reader.format
+        },
+        ..reader
+    };
+    let (message, rendered) = composer.compose_with_token(&edition, &reader, PREVIEW_TOKEN)?;
+    let bytes = match format {
+        PreviewFormat::Html => rendered.html.unwrap_or_default().into_bytes(),
+        PreviewFormat::Text => rendered.text.into_bytes(),
+        PreviewFormat::Eml => message.formatted(),
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "Wrote the {date} digest for {} to {} ({} papers)",
+                reader.email,
+                path.display(),
+                rendered.papers
+            );
+        }
+        None => std::io::stdout().write_all(&bytes)?,
     }
     Ok(())
 }

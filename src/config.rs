@@ -92,7 +92,12 @@ pub struct MailSettings {
     #[serde(deserialize_with = "de::concurrency")]
     pub concurrency: u16,
     pub rate_limit: u32,
+    #[serde(deserialize_with = "de::optional_domain")]
+    pub message_id_domain: Option<String>,
+    #[serde(deserialize_with = "de::optional_address")]
+    pub unsubscribe_mailto: Option<lettre::Address>,
     pub smtp: SmtpSettings,
+    pub dkim: DkimSettings,
     pub retry: RetrySettings,
 }
 
@@ -124,6 +129,22 @@ impl fmt::Debug for SmtpSettings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkimAlgorithm {
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSettings {
+    pub selector: String,
+    #[serde(deserialize_with = "de::optional_domain")]
+    pub domain: Option<String>,
+    pub key_file: PathBuf,
+    pub algorithm: DkimAlgorithm,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
@@ -153,6 +174,11 @@ pub struct NewsletterSettings {
     pub title: String,
     #[serde(deserialize_with = "de::list_id")]
     pub list_id: String,
+    #[serde(deserialize_with = "de::subject")]
+    pub subject: String,
+    #[serde(deserialize_with = "de::one_line")]
+    pub postal_address: String,
+    pub thumbnails: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +366,19 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
+impl<'de> Deserialize<'de> for DkimAlgorithm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "rsa" => Ok(Self::Rsa),
+            "ed25519" => Ok(Self::Ed25519),
+            _ => Err(D::Error::custom(format!(
+                "invalid value {s:?} (expected one of: rsa, ed25519)"
+            ))),
+        }
+    }
+}
+
 mod de {
     use super::*;
 
@@ -518,6 +557,75 @@ mod de {
                 Err(format!(
                     "invalid list id {s:?}: use a domain-like name such as daily.news.example.org"
                 ))
+            }
+        })
+    }
+
+    pub fn optional_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            let ok = s.len() <= 253
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if ok {
+                Ok(Some(s.to_ascii_lowercase()))
+            } else {
+                Err(format!("invalid domain name {s:?}"))
+            }
+        })
+    }
+
+    pub fn optional_address<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<lettre::Address>, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim().trim_start_matches("mailto:");
+            if s.is_empty() {
+                return Ok(None);
+            }
+            SubscriberEmail::parse(s)
+                .map(|e| Some(e.to_address()))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    pub fn subject<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            let t = crate::domain::normalize_ws(s);
+            if t.is_empty() || s.chars().any(|c| c.is_control() && c != ' ') {
+                return Err(format!("invalid subject pattern {s:?}: one line of text"));
+            }
+            let mut rest = t.as_str();
+            while let Some(i) = rest.find('{') {
+                let end = rest[i..]
+                    .find('}')
+                    .ok_or_else(|| format!("invalid subject pattern {s:?}: unclosed '{{'"))?;
+                let name = &rest[i + 1..i + end];
+                if !matches!(name, "title" | "date" | "top") {
+                    return Err(format!(
+                        "invalid subject pattern {s:?}: unknown placeholder {{{name}}} (use {{title}}, {{date}}, {{top}})"
+                    ));
+                }
+                rest = &rest[i + end + 1..];
+            }
+            Ok(t)
+        })
+    }
+
+    pub fn one_line<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        parsed(d, |s| {
+            if s.chars().any(|c| c.is_control()) {
+                Err(format!(
+                    "invalid value {s:?}: one line of text without control characters"
+                ))
+            } else {
+                Ok(crate::domain::normalize_ws(s))
             }
         })
     }

@@ -1,0 +1,188 @@
+//! The digest as an Internet message: headers for deliverability and one-click
+//! unsubscribe (RFC 2369, RFC 8058), MIME parts, optional DKIM.
+
+use anyhow::Context;
+use lettre::{
+    Message,
+    message::{
+        Mailbox, MultiPart, SinglePart,
+        dkim::{
+            DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+            DkimSigningKey,
+        },
+        header::{HeaderName, HeaderValue},
+    },
+};
+
+use super::{Edition, Reader, Rendered};
+use crate::config::{DkimAlgorithm, Settings};
+
+/// Message settings, read and checked once at start-up.
+pub struct Envelope {
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+    list_id: String,
+    message_id_domain: String,
+    unsubscribe_mailto: Option<lettre::Address>,
+    dkim: Option<DkimConfig>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("from", &self.from)
+            .field("list_id", &self.list_id)
+            .field("dkim", &self.dkim.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const fn name(s: &'static str) -> HeaderName {
+    HeaderName::new_from_ascii_str(s)
+}
+
+impl Envelope {
+    /// Reads the DKIM key if signing is on; a missing or bad key names `mail.dkim.key_file`.
+    pub fn from_settings(s: &Settings) -> anyhow::Result<Self> {
+        let from_domain = s.mail.from.email.domain().to_ascii_lowercase();
+        let list_id = match s.newsletter.title.is_ascii() {
+            true => format!(
+                "\"{}\" <{}>",
+                s.newsletter.title.replace(['\\', '"'], ""),
+                s.newsletter.list_id
+            ),
+            false => format!("<{}>", s.newsletter.list_id),
+        };
+        let dkim = if s.mail.dkim.selector.trim().is_empty() {
+            None
+        } else {
+            let d = &s.mail.dkim;
+            let path = &d.key_file;
+            let key_text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "invalid configuration: mail.dkim.key_file: cannot read {:?}",
+                    path.display().to_string()
+                )
+            })?;
+            let algorithm = match d.algorithm {
+                DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
+                DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
+            };
+            let key = DkimSigningKey::new(key_text.trim(), algorithm).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration: mail.dkim.key_file: {:?} is not a {} key: {e}",
+                    path.display().to_string(),
+                    match d.algorithm {
+                        DkimAlgorithm::Rsa => "PKCS#1 PEM RSA",
+                        DkimAlgorithm::Ed25519 => "base64 ed25519",
+                    }
+                )
+            })?;
+            Some(DkimConfig::new(
+                d.selector.trim().to_string(),
+                d.domain.clone().unwrap_or_else(|| from_domain.clone()),
+                key,
+                vec![
+                    name("From"),
+                    name("To"),
+                    name("Subject"),
+                    name("Date"),
+                    name("Message-ID"),
+                    name("List-Unsubscribe"),
+                    name("List-Unsubscribe-Post"),
+                    name("List-Id"),
+                ],
+                DkimCanonicalization {
+                    header: DkimCanonicalizationType::Relaxed,
+                    body: DkimCanonicalizationType::Relaxed,
+                },
+            ))
+        };
+        Ok(Self {
+            from: s.mail.from.clone(),
+            reply_to: s.mail.reply_to.clone(),
+            list_id,
+            message_id_domain: s.mail.message_id_domain.clone().unwrap_or(from_domain),
+            unsubscribe_mailto: s.mail.unsubscribe_mailto.clone(),
+            dkim,
+        })
+    }
+
+    /// The Message-ID of a reader's digest for an edition: the same on every
+    /// attempt, so a retried message is recognizably the same message.
+    pub fn message_id(&self, edition: &Edition, reader: &Reader<'_>) -> String {
+        format!(
+            "<digest.{}.{}@{}>",
+            edition.date, reader.uuid, self.message_id_domain
+        )
+    }
+
+    /// Builds the message: text/plain alone, or multipart/alternative with the
+    /// text part first and HTML second.
+    pub fn build(
+        &self,
+        edition: &Edition,
+        reader: &Reader<'_>,
+        rendered: Rendered,
+        unsubscribe_url: &str,
+    ) -> anyhow::Result<Message> {
+        // lettre quotes and RFC 2047-encodes the display name as needed; names
+        // cannot hold CR or LF (SubscriberName), and lettre encodes them anyway.
+        let to = Mailbox::new(
+            reader.name.map(|n| n.as_str().to_string()),
+            reader.email.to_address(),
+        );
+        let mut list_unsubscribe = format!("<{unsubscribe_url}>");
+        if let Some(addr) = &self.unsubscribe_mailto {
+            list_unsubscribe.push_str(&format!(", <mailto:{addr}?subject=unsubscribe>"));
+        }
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            .date_now()
+            .message_id(Some(self.message_id(edition, reader)))
+            .raw_header(HeaderValue::new(name("List-Id"), self.list_id.clone()))
+            .raw_header(HeaderValue::new(name("List-Unsubscribe"), list_unsubscribe))
+            .raw_header(HeaderValue::new(
+                name("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ))
+            .raw_header(HeaderValue::new(
+                name("Feedback-ID"),
+                format!(
+                    "{}:{}:digest:{}",
+                    edition.date.format("%Y%m%d"),
+                    reader.format.as_str(),
+                    self.list_id_bare()
+                ),
+            ))
+            .raw_header(HeaderValue::new(
+                name("Auto-Submitted"),
+                "auto-generated".into(),
+            ))
+            .raw_header(HeaderValue::new(name("Precedence"), "list".into()));
+        if let Some(r) = &self.reply_to {
+            b = b.reply_to(r.clone());
+        }
+        let mut message = match rendered.html {
+            Some(html) => b.multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(rendered.text))
+                    .singlepart(SinglePart::html(html)),
+            )?,
+            None => b.singlepart(SinglePart::plain(rendered.text))?,
+        };
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
+        Ok(message)
+    }
+
+    fn list_id_bare(&self) -> &str {
+        self.list_id
+            .rsplit(['<', '>'])
+            .nth(1)
+            .unwrap_or(&self.list_id)
+    }
+}
