@@ -5,12 +5,12 @@ use anyhow::Context;
 use lettre::{
     Message,
     message::{
-        Mailbox, MultiPart, SinglePart,
+        Body, Mailbox, MultiPart, SinglePart,
         dkim::{
             DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
             DkimSigningKey,
         },
-        header::{HeaderName, HeaderValue},
+        header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue},
     },
 };
 
@@ -168,10 +168,10 @@ impl Envelope {
         let mut message = match rendered.html {
             Some(html) => b.multipart(
                 MultiPart::alternative()
-                    .singlepart(SinglePart::plain(rendered.text))
-                    .singlepart(SinglePart::html(html)),
+                    .singlepart(part(ContentType::TEXT_PLAIN, &rendered.text))
+                    .singlepart(part(ContentType::TEXT_HTML, &html)),
             )?,
-            None => b.singlepart(SinglePart::plain(rendered.text))?,
+            None => b.singlepart(part(ContentType::TEXT_PLAIN, &rendered.text))?,
         };
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);
@@ -185,4 +185,16 @@ impl Envelope {
             .nth(1)
             .unwrap_or(&self.list_id)
     }
+}
+
+/// A UTF-8 text part, quoted-printable encoded by [`super::qp`].
+fn part(content_type: ContentType, text: &str) -> SinglePart {
+    let mut encoded = Vec::with_capacity(text.len() + text.len() / 8);
+    super::qp::encode(text, &mut encoded);
+    SinglePart::builder()
+        .header(content_type)
+        .body(Body::dangerous_pre_encoded(
+            encoded,
+            ContentTransferEncoding::QuotedPrintable,
+        ))
 }

@@ -6,6 +6,7 @@
 //! per reader only ranking, templating and message building remain, with no I/O.
 
 pub mod message;
+pub mod qp;
 pub mod rank;
 
 use askama::Template;
@@ -46,6 +47,25 @@ pub struct PreparedPaper {
     /// The title wrapped with a four-column hanging indent; the first four
     /// columns are replaced by the paper's number in each digest.
     title_wrapped: String,
+    /// The card's HTML below its first line (templates/paper.html), rendered
+    /// once per edition; with the full and with the brief abstract.
+    pub card_html: String,
+    pub card_html_brief: String,
+    /// The text part's block below the title (templates/paper.txt).
+    pub block_text: String,
+}
+
+#[derive(Template)]
+#[template(path = "paper.html")]
+struct PaperHtml<'a> {
+    p: &'a PreparedPaper,
+    abstract_text: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "paper.txt")]
+struct PaperText<'a> {
+    p: &'a PreparedPaper,
 }
 
 /// One edition's papers in the editor's order, prepared for rendering.
@@ -69,7 +89,7 @@ impl Edition {
                             .subsequent_indent(rest),
                     )
                 };
-                PreparedPaper {
+                let mut p = PreparedPaper {
                     search: Searchable::new(&paper),
                     hf_url: paper.hf_url(),
                     arxiv_url: paper.arxiv_url(),
@@ -84,7 +104,25 @@ impl Edition {
                     abstract_brief: trim_words(&abstract_short, BRIEF_ABSTRACT_CHARS),
                     abstract_short,
                     paper,
+                    card_html: String::new(),
+                    card_html_brief: String::new(),
+                    block_text: String::new(),
+                };
+                // Rendering into a String cannot fail for these templates.
+                p.card_html = PaperHtml {
+                    p: &p,
+                    abstract_text: &p.abstract_short,
                 }
+                .render()
+                .unwrap_or_default();
+                p.card_html_brief = PaperHtml {
+                    p: &p,
+                    abstract_text: &p.abstract_brief,
+                }
+                .render()
+                .unwrap_or_default();
+                p.block_text = PaperText { p: &p }.render().unwrap_or_default();
+                p
             })
             .collect();
         Self { date, papers }
