@@ -570,3 +570,59 @@ fn subjects_are_trimmed_at_a_word_boundary() {
     );
     assert!(bad.unwrap_err().to_string().contains("newsletter.subject"));
 }
+
+#[test]
+fn sent_messages_carry_exactly_the_previewed_digest() {
+    // Messages are assembled from fragments encoded once per edition; what a
+    // reader decodes must be the very digest `render` (and so preview) shows.
+    let composer = Composer::new(&settings(&[]), keys()).unwrap();
+    let mut papers: Vec<Paper> = {
+        let e = sample_edition();
+        e.papers.into_iter().map(|p| p.paper).collect()
+    };
+    papers.push(hostile_paper());
+    let edition = Edition::new(
+        chrono::NaiveDate::from_ymd_opt(2024, 3, 11).unwrap(),
+        papers,
+        true,
+    );
+    for (topics, format, max) in [
+        ("llm", Format::Html, 10),
+        ("", Format::Text, 3),
+        ("quantization,rl", Format::Html, 30),
+    ] {
+        let who = Who::new("zoe@example.org", Some("Zoë"), topics);
+        let reader = who.reader(format, max);
+        let plain = composer.render(&edition, &reader).unwrap();
+        let raw = composer.compose(&edition, &reader).unwrap().formatted();
+        let parsed = MessageParser::default().parse(&raw).unwrap();
+        // (A single-part body ends with the message's final line break.)
+        let crlf = |s: &str| s.replace("\r\n", "\n").trim_end().to_string();
+        assert_eq!(
+            crlf(&parsed.body_text(0).unwrap()),
+            crlf(&plain.text),
+            "text part for {topics:?}"
+        );
+        if let Some(html) = plain.html {
+            assert_eq!(
+                crlf(&parsed.body_html(0).unwrap()),
+                crlf(&html),
+                "html part for {topics:?}"
+            );
+        }
+        assert!(!raw.contains(&1u8), "a fragment marker leaked");
+    }
+}
+
+#[test]
+fn control_characters_in_paper_text_cannot_forge_a_fragment() {
+    let p = Paper::new(PaperDraft {
+        id: Some("2401.00001".into()),
+        title: "\u{1}c0\u{1}".into(),
+        abstract_text: "line\n\u{1}t0\u{1}\nmore".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(p.title, "c0");
+    assert!(!p.abstract_text.contains('\u{1}'));
+}

@@ -168,10 +168,10 @@ impl Envelope {
         let mut message = match rendered.html {
             Some(html) => b.multipart(
                 MultiPart::alternative()
-                    .singlepart(part(ContentType::TEXT_PLAIN, &rendered.text))
-                    .singlepart(part(ContentType::TEXT_HTML, &html)),
+                    .singlepart(part(edition, ContentType::TEXT_PLAIN, &rendered.text))
+                    .singlepart(part(edition, ContentType::TEXT_HTML, &html)),
             )?,
-            None => b.singlepart(part(ContentType::TEXT_PLAIN, &rendered.text))?,
+            None => b.singlepart(part(edition, ContentType::TEXT_PLAIN, &rendered.text))?,
         };
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);
@@ -187,10 +187,11 @@ impl Envelope {
     }
 }
 
-/// A UTF-8 text part, quoted-printable encoded by [`super::qp`].
-fn part(content_type: ContentType, text: &str) -> SinglePart {
-    let mut encoded = Vec::with_capacity(text.len() + text.len() / 8);
-    super::qp::encode(text, &mut encoded);
+/// A UTF-8 text part, quoted-printable encoded by [`super::qp`], with the
+/// edition's pre-encoded fragments spliced in for segmented renderings.
+fn part(edition: &Edition, content_type: ContentType, text: &str) -> SinglePart {
+    let mut encoded = Vec::with_capacity(16 * 1024);
+    super::qp::encode_spliced(text, &mut encoded, |line| edition.fragment(line));
     SinglePart::builder()
         .header(content_type)
         .body(Body::dangerous_pre_encoded(

@@ -53,6 +53,9 @@ pub struct PreparedPaper {
     pub card_html_brief: String,
     /// The text part's block below the title (templates/paper.txt).
     pub block_text: String,
+    /// The three fragments above, quoted-printable encoded once per edition and
+    /// spliced into each message (see [`qp::encode_spliced`]).
+    encoded: [Vec<u8>; 3],
 }
 
 #[derive(Template)]
@@ -107,6 +110,7 @@ impl Edition {
                     card_html: String::new(),
                     card_html_brief: String::new(),
                     block_text: String::new(),
+                    encoded: Default::default(),
                 };
                 // Rendering into a String cannot fail for these templates.
                 p.card_html = PaperHtml {
@@ -122,10 +126,36 @@ impl Edition {
                 .render()
                 .unwrap_or_default();
                 p.block_text = PaperText { p: &p }.render().unwrap_or_default();
+                // Fragments fill whole lines of the digest: no final line break.
+                for f in [&mut p.card_html, &mut p.card_html_brief, &mut p.block_text] {
+                    f.truncate(f.trim_end_matches(['\r', '\n']).len());
+                }
+                for (slot, f) in
+                    p.encoded
+                        .iter_mut()
+                        .zip([&p.card_html, &p.card_html_brief, &p.block_text])
+                {
+                    qp::encode(f, slot);
+                }
                 p
             })
             .collect();
         Self { date, papers }
+    }
+
+    /// The pre-encoded fragment a marker line (from [`PaperView::card`] or
+    /// [`PaperView::block`] in segmented rendering) stands for.
+    pub fn fragment(&self, line: &[u8]) -> Option<&[u8]> {
+        let inner = line.strip_prefix(&[MARK])?.strip_suffix(&[MARK])?;
+        let (&kind, index) = inner.split_first()?;
+        let index: usize = std::str::from_utf8(index).ok()?.parse().ok()?;
+        let slot = match kind {
+            b'c' => 0,
+            b'b' => 1,
+            b't' => 2,
+            _ => return None,
+        };
+        self.papers.get(index).map(|p| p.encoded[slot].as_slice())
     }
 
     /// "Wednesday, 11 March 2024"
@@ -222,13 +252,46 @@ impl Look {
     }
 }
 
+/// Marks a line that stands for a pre-encoded fragment. Paper text cannot hold
+/// it ([`crate::domain::Paper`] removes control characters).
+const MARK: u8 = 0x01;
+
 /// One paper as a digest shows it.
 pub struct PaperView<'a> {
     pub number: usize,
+    /// Its index in the edition.
+    pub index: usize,
+    /// Render fragment markers instead of fragments (for message bodies).
+    pub segmented: bool,
     pub paper: &'a PreparedPaper,
     /// The subscriber's topics it matched, joined with ", "; empty for none.
     pub matched: String,
     pub title_wrapped: String,
+}
+
+impl PaperView<'_> {
+    fn marker(&self, kind: char) -> std::borrow::Cow<'static, str> {
+        format!("{}{kind}{}{}", MARK as char, self.index, MARK as char).into()
+    }
+
+    /// The card's HTML below its first line.
+    pub fn card(&self, brief: &bool) -> std::borrow::Cow<'_, str> {
+        match (self.segmented, *brief) {
+            (true, false) => self.marker('c'),
+            (true, true) => self.marker('b'),
+            (false, false) => self.paper.card_html.as_str().into(),
+            (false, true) => self.paper.card_html_brief.as_str().into(),
+        }
+    }
+
+    /// The text part's block below the title.
+    pub fn block(&self) -> std::borrow::Cow<'_, str> {
+        if self.segmented {
+            self.marker('t')
+        } else {
+            self.paper.block_text.as_str().into()
+        }
+    }
 }
 
 /// Everything the digest templates show.
@@ -279,6 +342,7 @@ pub fn view<'a>(
     look: &'a Look,
     reader: &Reader<'a>,
     token: &str,
+    segmented: bool,
 ) -> DigestView<'a> {
     let input: Vec<(&Searchable, i64)> = edition
         .papers
@@ -301,6 +365,8 @@ pub fn view<'a>(
             }
             PaperView {
                 number,
+                index: pick.index,
+                segmented,
                 paper,
                 matched: pick
                     .matched
@@ -364,14 +430,17 @@ pub fn subject(look: &Look, edition: &Edition, top: Option<&str>) -> String {
     trim_words(&crate::domain::normalize_ws(&s), 77)
 }
 
-/// Renders one reader's digest.
+/// Renders one reader's digest. With `segmented`, each paper's static part is
+/// a marker line for [`Edition::fragment`] instead of its text: the form
+/// [`message::Envelope::build`] encodes fastest; never shown to anyone.
 pub fn render(
     edition: &Edition,
     look: &Look,
     reader: &Reader<'_>,
     token: &str,
+    segmented: bool,
 ) -> Result<Rendered, askama::Error> {
-    let mut v = view(edition, look, reader, token);
+    let mut v = view(edition, look, reader, token, segmented);
     let subject = subject(
         look,
         edition,
@@ -427,6 +496,7 @@ impl Composer {
             &self.look,
             reader,
             &self.keys.subscriber_token(reader.uuid),
+            false,
         )
     }
 
@@ -437,7 +507,7 @@ impl Composer {
         reader: &Reader<'_>,
     ) -> anyhow::Result<lettre::Message> {
         let token = self.keys.subscriber_token(reader.uuid);
-        let rendered = render(edition, &self.look, reader, &token)?;
+        let rendered = render(edition, &self.look, reader, &token, true)?;
         self.envelope.build(
             edition,
             reader,
@@ -453,7 +523,7 @@ impl Composer {
         reader: &Reader<'_>,
         token: &str,
     ) -> anyhow::Result<(lettre::Message, Rendered)> {
-        let rendered = render(edition, &self.look, reader, token)?;
+        let rendered = render(edition, &self.look, reader, token, false)?;
         let message = self.envelope.build(
             edition,
             reader,

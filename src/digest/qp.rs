@@ -27,6 +27,18 @@ const MAX: usize = 76;
 /// Encodes `text` (lines ending in `\n` or `\r\n`) as quoted-printable with CRLF
 /// line endings, appending to `out`.
 pub fn encode(text: &str, out: &mut Vec<u8>) {
+    encode_spliced(text, out, |_| None);
+}
+
+/// As [`encode`], but a line for which `fragment` returns bytes is replaced by
+/// those bytes, which must already be encoded. Quoted-printable encodes each
+/// line on its own, so encoding a text's static lines once and splicing them is
+/// the same as encoding the whole text every time.
+pub fn encode_spliced<'f>(
+    text: &str,
+    out: &mut Vec<u8>,
+    fragment: impl Fn(&[u8]) -> Option<&'f [u8]>,
+) {
     let bytes = text.as_bytes();
     let mut start = 0;
     while start <= bytes.len() {
@@ -39,7 +51,13 @@ pub fn encode(text: &str, out: &mut Vec<u8>) {
         if let [rest @ .., b'\r'] = line {
             line = rest;
         }
-        encode_line(line, out);
+        match line.first() {
+            Some(1) => match fragment(line) {
+                Some(encoded) => out.extend_from_slice(encoded),
+                None => encode_line(line, out),
+            },
+            _ => encode_line(line, out),
+        }
         match end {
             Some(e) => {
                 out.extend_from_slice(b"\r\n");

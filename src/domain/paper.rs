@@ -135,7 +135,7 @@ impl Paper {
     pub const MAX_AUTHORS: usize = 2_000;
 
     pub fn new(d: PaperDraft) -> Result<Self, ParseError> {
-        let title = normalize_ws(&d.title);
+        let title = strip_controls(&normalize_ws(&d.title));
         if title.is_empty() {
             return Err(ParseError::new("the title is empty"));
         }
@@ -151,7 +151,7 @@ impl Paper {
                 d.abstract_text.len().div_ceil(1024)
             )));
         }
-        let abstract_text = normalize_ws(&d.abstract_text);
+        let abstract_text = strip_controls(&normalize_ws(&d.abstract_text));
         if abstract_text.is_empty() {
             return Err(ParseError::new(format!(
                 "paper {title:?} has an empty abstract"
@@ -193,6 +193,15 @@ impl Paper {
         self.id
             .is_arxiv()
             .then(|| format!("https://arxiv.org/abs/{}", self.id))
+    }
+}
+
+/// Drops control characters and bidi overrides that survive whitespace normalization.
+fn strip_controls(s: &str) -> String {
+    if s.chars().any(is_forbidden_char) {
+        s.chars().filter(|c| !is_forbidden_char(*c)).collect()
+    } else {
+        s.to_string()
     }
 }
 
