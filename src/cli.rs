@@ -842,8 +842,12 @@ async fn demo(ctx: &App) -> anyhow::Result<()> {
     ))
     .await?;
     println!();
-    println!("Look at a digest:  paperpost preview --date 2024-03-11 --subscriber ada@example.org --out ada.html");
-    println!("                   paperpost preview --date 2024-03-11 --subscriber zoe@example.org   (plain text)");
+    println!(
+        "Look at a digest:  paperpost preview --date 2024-03-11 --subscriber ada@example.org --out ada.html"
+    );
+    println!(
+        "                   paperpost preview --date 2024-03-11 --subscriber zoe@example.org   (plain text)"
+    );
     println!("Add yourself:      paperpost subscribers add you@example.org --topics llm");
     Ok(())
 }
