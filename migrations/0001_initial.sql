@@ -57,13 +57,13 @@ CREATE TABLE selections (
     UNIQUE (edition_date, paper_id)
 );
 
--- An edition starts when its deliveries are enqueued; its audience is then frozen.
+-- An edition starts when its deliveries are enqueued; its audience is then
+-- frozen. Whether it has finished is derived from its delivery rows.
 CREATE TABLE editions (
     edition_date  TEXT    PRIMARY KEY,
-    created_at    INTEGER NOT NULL,
-    started_at    INTEGER,
-    -- Set once every delivery row has reached a final state.
-    finished_at   INTEGER
+    started_at    INTEGER NOT NULL,
+    -- What started it: schedule, catch-up, send (the command).
+    started_by    TEXT    NOT NULL
 );
 
 -- One row per subscriber and edition: the unit of sending, retrying and auditing.
@@ -77,6 +77,7 @@ CREATE TABLE deliveries (
     next_attempt_at INTEGER NOT NULL,
     lease_until     INTEGER,
     last_error      TEXT,
+    -- The server's reply to the accepted message (SMTP) or the file written.
     smtp_reply      TEXT,
     message_id      TEXT,
     first_attempt_at INTEGER,

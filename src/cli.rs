@@ -51,8 +51,42 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Try paperpost on sample data: creates the database, imports the bundled
-    /// sample papers and sample subscribers, and shows the result.
+    /// sample papers and sample subscribers, sends the sample edition (to the
+    /// outbox folder by default), and shows the result.
     Demo,
+    /// Run the service: send each edition on schedule, retry, and resume after
+    /// restarts. Stops gracefully on SIGTERM or Ctrl-C; SIGHUP re-reads the
+    /// subscriber file.
+    Run,
+    /// Send one edition now, in the foreground, and exit when every message is
+    /// sent or has failed (for cron users and scripts).
+    Send {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+    },
+    /// Show each edition's progress (counts by status) and the latest errors.
+    Status {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<NaiveDate>,
+    },
+    /// List who got an edition: status, attempts, server reply or error.
+    Deliveries {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+        /// Only rows with this status.
+        #[arg(long, value_enum)]
+        status: Option<DeliveryStatus>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue an edition's failed deliveries again (to subscribers still active).
+    Resend {
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: NaiveDate,
+        /// Re-queue the failed rows (the only kind that can be resent).
+        #[arg(long, required = true)]
+        failed: bool,
+    },
     /// Create the database or bring its schema up to date (also done on every start).
     Migrate,
     /// Check the configuration and print the effective settings (secrets hidden).
@@ -80,6 +114,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryStatus {
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -291,10 +346,11 @@ fn quiet_on_closed_pipe(command: &Command) {
     let piped = matches!(
         command,
         Command::Config
-            | Command::Demo
             | Command::Subscribers(SubscribersCmd::List { .. } | SubscribersCmd::Export { .. })
             | Command::Papers(PapersCmd::List { .. } | PapersCmd::Export { .. })
             | Command::Preview { .. }
+            | Command::Status { .. }
+            | Command::Deliveries { .. }
     );
     #[cfg(unix)]
     if piped {
@@ -325,6 +381,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Demo => demo(&App::open(settings).await?).await,
         Command::Subscribers(cmd) => subscribers(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers(&App::open(settings).await?, cmd).await,
+        Command::Run => {
+            let app = App::open(settings).await?;
+            crate::daemon::run(app.settings, app.pool, app.keys).await
+        }
+        Command::Send { date } => {
+            let app = App::open(settings).await?;
+            send(&app, date).await.map(|_| ())
+        }
+        Command::Status { date } => status(&App::open(settings).await?, date).await,
+        Command::Deliveries { date, status, json } => {
+            list_deliveries(&App::open(settings).await?, date, status, json).await
+        }
+        Command::Resend { date, failed: _ } => {
+            let app = App::open(settings).await?;
+            let mut conn = app.pool.acquire().await?;
+            let n = store::deliveries::requeue_failed(&mut conn, date).await?;
+            println!(
+                "Re-queued {n} failed deliveries of {date}; a running daemon sends them, or run `paperpost send --date {date}`"
+            );
+            Ok(())
+        }
         Command::Preview {
             date,
             subscriber,
@@ -723,6 +800,242 @@ async fn papers(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------ sending
+
+/// What `send` did.
+pub struct SendSummary {
+    pub counts: store::deliveries::Counts,
+    /// Messages this run sent.
+    pub sent_now: u64,
+    pub seconds: f64,
+}
+
+/// Sends one edition to completion in the foreground.
+pub async fn send(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
+    let lock = crate::daemon::Lock::acquire(&app.pool).await?;
+    let result = send_locked(app, date).await;
+    lock.release().await;
+    result
+}
+
+async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
+    use std::sync::atomic::Ordering;
+    crate::daemon::recover(&app.pool).await?;
+    let mut conn = app.pool.acquire().await?;
+    if store::papers::selection(&mut conn, date).await?.is_empty() {
+        anyhow::bail!("no papers selected for {date}; import some with `paperpost papers import`");
+    }
+    drop(conn);
+    let composer = Composer::new(&app.settings, app.keys.clone())?;
+    let mailer = crate::mailer::Mailer::from_settings(&app.settings.mail)?;
+    match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
+        store::deliveries::Started::Now(n) => println!(
+            "Edition {date}: sending to {n} subscribers via {}",
+            mailer.describe()
+        ),
+        store::deliveries::Started::Already => {
+            println!(
+                "Edition {date} was started before; sending what is left via {}",
+                mailer.describe()
+            )
+        }
+    }
+    let engine = crate::delivery::Engine::new(&app.settings, app.pool.clone(), composer, mailer);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing the messages in flight");
+                shutdown.cancel();
+            }
+        });
+    }
+    let mut conn = app.pool.acquire().await?;
+    let before = store::deliveries::counts(&mut conn, date).await?;
+    drop(conn);
+    let total = before.total() as u64;
+    let already = (before.sent + before.failed + before.cancelled) as u64;
+    let started = std::time::Instant::now();
+    let reporter = {
+        let engine = std::sync::Arc::clone(&engine);
+        let tty = std::io::stderr().is_terminal();
+        tokio::spawn(async move {
+            let bar = tty.then(|| {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar
+            });
+            let mut last_log = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let done = already + engine.progress.done();
+                let paused = if engine.breaker.is_open() {
+                    "(mail server unreachable: paused)"
+                } else {
+                    ""
+                };
+                match &bar {
+                    Some(b) => {
+                        b.set_position(done);
+                        b.set_message(paused);
+                    }
+                    None if last_log.elapsed().as_secs() >= 5 => {
+                        eprintln!("progress: {done}/{total} {paused}");
+                        last_log = std::time::Instant::now();
+                    }
+                    None => {}
+                }
+                if done >= total {
+                    if let Some(b) = &bar {
+                        b.finish_and_clear();
+                    }
+                    return;
+                }
+            }
+        })
+    };
+    let run = engine.run(Some(date), true, shutdown.clone()).await;
+    reporter.abort();
+    run?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut conn = app.pool.acquire().await?;
+    let counts = store::deliveries::counts(&mut conn, date).await?;
+    let now_sent = engine.progress.sent.load(Ordering::Relaxed);
+    println!(
+        "Edition {date}: {} sent, {} failed, {} skipped (unsubscribed) in {seconds:.1} s ({:.0} messages/s)",
+        counts.sent,
+        counts.failed,
+        counts.cancelled,
+        now_sent as f64 / seconds.max(1e-9)
+    );
+    if counts.failed > 0 {
+        println!(
+            "  see `paperpost deliveries --date {date} --status failed`; `paperpost resend --date {date} --failed` retries them"
+        );
+    }
+    if !counts.finished() {
+        println!(
+            "  interrupted: {} messages are still queued; run the command again to continue",
+            counts.queued + counts.sending
+        );
+    }
+    Ok(SendSummary {
+        counts,
+        sent_now: now_sent,
+        seconds,
+    })
+}
+
+async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
+    let mut conn = app.pool.acquire().await?;
+    let editions = store::deliveries::editions(&mut conn).await?;
+    let editions: Vec<_> = editions
+        .into_iter()
+        .filter(|(d, _, _)| date.is_none_or(|x| x == *d))
+        .collect();
+    if editions.is_empty() {
+        match date {
+            Some(d) => println!("Edition {d} has not started"),
+            None => println!("No edition has started yet"),
+        }
+    } else {
+        println!(
+            "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  STATE",
+            "EDITION", "STARTED", "BY", "SENT", "FAILED", "SKIPPED", "QUEUED"
+        );
+        for (d, at, by) in &editions {
+            let c = store::deliveries::counts(&mut conn, *d).await?;
+            println!(
+                "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  {}",
+                d.to_string(),
+                store::format_ms(*at),
+                by,
+                c.sent,
+                c.failed,
+                c.cancelled,
+                c.queued + c.sending,
+                if c.finished() {
+                    "finished"
+                } else {
+                    "in progress"
+                }
+            );
+        }
+    }
+    let errors = store::deliveries::recent_errors(&mut conn, date, 10).await?;
+    if !errors.is_empty() {
+        println!("Recent errors:");
+        for e in errors {
+            println!(
+                "  {} {} {} ({} attempts): {}",
+                store::format_ms(e.updated_at),
+                e.edition_date,
+                e.email,
+                e.attempts,
+                e.last_error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn list_deliveries(
+    app: &App,
+    date: NaiveDate,
+    status: Option<DeliveryStatus>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rows = store::deliveries::list(&app.pool, date, status.map(DeliveryStatus::as_str));
+    let mut n = 0;
+    if json {
+        write!(out, "[")?;
+        while let Some(d) = rows.try_next().await? {
+            write!(
+                out,
+                "{}\n  {}",
+                if n > 0 { "," } else { "" },
+                serde_json::to_string(&d)?
+            )?;
+            n += 1;
+        }
+        writeln!(out, "{}]", if n > 0 { "\n" } else { "" })?;
+    } else {
+        writeln!(
+            out,
+            "{:<32} {:<9} {:>8}  {:<23}  REPLY / ERROR",
+            "EMAIL", "STATUS", "ATTEMPTS", "SENT AT"
+        )?;
+        while let Some(d) = rows.try_next().await? {
+            let detail = match d.status.as_str() {
+                "sent" => d.smtp_reply.clone().unwrap_or_default(),
+                _ => d.last_error.clone().unwrap_or_default(),
+            };
+            writeln!(
+                out,
+                "{:<32} {:<9} {:>8}  {:<23}  {}",
+                d.email,
+                d.status,
+                d.attempts,
+                d.sent_at
+                    .map(store::format_ms)
+                    .unwrap_or_else(|| "-".into()),
+                detail
+            )?;
+            n += 1;
+        }
+        writeln!(out, "{n} deliveries")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 // ------------------------------------------------------------ preview
 
 /// The token shown in previews' links: a preview forwarded to someone cannot
@@ -841,6 +1154,18 @@ async fn demo(ctx: &App) -> anyhow::Result<()> {
         },
     ))
     .await?;
+    step("Sending the 2024-03-11 edition");
+    let date = NaiveDate::from_ymd_opt(2024, 3, 11).expect("a valid date");
+    let summary = send(ctx, date).await?;
+    if ctx.settings.mail.transport == crate::config::TransportKind::File {
+        println!(
+            "The messages are .eml files in {}/ (open one in a mail client).",
+            ctx.settings.mail.outbox_dir.display()
+        );
+    }
+    if summary.sent_now == 0 && summary.counts.sent > 0 {
+        println!("(They were sent by an earlier run: an edition goes to each subscriber once.)");
+    }
     println!();
     println!(
         "Look at a digest:  paperpost preview --date 2024-03-11 --subscriber ada@example.org --out ada.html"
@@ -848,6 +1173,7 @@ async fn demo(ctx: &App) -> anyhow::Result<()> {
     println!(
         "                   paperpost preview --date 2024-03-11 --subscriber zoe@example.org   (plain text)"
     );
+    println!("See who got what:  paperpost status; paperpost deliveries --date 2024-03-11");
     println!("Add yourself:      paperpost subscribers add you@example.org --topics llm");
     Ok(())
 }

@@ -98,6 +98,7 @@ pub struct MailSettings {
     pub unsubscribe_mailto: Option<lettre::Address>,
     pub smtp: SmtpSettings,
     pub dkim: DkimSettings,
+    pub bounce: BounceSettings,
     pub retry: RetrySettings,
 }
 
@@ -143,6 +144,13 @@ pub struct DkimSettings {
     pub domain: Option<String>,
     pub key_file: PathBuf,
     pub algorithm: DkimAlgorithm,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BounceSettings {
+    #[serde(deserialize_with = "de::attempts")]
+    pub threshold: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,9 +5,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod delivery;
 pub mod digest;
 pub mod domain;
 pub mod ingest;
+pub mod mailer;
+pub mod schedule;
 pub mod security;
 pub mod store;
 pub mod telemetry;

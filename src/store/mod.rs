@@ -1,6 +1,7 @@
 //! The SQLite store. Every query paperpost runs lives in this module's children,
 //! and every other module (CLI, daemon, web) reads and writes through them.
 
+pub mod deliveries;
 pub mod papers;
 pub mod subscribers;
 

@@ -324,6 +324,17 @@ pub fn stream<'a>(
     q.fetch(pool).map(|r| r.map_err(StoreError::from))
 }
 
+/// The subscribers with these ids (any status), in one query.
+pub async fn get_many(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+) -> Result<Vec<Subscriber>, StoreError> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM subscribers WHERE id IN (SELECT value FROM json_each(?))");
+    let list = serde_json::to_string(ids).expect("integers serialize");
+    Ok(sqlx::query_as(&sql).bind(list).fetch_all(conn).await?)
+}
+
 /// Subscribers that came from the subscriber file.
 pub async fn list_by_source(
     conn: &mut SqliteConnection,

@@ -1,0 +1,553 @@
+//! The delivery engine: claims due rows from the queue, composes each reader's
+//! digest, sends it, and records the outcome in the same row.
+//!
+//! One claimer feeds `mail.concurrency` workers; each worker owns one mail
+//! server connection ([`crate::mailer::Sender`]). A worker records every
+//! outcome as soon as it has it, so after a crash at most the messages in
+//! flight (no more than the concurrency) can go out twice. A circuit breaker
+//! pauses claiming while the server is unreachable.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::NaiveDate;
+use sqlx::SqlitePool;
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{RetrySettings, Settings},
+    digest::{Composer, Edition, Reader},
+    domain::SubscriberStatus,
+    mailer::{Failure, Mailer, Sender},
+    store::{
+        self,
+        deliveries::{self, Claimed},
+        subscribers::{self, Subscriber},
+    },
+};
+
+/// How long a claimed row stays leased to this process.
+pub const LEASE: Duration = Duration::from_secs(300);
+
+/// Running totals, for progress displays and summaries.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+impl Progress {
+    pub fn done(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+            + self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// Pauses sending while the mail server cannot be reached: after
+/// [`Breaker::TRIP_AFTER`] connection failures in a row it opens for a cool-down
+/// (1 s, doubling to 60 s), then lets one message probe the server.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+    probing: bool,
+}
+
+/// What the claimer may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    Full,
+    /// Half-open: one message may probe the server.
+    Probe,
+    Wait(Duration),
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(BreakerState {
+                failures: 0,
+                open_until: None,
+                cooldown: Self::MIN_COOLDOWN,
+                probing: false,
+            }),
+        }
+    }
+}
+
+impl Breaker {
+    pub const TRIP_AFTER: u32 = 3;
+    const MIN_COOLDOWN: Duration = Duration::from_secs(1);
+    const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+
+    pub fn allowance(&self) -> Allowance {
+        let mut s = self.state.lock().expect("breaker lock");
+        match s.open_until {
+            None => Allowance::Full,
+            Some(t) if Instant::now() < t => Allowance::Wait(t - Instant::now()),
+            Some(_) if s.probing => Allowance::Wait(Duration::from_millis(50)),
+            Some(_) => {
+                s.probing = true;
+                Allowance::Probe
+            }
+        }
+    }
+
+    pub fn success(&self) {
+        let mut s = self.state.lock().expect("breaker lock");
+        if s.open_until.is_some() {
+            tracing::info!("the mail server answers again; sending resumes");
+        }
+        s.failures = 0;
+        s.open_until = None;
+        s.cooldown = Self::MIN_COOLDOWN;
+        s.probing = false;
+    }
+
+    pub fn connection_failure(&self, reason: &str) {
+        let mut s = self.state.lock().expect("breaker lock");
+        s.failures += 1;
+        if s.probing || (s.open_until.is_none() && s.failures >= Self::TRIP_AFTER) {
+            let cooldown = s.cooldown;
+            tracing::warn!(pause = ?cooldown, %reason, "the mail server cannot be reached; pausing sending");
+            s.open_until = Some(Instant::now() + cooldown);
+            s.cooldown = (cooldown * 2).min(Self::MAX_COOLDOWN);
+            s.probing = false;
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state
+            .lock()
+            .expect("breaker lock")
+            .open_until
+            .is_some()
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): `base * 2^(attempt-1)`,
+/// capped at `max`, with "equal jitter" (between half and all of it).
+pub fn backoff(r: &RetrySettings, attempt: u32) -> Duration {
+    let exp = r.base_delay.saturating_mul(
+        1u32.checked_shl(attempt.saturating_sub(1).min(30))
+            .unwrap_or(u32::MAX),
+    );
+    let capped = exp.min(r.max_delay);
+    let half = capped / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+struct Job {
+    claimed: Claimed,
+    subscriber: Subscriber,
+}
+
+/// The engine. Build one per process; [`Engine::run`] drives it.
+pub struct Engine {
+    pool: SqlitePool,
+    composer: Composer,
+    mailer: Arc<Mailer>,
+    retry: RetrySettings,
+    bounce_threshold: i64,
+    concurrency: usize,
+    thumbnails: bool,
+    editions: tokio::sync::Mutex<HashMap<NaiveDate, Option<Arc<Edition>>>>,
+    pub breaker: Breaker,
+    pub progress: Progress,
+    wake: Notify,
+}
+
+impl Engine {
+    pub fn new(
+        settings: &Settings,
+        pool: SqlitePool,
+        composer: Composer,
+        mailer: Arc<Mailer>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            composer,
+            mailer,
+            retry: settings.mail.retry.clone(),
+            bounce_threshold: i64::from(settings.mail.bounce.threshold),
+            concurrency: usize::from(settings.mail.concurrency),
+            thumbnails: settings.newsletter.thumbnails,
+            editions: Default::default(),
+            breaker: Breaker::default(),
+            progress: Progress::default(),
+            wake: Notify::new(),
+        })
+    }
+
+    /// New rows were enqueued: look now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sends due rows until `shutdown`, or, with `until_done`, until the rows of
+    /// `only` (or of every edition) are all final. Rows not yet started when
+    /// shutdown comes go back to the queue untouched.
+    pub async fn run(
+        self: &Arc<Self>,
+        only: Option<NaiveDate>,
+        until_done: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(self.concurrency);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..self.concurrency {
+            let engine = Arc::clone(self);
+            let rx = Arc::clone(&rx);
+            let shutdown = shutdown.clone();
+            let in_flight = Arc::clone(&in_flight);
+            workers.spawn(async move {
+                let mut sender = engine.mailer.sender();
+                loop {
+                    let job = { rx.lock().await.recv().await };
+                    let Some(job) = job else { break };
+                    if shutdown.is_cancelled() {
+                        engine.unclaim(&job).await;
+                    } else {
+                        engine.process(&mut sender, job).await;
+                    }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    engine.wake.notify_one();
+                }
+                sender.close().await;
+            });
+        }
+
+        let result = self
+            .claim_loop(&tx, &in_flight, only, until_done, &shutdown)
+            .await;
+        drop(tx);
+        while workers.join_next().await.is_some() {}
+        result
+    }
+
+    async fn claim_loop(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Job>,
+        in_flight: &AtomicU64,
+        only: Option<NaiveDate>,
+        until_done: bool,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let limit = match self.breaker.allowance() {
+                Allowance::Full => tx.capacity().max(1) as u32,
+                Allowance::Probe => {
+                    // Wait for the workers to drain before probing with one message.
+                    while in_flight.load(Ordering::SeqCst) > 0 && !shutdown.is_cancelled() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    1
+                }
+                Allowance::Wait(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            // Wait for room before claiming, so claimed rows do not sit in a queue.
+            let permit = tokio::select! {
+                p = tx.reserve() => p?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let mut conn = self.pool.acquire().await?;
+            let claimed =
+                deliveries::claim(&mut conn, limit, LEASE.as_millis() as i64, only).await?;
+            if claimed.is_empty() {
+                drop(permit);
+                if until_done && in_flight.load(Ordering::SeqCst) == 0 {
+                    let pending = match only {
+                        Some(d) => !deliveries::counts(&mut conn, d).await?.finished(),
+                        None => deliveries::next_due(&mut conn, None).await?.is_some(),
+                    };
+                    if !pending {
+                        return Ok(());
+                    }
+                }
+                let next = deliveries::next_due(&mut conn, only).await?;
+                drop(conn);
+                let wait = next
+                    .map(|at| Duration::from_millis((at - store::now_ms()).clamp(5, 1000) as u64))
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
+            let mut subs: HashMap<i64, Subscriber> = subscribers::get_many(&mut conn, &ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.id, s))
+                .collect();
+            drop(conn);
+            let mut permit = Some(permit);
+            for c in claimed {
+                let Some(subscriber) = subs.remove(&c.subscriber_id) else {
+                    continue;
+                };
+                let job = Job {
+                    claimed: c,
+                    subscriber,
+                };
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                match permit.take() {
+                    Some(p) => p.send(job),
+                    None => {
+                        if let Err(e) = tx.send(job).await {
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            self.unclaim(&e.0).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The edition's prepared papers, loaded once per process.
+    async fn edition(&self, date: NaiveDate) -> anyhow::Result<Option<Arc<Edition>>> {
+        let mut cache = self.editions.lock().await;
+        if let Some(e) = cache.get(&date) {
+            return Ok(e.clone());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let papers = store::papers::selection(&mut conn, date).await?;
+        let edition =
+            (!papers.is_empty()).then(|| Arc::new(Edition::new(date, papers, self.thumbnails)));
+        cache.insert(date, edition.clone());
+        Ok(edition)
+    }
+
+    async fn unclaim(&self, job: &Job) {
+        let r = async {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query(
+                "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
+                 WHERE id = ? AND status = 'sending'",
+            )
+            .bind(job.claimed.id)
+            .execute(&mut *conn)
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot release a claimed delivery; it is retried when its lease ends");
+        }
+    }
+
+    async fn process(&self, sender: &mut Sender, job: Job) {
+        let id = job.claimed.id;
+        if let Err(e) = self.try_process(sender, job).await {
+            // The row keeps its lease and is retried when the lease expires.
+            tracing::error!(delivery = id, error = %format!("{e:#}"), "cannot record a delivery outcome");
+        }
+    }
+
+    async fn try_process(&self, sender: &mut Sender, job: Job) -> anyhow::Result<()> {
+        let Job {
+            claimed: c,
+            subscriber,
+        } = job;
+        let date: NaiveDate = c.edition_date.parse()?;
+        // Re-check at send time: an unsubscribe may have landed since the claim.
+        let status: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM subscribers WHERE id = ?")
+                .bind(subscriber.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if status.as_ref().map(|(s,)| s.as_str()) != Some(SubscriberStatus::Active.as_str()) {
+            let why = format!(
+                "subscriber {}",
+                status.map(|(s,)| s).unwrap_or_else(|| "deleted".into())
+            );
+            let mut conn = self.pool.acquire().await?;
+            deliveries::mark_final(&mut conn, c.id, "cancelled", &why).await?;
+            self.progress.cancelled.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let Some(edition) = self.edition(date).await? else {
+            let mut conn = self.pool.acquire().await?;
+            deliveries::mark_final(
+                &mut conn,
+                c.id,
+                "failed",
+                &format!("no papers are selected for {date}"),
+            )
+            .await?;
+            self.progress.failed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let reader = Reader::from(&subscriber);
+        let message = match self.composer.compose(&edition, &reader) {
+            Ok(m) => m,
+            Err(e) => {
+                let mut conn = self.pool.acquire().await?;
+                deliveries::mark_final(
+                    &mut conn,
+                    c.id,
+                    "failed",
+                    &format!("cannot build the message: {e:#}"),
+                )
+                .await?;
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        let message_id = self.composer.envelope.message_id(&edition, &reader);
+        let raw = message.formatted();
+        let result = sender.send(message.envelope(), &raw).await;
+        let mut conn = self.pool.acquire().await?;
+        match result {
+            Ok(reply) => {
+                deliveries::mark_sent(&mut conn, c.id, &reply, &message_id).await?;
+                self.breaker.success();
+                self.progress.sent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
+            }
+            Err(Failure::Permanent {
+                reason,
+                hard_bounce,
+            }) => {
+                self.breaker.success();
+                deliveries::mark_final(&mut conn, c.id, "failed", &reason).await?;
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
+                if hard_bounce {
+                    let n = deliveries::add_hard_bounce(&mut conn, subscriber.id).await?;
+                    if n >= self.bounce_threshold {
+                        subscribers::end_subscription(
+                            &mut conn,
+                            subscriber.id,
+                            SubscriberStatus::Bounced,
+                            "bounce",
+                        )
+                        .await?;
+                        tracing::warn!(to = %subscriber.email, bounces = n, "marked bounced; no more mail goes to this address");
+                    }
+                }
+            }
+            Err(Failure::Transient { reason, connection }) => {
+                if connection {
+                    self.breaker.connection_failure(&reason);
+                    if self.breaker.is_open() {
+                        // The server is down: this says nothing about the
+                        // message, so the attempt is not counted.
+                        deliveries::mark_retry(&mut conn, c.id, &reason, store::now_ms(), false)
+                            .await?;
+                        self.progress.retried.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                } else {
+                    self.breaker.success();
+                }
+                let attempts = c.attempts.max(1) as u32;
+                let age =
+                    Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
+                if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
+                    let why = format!("gave up after {attempts} attempts: {reason}");
+                    deliveries::mark_final(&mut conn, c.id, "failed", &why).await?;
+                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(to = %subscriber.email, %date, %why, "failed");
+                } else {
+                    let delay = backoff(&self.retry, attempts);
+                    let next = store::now_ms() + delay.as_millis() as i64;
+                    deliveries::mark_retry(&mut conn, c.id, &reason, next, true).await?;
+                    self.progress.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(base: u64, max: u64) -> RetrySettings {
+        RetrySettings {
+            max_attempts: 8,
+            base_delay: Duration::from_secs(base),
+            max_delay: Duration::from_secs(max),
+            max_age: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let r = retry(30, 3600);
+        for (attempt, full) in [(1, 30), (2, 60), (3, 120), (8, 3600), (40, 3600)] {
+            for _ in 0..50 {
+                let d = backoff(&r, attempt).as_secs_f64();
+                assert!(
+                    d >= full as f64 / 2.0 && d <= full as f64,
+                    "attempt {attempt}: {d}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_after_repeated_connection_failures_and_probes() {
+        let b = Breaker::default();
+        assert_eq!(b.allowance(), Allowance::Full);
+        b.connection_failure("refused");
+        b.connection_failure("refused");
+        assert_eq!(
+            b.allowance(),
+            Allowance::Full,
+            "two failures are not an outage"
+        );
+        b.connection_failure("refused");
+        assert!(matches!(b.allowance(), Allowance::Wait(_)));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(b.allowance(), Allowance::Probe);
+        assert!(
+            matches!(b.allowance(), Allowance::Wait(_)),
+            "one probe at a time"
+        );
+        b.connection_failure("still refused");
+        match b.allowance() {
+            Allowance::Wait(d) => {
+                assert!(d > Duration::from_millis(1500), "cool-down doubled: {d:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(b.allowance(), Allowance::Probe);
+        b.success();
+        assert_eq!(b.allowance(), Allowance::Full);
+        assert!(!b.is_open());
+    }
+}

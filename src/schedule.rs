@@ -1,0 +1,286 @@
+//! When editions go out: the cron schedule in its time zone, catch-up after
+//! downtime, and which edition a fire time sends. Pure functions; the daemon
+//! supplies the clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use crate::config::ScheduleSettings;
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: cron::Schedule,
+    tz: Tz,
+    catch_up: Duration,
+    max_age_days: i64,
+    per_subscriber_timezone: bool,
+}
+
+/// Why a fire time sends nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoEdition {
+    /// No papers are selected for any date in the allowed window.
+    NothingSelected { today: NaiveDate, oldest: NaiveDate },
+    /// The newest selected edition has been sent already.
+    AlreadySent(NaiveDate),
+    /// The newest unsent edition is older than `schedule.max_edition_age`.
+    TooOld(NaiveDate),
+}
+
+impl std::fmt::Display for NoEdition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoEdition::NothingSelected { today, oldest } => {
+                write!(
+                    f,
+                    "no papers are selected for any date from {oldest} to {today}"
+                )
+            }
+            NoEdition::AlreadySent(d) => {
+                write!(f, "the newest edition, {d}, has been sent already")
+            }
+            NoEdition::TooOld(d) => {
+                write!(
+                    f,
+                    "the newest unsent edition, {d}, is older than schedule.max_edition_age"
+                )
+            }
+        }
+    }
+}
+
+impl Schedule {
+    pub fn from_settings(s: &ScheduleSettings) -> Self {
+        Schedule {
+            cron: s.cron.schedule.clone(),
+            tz: s.timezone.0,
+            catch_up: s.catch_up,
+            max_age_days: (s.max_edition_age.as_secs() / 86_400) as i64,
+            per_subscriber_timezone: s.per_subscriber_timezone,
+        }
+    }
+
+    /// The first fire time strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .after(&t.with_timezone(&self.tz))
+            .next()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The latest fire time in the catch-up window `(now - catch_up, now]`: a
+    /// fire that downtime may have missed and that is still fresh enough.
+    pub fn missed(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let since = now - chrono::Duration::from_std(self.catch_up).ok()?;
+        let mut last = None;
+        let mut t = since;
+        while let Some(next) = self.next_after(t) {
+            if next > now {
+                break;
+            }
+            last = Some(next);
+            t = next;
+        }
+        last
+    }
+
+    /// Today's date in the schedule's time zone.
+    pub fn today(&self, now: DateTime<Utc>) -> NaiveDate {
+        now.with_timezone(&self.tz).date_naive()
+    }
+
+    /// When subscribers in time zone `zone` get an edition started at `now`
+    /// (Unix ms): at once, or with `per_subscriber_timezone` at the schedule's
+    /// next wall-clock fire time in their own zone.
+    pub fn send_at(&self, zone: &str, now: DateTime<Utc>) -> i64 {
+        if !self.per_subscriber_timezone {
+            return now.timestamp_millis();
+        }
+        let tz: Tz = zone.parse().unwrap_or(self.tz);
+        // A fire that happened in the last minute still counts as now.
+        let from = (now - chrono::Duration::minutes(1)).with_timezone(&tz);
+        self.cron
+            .after(&from)
+            .next()
+            .map(|t| {
+                t.with_timezone(&Utc)
+                    .timestamp_millis()
+                    .max(now.timestamp_millis())
+            })
+            .unwrap_or(now.timestamp_millis())
+    }
+
+    /// The edition a fire time sends: the newest date with papers selected, on
+    /// or before `today`, newer than every edition already started, and no older
+    /// than `max_edition_age`.
+    pub fn due_edition(
+        &self,
+        today: NaiveDate,
+        selected: &[NaiveDate],
+        started: &[NaiveDate],
+    ) -> Result<NaiveDate, NoEdition> {
+        due_edition(today, self.max_age_days, selected, started)
+    }
+}
+
+pub fn due_edition(
+    today: NaiveDate,
+    max_age_days: i64,
+    selected: &[NaiveDate],
+    started: &[NaiveDate],
+) -> Result<NaiveDate, NoEdition> {
+    let oldest = today - chrono::Duration::days(max_age_days);
+    let Some(newest) = selected.iter().copied().filter(|d| *d <= today).max() else {
+        return Err(NoEdition::NothingSelected { today, oldest });
+    };
+    if started.iter().any(|s| *s >= newest) {
+        return Err(NoEdition::AlreadySent(
+            *started.iter().max().expect("not empty"),
+        ));
+    }
+    if newest < oldest {
+        return Err(NoEdition::TooOld(newest));
+    }
+    Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn schedule(pairs: &[(&str, &str)]) -> Schedule {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Schedule::from_settings(&Settings::load_from(None, Some(env)).unwrap().schedule)
+    }
+
+    #[test]
+    fn monday_evening_papers_go_out_tuesday_morning() {
+        // Imported Monday evening for Monday; Tuesday's fire sends them.
+        assert_eq!(
+            due_edition(d("2026-11-24"), 2, &[d("2026-11-23")], &[]),
+            Ok(d("2026-11-23"))
+        );
+        // Papers for tomorrow wait for tomorrow.
+        assert_eq!(
+            due_edition(d("2026-11-24"), 2, &[d("2026-11-25")], &[]),
+            Err(NoEdition::NothingSelected {
+                today: d("2026-11-24"),
+                oldest: d("2026-11-22")
+            })
+        );
+    }
+
+    #[test]
+    fn never_twice_never_stale_never_backwards() {
+        assert_eq!(
+            due_edition(d("2026-11-24"), 2, &[d("2026-11-24")], &[d("2026-11-24")]),
+            Err(NoEdition::AlreadySent(d("2026-11-24")))
+        );
+        assert_eq!(
+            due_edition(d("2026-11-24"), 2, &[d("2026-11-21")], &[]),
+            Err(NoEdition::TooOld(d("2026-11-21")))
+        );
+        assert_eq!(
+            due_edition(d("2026-11-24"), 2, &[d("2026-11-22")], &[]),
+            Ok(d("2026-11-22"))
+        );
+        // Monday unsent, Tuesday sent: Wednesday does not go back to Monday.
+        assert_eq!(
+            due_edition(
+                d("2026-11-25"),
+                2,
+                &[d("2026-11-23"), d("2026-11-24")],
+                &[d("2026-11-24")]
+            ),
+            Err(NoEdition::AlreadySent(d("2026-11-24")))
+        );
+        assert_eq!(
+            due_edition(
+                d("2026-11-25"),
+                2,
+                &[d("2026-11-23"), d("2026-11-25")],
+                &[d("2026-11-23")]
+            ),
+            Ok(d("2026-11-25"))
+        );
+    }
+
+    #[test]
+    fn fire_times_follow_the_time_zone() {
+        let s = schedule(&[
+            ("PAPERPOST__SCHEDULE__CRON", "0 0 7 * * Mon-Fri"),
+            ("PAPERPOST__SCHEDULE__TIMEZONE", "Europe/Berlin"),
+        ]);
+        // Friday 2026-11-27 06:00 UTC = 07:00 Berlin.
+        assert_eq!(
+            s.next_after(t("2026-11-26T12:00:00Z")),
+            Some(t("2026-11-27T06:00:00Z"))
+        );
+        // Then Monday (weekends skipped).
+        assert_eq!(
+            s.next_after(t("2026-11-27T06:00:00Z")),
+            Some(t("2026-11-30T06:00:00Z"))
+        );
+        assert_eq!(
+            s.today(t("2026-11-26T23:30:00Z")),
+            d("2026-11-27"),
+            "already Friday in Berlin"
+        );
+    }
+
+    #[test]
+    fn catch_up_only_within_the_window() {
+        let s = schedule(&[
+            ("PAPERPOST__SCHEDULE__CRON", "0 0 7 * * *"),
+            ("PAPERPOST__SCHEDULE__CATCH_UP", "6h"),
+        ]);
+        assert_eq!(
+            s.missed(t("2026-11-26T09:00:00Z")),
+            Some(t("2026-11-26T07:00:00Z"))
+        );
+        assert_eq!(
+            s.missed(t("2026-11-26T07:00:00Z")),
+            Some(t("2026-11-26T07:00:00Z"))
+        );
+        assert_eq!(
+            s.missed(t("2026-11-26T13:30:00Z")),
+            None,
+            "7 hours late: skipped"
+        );
+        assert_eq!(s.missed(t("2026-11-26T06:59:00Z")), None);
+    }
+
+    #[test]
+    fn per_subscriber_time_zones() {
+        let s = schedule(&[
+            ("PAPERPOST__SCHEDULE__CRON", "0 0 7 * * *"),
+            ("PAPERPOST__SCHEDULE__PER_SUBSCRIBER_TIMEZONE", "true"),
+        ]);
+        let now = t("2026-11-26T07:00:00Z");
+        assert_eq!(s.send_at("UTC", now), now.timestamp_millis());
+        assert_eq!(
+            s.send_at("America/New_York", now),
+            t("2026-11-26T12:00:00Z").timestamp_millis()
+        );
+        assert_eq!(
+            s.send_at("Asia/Tokyo", now),
+            t("2026-11-26T22:00:00Z").timestamp_millis()
+        );
+        let plain = schedule(&[]);
+        assert_eq!(plain.send_at("Asia/Tokyo", now), now.timestamp_millis());
+    }
+}

@@ -1,0 +1,404 @@
+//! Editions, the per-recipient delivery queue, and the scheduler lock.
+//!
+//! A delivery row goes `queued` → `sending` (claimed with a lease) → `sent`,
+//! back to `queued` (a retry), `failed`, or `cancelled` (the subscriber left).
+//! Whether an edition is finished is always derived from its rows.
+
+use chrono::NaiveDate;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::{StoreError, now_ms};
+
+/// What [`start_edition`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The edition was started now with this many recipients.
+    Now(u64),
+    /// It had been started before; nothing was added.
+    Already,
+}
+
+/// Starts an edition: records it and enqueues one row per active subscriber,
+/// in one transaction. The audience is frozen: a second call adds nothing.
+/// `send_at(tz)` gives the first send time for subscribers in a time zone.
+pub async fn start_edition(
+    pool: &SqlitePool,
+    date: NaiveDate,
+    by: &str,
+    send_at: impl Fn(&str) -> i64,
+) -> Result<Started, StoreError> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let r = sqlx::query("INSERT INTO editions (edition_date, started_at, started_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        .bind(date.to_string())
+        .bind(now)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Ok(Started::Already);
+    }
+    let zones: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT timezone FROM subscribers WHERE status = 'active'")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut enqueued = 0;
+    for (tz,) in zones {
+        enqueued += sqlx::query(
+            "INSERT INTO deliveries (edition_date, subscriber_id, status, next_attempt_at, created_at, updated_at) \
+             SELECT ?1, id, 'queued', ?2, ?3, ?3 FROM subscribers WHERE status = 'active' AND timezone = ?4 \
+             ON CONFLICT (subscriber_id, edition_date) DO NOTHING",
+        )
+        .bind(date.to_string())
+        .bind(send_at(&tz))
+        .bind(now)
+        .bind(&tz)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(Started::Now(enqueued))
+}
+
+/// Dates whose edition has started.
+pub async fn started_dates(conn: &mut SqliteConnection) -> Result<Vec<NaiveDate>, StoreError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT edition_date FROM editions ORDER BY edition_date")
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().filter_map(|(d,)| d.parse().ok()).collect())
+}
+
+/// A delivery row claimed for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub edition_date: String,
+    pub subscriber_id: i64,
+    /// Attempts including this one.
+    pub attempts: i64,
+    pub first_attempt_at: i64,
+}
+
+/// Claims up to `limit` due rows (queued and due, or sending with an expired
+/// lease) in one statement, leasing them until `now + lease_ms`.
+pub async fn claim(
+    conn: &mut SqliteConnection,
+    limit: u32,
+    lease_ms: i64,
+    only: Option<NaiveDate>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let now = now_ms();
+    Ok(sqlx::query_as(
+        "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
+           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1 \
+         WHERE id IN (SELECT id FROM deliveries \
+           WHERE ((status = 'queued' AND next_attempt_at <= ?1) OR (status = 'sending' AND lease_until < ?1)) \
+             AND (?4 IS NULL OR edition_date = ?4) \
+           ORDER BY next_attempt_at, id LIMIT ?3) \
+         RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at",
+    )
+    .bind(now)
+    .bind(lease_ms)
+    .bind(i64::from(limit))
+    .bind(only.map(|d| d.to_string()))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records an accepted message.
+pub async fn mark_sent(
+    conn: &mut SqliteConnection,
+    id: i64,
+    reply: &str,
+    message_id: &str,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE deliveries SET status = 'sent', smtp_reply = ?, message_id = ?, sent_at = ?, lease_until = NULL, \
+         last_error = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(reply)
+    .bind(message_id)
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a row back in the queue to be tried at `next_at`. With `counted`
+/// false the attempt is given back (it never reached a live server).
+pub async fn mark_retry(
+    conn: &mut SqliteConnection,
+    id: i64,
+    error: &str,
+    next_at: i64,
+    counted: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'queued', attempts = max(attempts - ?, 0), last_error = ?, \
+         next_attempt_at = ?, lease_until = NULL, updated_at = ? WHERE id = ? AND status = 'sending'",
+    )
+    .bind(if counted { 0 } else { 1 })
+    .bind(error)
+    .bind(next_at)
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends a row as failed or cancelled, with the reason.
+pub async fn mark_final(
+    conn: &mut SqliteConnection,
+    id: i64,
+    status: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    debug_assert!(matches!(status, "failed" | "cancelled"));
+    sqlx::query(
+        "UPDATE deliveries SET status = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(status)
+    .bind(reason)
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts a hard bounce; returns the subscriber's total.
+pub async fn add_hard_bounce(
+    conn: &mut SqliteConnection,
+    subscriber_id: i64,
+) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "UPDATE subscribers SET hard_bounces = hard_bounces + 1, updated_at = ? WHERE id = ? RETURNING hard_bounces",
+    )
+    .bind(now_ms())
+    .bind(subscriber_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}
+
+/// After a crash: rows that were being sent go back to the queue at once.
+/// Only called by the holder of the scheduler lock, so nobody else is sending.
+pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'queued', lease_until = NULL, next_attempt_at = min(next_attempt_at, ?1), \
+         updated_at = ?1 WHERE status = 'sending'",
+    )
+    .bind(now_ms())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Failed rows of an edition go back to the queue with fresh attempts.
+pub async fn requeue_failed(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+) -> Result<u64, StoreError> {
+    let now = now_ms();
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'queued', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?1, \
+         updated_at = ?1 WHERE edition_date = ?2 AND status = 'failed' \
+         AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active')",
+    )
+    .bind(now)
+    .bind(date.to_string())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// When the next queued row falls due (Unix ms), if any.
+pub async fn next_due(
+    conn: &mut SqliteConnection,
+    only: Option<NaiveDate>,
+) -> Result<Option<i64>, StoreError> {
+    let (at,): (Option<i64>,) = sqlx::query_as(
+        "SELECT min(CASE status WHEN 'queued' THEN next_attempt_at ELSE lease_until END) FROM deliveries \
+         WHERE status IN ('queued', 'sending') AND (?1 IS NULL OR edition_date = ?1)",
+    )
+    .bind(only.map(|d| d.to_string()))
+    .fetch_one(conn)
+    .await?;
+    Ok(at)
+}
+
+/// Rows per status for one edition (or all).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+impl Counts {
+    pub fn total(&self) -> i64 {
+        self.queued + self.sending + self.sent + self.failed + self.cancelled
+    }
+
+    /// Nothing left to send.
+    pub fn finished(&self) -> bool {
+        self.queued + self.sending == 0
+    }
+}
+
+pub async fn counts(conn: &mut SqliteConnection, date: NaiveDate) -> Result<Counts, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM deliveries WHERE edition_date = ? GROUP BY status",
+    )
+    .bind(date.to_string())
+    .fetch_all(conn)
+    .await?;
+    let mut c = Counts::default();
+    for (status, n) in rows {
+        match status.as_str() {
+            "queued" => c.queued = n,
+            "sending" => c.sending = n,
+            "sent" => c.sent = n,
+            "failed" => c.failed = n,
+            "cancelled" => c.cancelled = n,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+/// Every started edition, newest first: (date, started at, started by).
+pub async fn editions(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(NaiveDate, i64, String)>, StoreError> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT edition_date, started_at, started_by FROM editions ORDER BY edition_date DESC",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(d, at, by)| d.parse().ok().map(|d| (d, at, by)))
+        .collect())
+}
+
+/// One delivery as `paperpost deliveries` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryView {
+    pub edition_date: String,
+    pub email: String,
+    pub status: String,
+    pub attempts: i64,
+    pub updated_at: i64,
+    pub sent_at: Option<i64>,
+    pub message_id: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const VIEW: &str = "SELECT d.edition_date, s.email, d.status, d.attempts, d.updated_at, d.sent_at, d.message_id, \
+                    d.smtp_reply, d.last_error FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id";
+
+/// The deliveries of an edition (optionally of one status), by address, streamed.
+pub fn list<'a>(
+    pool: &'a SqlitePool,
+    date: NaiveDate,
+    status: Option<&'a str>,
+) -> impl Stream<Item = Result<DeliveryView, StoreError>> + 'a {
+    sqlx::query_as::<_, DeliveryView>(
+        "SELECT d.edition_date, s.email, d.status, d.attempts, d.updated_at, d.sent_at, d.message_id, \
+         d.smtp_reply, d.last_error FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+         WHERE d.edition_date = ?1 AND (?2 IS NULL OR d.status = ?2) ORDER BY s.email",
+    )
+    .bind(date.to_string())
+    .bind(status)
+    .fetch(pool)
+    .map(|r| r.map_err(StoreError::from))
+}
+
+/// The most recent errors (optionally of one edition).
+pub async fn recent_errors(
+    conn: &mut SqliteConnection,
+    date: Option<NaiveDate>,
+    limit: u32,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let sql = format!(
+        "{VIEW} WHERE d.last_error IS NOT NULL AND (?1 IS NULL OR d.edition_date = ?1) ORDER BY d.updated_at DESC LIMIT ?2"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(date.map(|d| d.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await?)
+}
+
+// ------------------------------------------------------------ the scheduler lock
+
+/// Who holds the lock now, if someone other than the caller does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub holder: String,
+    pub expires_at: i64,
+}
+
+/// Takes the lock for `ttl_ms` if it is free, expired, already ours, or held by
+/// `stale` (a holder known to be dead). Returns the other holder otherwise.
+pub async fn try_lock(
+    conn: &mut SqliteConnection,
+    me: &str,
+    ttl_ms: i64,
+    stale: Option<&str>,
+) -> Result<Option<Holder>, StoreError> {
+    let now = now_ms();
+    let r = sqlx::query(
+        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2 + ?3) \
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+         WHERE scheduler_lock.expires_at < ?2 OR scheduler_lock.holder = ?1 OR scheduler_lock.holder IS ?4",
+    )
+    .bind(me)
+    .bind(now)
+    .bind(ttl_ms)
+    .bind(stale)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT holder, expires_at FROM scheduler_lock WHERE id = 1")
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(holder, expires_at)| Holder { holder, expires_at }))
+}
+
+/// Extends our lock; false if we lost it.
+pub async fn renew_lock(
+    conn: &mut SqliteConnection,
+    me: &str,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query("UPDATE scheduler_lock SET expires_at = ? WHERE id = 1 AND holder = ?")
+        .bind(now_ms() + ttl_ms)
+        .bind(me)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn release_lock(conn: &mut SqliteConnection, me: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM scheduler_lock WHERE id = 1 AND holder = ?")
+        .bind(me)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

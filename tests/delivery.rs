@@ -1,0 +1,495 @@
+//! The delivery engine against a scriptable SMTP server over real TCP, driving
+//! the real binary: retries, bounces, outages, crashes, unsubscribes, locks.
+
+mod support;
+
+use std::{collections::HashMap, process::Stdio, time::Duration};
+
+use support::{
+    Run, Sandbox, fixture,
+    smtp::{Action, Plan, SmtpServer},
+};
+use tokio::process::{Child, Command};
+
+const DATE: &str = "2024-03-11";
+
+fn smtp_env(port: u16, concurrency: u16) -> Vec<(String, String)> {
+    [
+        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
+        ("PAPERPOST__MAIL__SMTP__HOST", "127.0.0.1".into()),
+        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
+        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
+        ("PAPERPOST__MAIL__SMTP__TIMEOUT", "1500ms".into()),
+        ("PAPERPOST__MAIL__RETRY__BASE_DELAY", "100ms".into()),
+        ("PAPERPOST__MAIL__RETRY__MAX_DELAY", "300ms".into()),
+        ("PAPERPOST__MAIL__RETRY__MAX_ATTEMPTS", "5".into()),
+        ("PAPERPOST__MAIL__CONCURRENCY", concurrency.to_string()),
+        ("PAPERPOST__LOG__LEVEL", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn email(i: usize) -> String {
+    format!("r{i:03}@example.org")
+}
+
+/// A sandbox with the sample papers for DATE and `n` subscribers r000..
+fn setup(n: usize) -> Sandbox {
+    let s = Sandbox::new();
+    s.run(&[
+        "papers",
+        "import",
+        fixture("daily_papers-2024-03-11.json").to_str().unwrap(),
+    ])
+    .ok();
+    let mut csv = String::from("email,name\n");
+    for i in 0..n {
+        csv.push_str(&format!("{},Reader {i}\n", email(i)));
+    }
+    let f = s.write("subs.csv", csv);
+    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
+    s
+}
+
+fn command(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Command {
+    let mut c = Command::from(s.command());
+    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args);
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+async fn run(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(60), command(s, env, args).output())
+        .await
+        .expect("paperpost finished within 60 s")
+        .expect("run paperpost");
+    out.into()
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn finish(child: Child) -> Run {
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exited within 60 s")
+        .unwrap()
+        .into()
+}
+
+fn deliveries(s: &Sandbox) -> HashMap<String, serde_json::Value> {
+    let out = s.run(&["deliveries", "--date", DATE, "--json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(out.ok()).unwrap();
+    v.into_iter()
+        .map(|d| (d["email"].as_str().unwrap().to_string(), d))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_gets_exactly_one_message() {
+    let server = SmtpServer::start().await;
+    let s = setup(20);
+    let env = smtp_env(server.port(), 4);
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    let text = out.ok();
+    assert!(
+        text.contains("sending to 20 subscribers via smtp://127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("20 sent, 0 failed, 0 skipped"), "{text}");
+
+    let counts = server.counts();
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let msg = server
+        .accepted()
+        .into_iter()
+        .find(|a| a.to == email(7))
+        .unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msg.data)
+        .unwrap();
+    assert_eq!(
+        parsed.to().unwrap().first().unwrap().address(),
+        Some(email(7).as_str())
+    );
+    assert_eq!(
+        parsed.to().unwrap().first().unwrap().name(),
+        Some("Reader 7")
+    );
+    assert!(
+        parsed
+            .header_raw("List-Unsubscribe")
+            .unwrap()
+            .contains("/unsubscribe/")
+    );
+    assert_eq!(msg.from, "digest@paperpost.example.org");
+
+    let d = deliveries(&s);
+    assert!(
+        d.values()
+            .all(|r| r["status"] == "sent" && r["attempts"] == 1),
+        "{d:?}"
+    );
+    assert!(
+        d[&email(7)]["smtp_reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("250 2.0.0 Ok: queued as T")
+    );
+    let msgid = d[&email(7)]["message_id"].as_str().unwrap();
+    assert_eq!(parsed.message_id(), Some(msgid.trim_matches(['<', '>'])));
+
+    // Sending the same edition again sends nothing.
+    let again = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(
+        again.ok().contains("was started before"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(server.accepted().len(), 20);
+    let status = s.run(&["status"]);
+    assert!(status.ok().contains("finished"), "{}", status.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_accepted() {
+    let server = SmtpServer::start().await;
+    let (a, b, c, d) = (email(3), email(5), email(7), email(9));
+    let (a2, b2, c2, d2) = (a.clone(), b.clone(), c.clone(), d.clone());
+    server.script(move |to, attempt| {
+        if to == a2 && attempt == 1 {
+            Plan::at_rcpt(Action::Reply(451, "4.3.0 try again later"))
+        } else if to == b2 && attempt <= 2 {
+            Plan::at_data(Action::Reply(421, "4.7.0 throttled, slow down"))
+        } else if to == c2 && attempt == 1 {
+            Plan::at_data(Action::Drop)
+        } else if to == d2 && attempt == 1 {
+            Plan::at_rcpt(Action::Reply(454, "4.7.1 relay temporarily unavailable"))
+        } else {
+            Plan::accept()
+        }
+    });
+    let s = setup(12);
+    let out = run(&s, &smtp_env(server.port(), 3), &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("12 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let counts = server.counts();
+    assert_eq!(counts.len(), 12);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let rows = deliveries(&s);
+    assert_eq!(rows[&a]["attempts"], 2, "{:?}", rows[&a]);
+    assert_eq!(rows[&b]["attempts"], 3);
+    assert_eq!(rows[&c]["attempts"], 2);
+    assert_eq!(rows[&d]["attempts"], 2);
+    assert!(out.stderr.contains("will retry"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_fail_at_once_and_bounce_the_mailbox() {
+    let server = SmtpServer::start().await;
+    let (gone, spam) = (email(2), email(4));
+    let (g2, s2) = (gone.clone(), spam.clone());
+    server.script(move |to, _| {
+        if to == g2 {
+            Plan::at_rcpt(Action::Reply(550, "5.1.1 no such user"))
+        } else if to == s2 {
+            Plan::at_data(Action::Reply(554, "5.7.1 message rejected as spam"))
+        } else {
+            Plan::accept()
+        }
+    });
+    let s = setup(6);
+    let env = smtp_env(server.port(), 2);
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(out.ok().contains("4 sent, 2 failed"), "{}", out.stdout);
+    assert_eq!(server.attempts(&gone), 1, "no retry after 5xx");
+    assert_eq!(server.attempts(&spam), 1);
+    let rows = deliveries(&s);
+    assert_eq!(rows[&gone]["status"], "failed");
+    assert!(
+        rows[&gone]["last_error"].as_str().unwrap().contains("550"),
+        "{:?}",
+        rows[&gone]
+    );
+    assert_eq!(s.subscriber(&gone).unwrap()["status"], "bounced");
+    assert_eq!(rows[&spam]["status"], "failed");
+    assert_eq!(
+        s.subscriber(&spam).unwrap()["status"],
+        "active",
+        "a rejected message is not a bounce"
+    );
+
+    // The next edition leaves the bounced address out.
+    s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
+        .ok();
+    let out = run(&s, &env, &["send", "--date", "2024-03-12"]).await;
+    assert!(
+        out.ok().contains("sending to 5 subscribers"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(server.attempts(&gone), 1);
+
+    let failed = s.run(&["deliveries", "--date", DATE, "--status", "failed"]);
+    assert!(failed.ok().contains(&spam), "{}", failed.stdout);
+    let resend = s.run(&["resend", "--date", DATE, "--failed"]);
+    assert!(
+        resend.ok().contains("Re-queued 1 failed deliveries"),
+        "{}",
+        resend.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_times_out_and_the_message_is_retried() {
+    let server = SmtpServer::start().await;
+    let slow = email(1);
+    let s2 = slow.clone();
+    server.script(move |to, attempt| {
+        if to == s2 && attempt == 1 {
+            Plan::at_data(Action::Stall)
+        } else {
+            Plan::accept()
+        }
+    });
+    let s = setup(4);
+    let out = run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("4 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(server.counts()[&slow], 1);
+    assert!(
+        out.stderr
+            .contains("no answer from the mail server within 1s 500ms"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_pauses_sending_instead_of_failing_everyone() {
+    // Find a free port, then leave it closed.
+    let probe = SmtpServer::start().await;
+    let addr = probe.addr;
+    probe.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = setup(30);
+    let child = command(&s, &smtp_env(addr.port(), 4), &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = SmtpServer::start_on(addr).await;
+    let out = finish(child).await;
+    assert!(
+        out.ok().contains("30 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stderr.contains("pausing sending"), "{}", out.stderr);
+    assert!(out.stderr.contains("sending resumes"), "{}", out.stderr);
+    assert!(server.counts().values().all(|&n| n == 1));
+    let rows = deliveries(&s);
+    let burned = rows
+        .values()
+        .filter(|r| r["attempts"].as_i64().unwrap() > 1)
+        .count();
+    // Only the failures before the breaker opened count as attempts.
+    assert!(
+        burned <= 3,
+        "the outage consumed attempts of {burned} rows: {rows:?}"
+    );
+    assert!(rows.values().all(|r| r["attempts"].as_i64().unwrap() < 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_edition_loses_nothing_and_duplicates_at_most_the_concurrency() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(60));
+    let s = setup(60);
+    let concurrency = 4;
+    let env = smtp_env(server.port(), concurrency);
+    let mut child = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("some messages", || server.accepted().len() >= 15).await;
+    child.start_kill().unwrap(); // SIGKILL
+    let _ = child.wait().await;
+    let before = server.accepted().len();
+    assert!(before < 60, "killed before the end ({before})");
+
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("60 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let counts = server.counts();
+    assert_eq!(counts.len(), 60, "nobody is missing");
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= usize::from(concurrency),
+        "{duplicates} duplicates: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_during_an_edition_cancels_the_unsent_message() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(80));
+    let s = setup(30);
+    let child = command(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the first messages", || server.accepted().len() >= 3).await;
+    let last = email(29);
+    s.run(&["subscribers", "remove", &last]).ok();
+    let out = finish(child).await;
+    assert!(
+        out.ok().contains("29 sent, 0 failed, 1 skipped"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !server.counts().contains_key(&last),
+        "mail sent after an unsubscribe"
+    );
+    assert_eq!(deliveries(&s)[&last]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_process_sends_for_a_database() {
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let mut env = smtp_env(server.port(), 2);
+    // A schedule that does not fire during the test.
+    env.push((
+        "PAPERPOST__SCHEDULE__CRON".into(),
+        "0 0 0 1 1 * 2099".into(),
+    ));
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let pid = daemon.id().unwrap();
+    wait_for("the daemon's lock", || {
+        s.run(&["status"]).code == 0 && {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_paperpost"))
+                .current_dir(s.dir.path())
+                .env("PAPERPOST__SECURITY__SECRET", support::SECRET)
+                .args(["run"])
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stderr).contains("another paperpost process")
+        }
+    })
+    .await;
+    let second = run(&s, &env, &["run"]).await;
+    assert_eq!(second.code, 1);
+    assert!(
+        second.stderr.contains(&format!(":{pid}:")),
+        "names the holder: {}",
+        second.stderr
+    );
+    let send = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(
+        send.fails().contains("another paperpost process"),
+        "{}",
+        send.stderr
+    );
+    assert!(server.accepted().is_empty());
+
+    // SIGTERM: a graceful stop that releases the lock.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = tokio::time::timeout(Duration::from_secs(10), daemon.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(out.success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("paperpost stopped"), "{stderr}");
+    let send = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(send.ok().contains("3 sent"), "{}", send.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_sends_todays_edition_on_schedule_once() {
+    let server = SmtpServer::start().await;
+    let s = setup(5);
+    let today = chrono::Utc::now().date_naive().to_string();
+    s.run(&[
+        "papers",
+        "select",
+        "--date",
+        &today,
+        "2403.06410",
+        "2406.05981",
+    ])
+    .ok();
+    let mut env = smtp_env(server.port(), 2);
+    env.push(("PAPERPOST__SCHEDULE__CRON".into(), "* * * * * *".into()));
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("today's edition", || server.accepted().len() >= 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.accepted().len(),
+        5,
+        "sent once although the schedule fired again"
+    );
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    let out = finish(daemon).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("edition started"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has been sent already"),
+        "{}",
+        out.stderr
+    );
+
+    // A restart resumes nothing and sends nothing twice.
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    finish(daemon).await;
+    assert_eq!(server.accepted().len(), 5);
+    let counts = server.counts();
+    assert!(counts.values().all(|&n| n == 1));
+    let subjects: Vec<String> = server
+        .accepted()
+        .iter()
+        .map(|a| {
+            mail_parser::MessageParser::default()
+                .parse(&a.data)
+                .unwrap()
+                .subject()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        subjects.iter().all(|s| s.contains("ShiftAddLLM")),
+        "{subjects:?}"
+    );
+}

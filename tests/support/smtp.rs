@@ -1,0 +1,323 @@
+//! A scriptable SMTP server speaking real SMTP over TCP on loopback.
+//!
+//! A script decides, per recipient and per attempt (1-based, counted at RCPT),
+//! what happens at RCPT and at the end of DATA: accept, answer a code, stall
+//! (never answer), or drop the connection (at DATA: in the middle of the data).
+//! Everything accepted is recorded.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    Reply(u16, &'static str),
+    Stall,
+    Drop,
+}
+
+/// What to do with one attempt for one recipient.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rcpt: Action,
+    pub data: Action,
+}
+
+impl Plan {
+    pub fn accept() -> Self {
+        Plan {
+            rcpt: Action::Accept,
+            data: Action::Accept,
+        }
+    }
+    pub fn at_rcpt(a: Action) -> Self {
+        Plan {
+            rcpt: a,
+            data: Action::Accept,
+        }
+    }
+    pub fn at_data(a: Action) -> Self {
+        Plan {
+            rcpt: Action::Accept,
+            data: a,
+        }
+    }
+}
+
+type Script = Arc<dyn Fn(&str, u32) -> Plan + Send + Sync>;
+
+/// One accepted message.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub from: String,
+    pub to: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    accepted: Vec<Accepted>,
+    attempts: HashMap<String, u32>,
+    connections: u32,
+}
+
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    script: Arc<Mutex<Script>>,
+    delay: Arc<Mutex<Duration>>,
+    stop: watch::Sender<bool>,
+}
+
+impl SmtpServer {
+    /// Listens on a free loopback port.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Listens on `addr` (to bring a server back on the same port).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(
+            addr,
+            Arc::new(|_: &str, _: u32| Plan::accept()),
+            Default::default(),
+        )
+        .await
+    }
+
+    async fn start_with(addr: SocketAddr, script: Script, state: Arc<Mutex<State>>) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind the test SMTP server");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = SmtpServer {
+            addr,
+            state,
+            script: Arc::new(Mutex::new(script)),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+            stop,
+        };
+        let (state, script, delay) = (
+            server.state.clone(),
+            server.script.clone(),
+            server.delay.clone(),
+        );
+        tokio::spawn(async move {
+            let mut stopped_accept = stopped.clone();
+            loop {
+                tokio::select! {
+                    r = listener.accept() => {
+                        let Ok((sock, _)) = r else { continue };
+                        state.lock().unwrap().connections += 1;
+                        let (state, script, delay) = (state.clone(), script.clone(), delay.clone());
+                        let mut stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = session(sock, state, script, delay) => {}
+                                _ = stopped.wait_for(|s| *s) => {}
+                            }
+                        });
+                    }
+                    _ = stopped_accept.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn script(&self, f: impl Fn(&str, u32) -> Plan + Send + Sync + 'static) {
+        *self.script.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Waits this long before answering the end of each message's DATA.
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// Accepted messages per recipient.
+    pub fn counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for a in self.state.lock().unwrap().accepted.iter() {
+            *m.entry(a.to.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn attempts(&self, rcpt: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .attempts
+            .get(rcpt)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops, then listens again on the same port with the same script and records.
+    pub async fn restart(&self) -> Self {
+        self.stop();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let script = self.script.lock().unwrap().clone();
+        let s = Self::start_with(self.addr, script, self.state.clone()).await;
+        *s.delay.lock().unwrap() = *self.delay.lock().unwrap();
+        s
+    }
+}
+
+fn addr_of(arg: &str) -> String {
+    arg.split_once(':')
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn session(
+    sock: TcpStream,
+    state: Arc<Mutex<State>>,
+    script: Arc<Mutex<Script>>,
+    delay: Arc<Mutex<Duration>>,
+) {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    let _ = w.write_all(b"220 paperpost-test ESMTP\r\n").await;
+    let mut from = String::new();
+    let mut rcpts: Vec<(String, Plan)> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-paperpost-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n".into()
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            "250 OK\r\n".into()
+        } else if upper.starts_with("MAIL FROM") {
+            from = addr_of(&cmd);
+            rcpts.clear();
+            "250 2.1.0 OK\r\n".into()
+        } else if upper.starts_with("RCPT TO") {
+            let to = addr_of(&cmd);
+            let attempt = {
+                let mut s = state.lock().unwrap();
+                let n = s.attempts.entry(to.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let plan = (script.lock().unwrap().clone())(&to, attempt);
+            match plan.rcpt.clone() {
+                Action::Accept => {
+                    rcpts.push((to, plan));
+                    "250 2.1.5 OK\r\n".into()
+                }
+                Action::Reply(code, text) => format!("{code} {text}\r\n"),
+                Action::Stall => std::future::pending().await,
+                Action::Drop => return,
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                "503 5.5.1 no valid recipients\r\n".into()
+            } else {
+                if w.write_all(b"354 go ahead\r\n").await.is_err() {
+                    return;
+                }
+                if rcpts.iter().any(|(_, p)| p.data == Action::Drop) {
+                    // Read a little of the message, then hang up mid-DATA.
+                    let mut buf = [0u8; 256];
+                    let _ = r.read(&mut buf).await;
+                    return;
+                }
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    match r.read_until(b'\n', &mut l).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    let l = if l.starts_with(b"..") {
+                        l[1..].to_vec()
+                    } else {
+                        l
+                    };
+                    data.extend_from_slice(&l);
+                }
+                let d = *delay.lock().unwrap();
+                if !d.is_zero() {
+                    tokio::time::sleep(d).await;
+                }
+                let plan = rcpts[0].1.data.clone();
+                match plan {
+                    Action::Accept => {
+                        let mut s = state.lock().unwrap();
+                        for (to, _) in &rcpts {
+                            s.accepted.push(Accepted {
+                                from: from.clone(),
+                                to: to.clone(),
+                                data: data.clone(),
+                            });
+                        }
+                        let id = s.accepted.len();
+                        rcpts.clear();
+                        format!("250 2.0.0 Ok: queued as T{id}\r\n")
+                    }
+                    Action::Reply(code, text) => {
+                        rcpts.clear();
+                        format!("{code} {text}\r\n")
+                    }
+                    Action::Stall => std::future::pending().await,
+                    Action::Drop => return,
+                }
+            }
+        } else if upper.starts_with("RSET") {
+            rcpts.clear();
+            "250 2.0.0 OK\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
+            return;
+        } else {
+            "500 5.5.2 unrecognized command\r\n".into()
+        };
+        if w.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
