@@ -6,6 +6,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v postfix >/dev/null 2>&1; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
   apt-get install -y -qq --no-install-recommends postfix >/dev/null
 fi
 [ -f /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf

@@ -161,16 +161,19 @@ struct Job {
 /// The engine. Build one per process; [`Engine::run`] drives it.
 pub struct Engine {
     pool: SqlitePool,
+    /// One connection for every write, so concurrent workers queue here
+    /// instead of in SQLite's busy handler, which sleeps for milliseconds.
+    writer: SqlitePool,
     composer: Composer,
     mailer: Arc<Mailer>,
     retry: RetrySettings,
-    bounce_threshold: i64,
     concurrency: usize,
     thumbnails: bool,
     editions: tokio::sync::Mutex<HashMap<NaiveDate, Option<Arc<Edition>>>>,
     pub breaker: Breaker,
     pub progress: Progress,
     wake: Notify,
+    recorder: Recorder,
 }
 
 impl Engine {
@@ -180,12 +183,21 @@ impl Engine {
         composer: Composer,
         mailer: Arc<Mailer>,
     ) -> Arc<Self> {
+        let writer = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let recorder = Recorder::start(
+            pool.clone(),
+            writer.clone(),
+            i64::from(settings.mail.bounce.threshold),
+        );
         Arc::new(Self {
+            recorder,
             pool,
+            writer,
             composer,
             mailer,
             retry: settings.mail.retry.clone(),
-            bounce_threshold: i64::from(settings.mail.bounce.threshold),
             concurrency: usize::from(settings.mail.concurrency),
             thumbnails: settings.newsletter.thumbnails,
             editions: Default::default(),
@@ -277,9 +289,11 @@ impl Engine {
                 p = tx.reserve() => p?,
                 _ = shutdown.cancelled() => return Ok(()),
             };
+            let claimed = {
+                let mut w = self.writer.acquire().await?;
+                deliveries::claim(&mut w, limit, LEASE.as_millis() as i64, only).await?
+            };
             let mut conn = self.pool.acquire().await?;
-            let claimed =
-                deliveries::claim(&mut conn, limit, LEASE.as_millis() as i64, only).await?;
             if claimed.is_empty() {
                 drop(permit);
                 if until_done && in_flight.load(Ordering::SeqCst) == 0 {
@@ -349,7 +363,7 @@ impl Engine {
 
     async fn unclaim(&self, job: &Job) {
         let r = async {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.writer.acquire().await?;
             sqlx::query(
                 "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
                  WHERE id = ? AND status = 'sending'",
@@ -380,30 +394,26 @@ impl Engine {
         } = job;
         let date: NaiveDate = c.edition_date.parse()?;
         // Re-check at send time: an unsubscribe may have landed since the claim.
-        let status: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM subscribers WHERE id = ?")
-                .bind(subscriber.id)
-                .fetch_optional(&self.pool)
+        if let Some(status) = self.recorder.status(subscriber.id).await? {
+            self.recorder
+                .record(Outcome::Final {
+                    id: c.id,
+                    status: "cancelled",
+                    reason: format!("subscriber {status}"),
+                })
                 .await?;
-        if status.as_ref().map(|(s,)| s.as_str()) != Some(SubscriberStatus::Active.as_str()) {
-            let why = format!(
-                "subscriber {}",
-                status.map(|(s,)| s).unwrap_or_else(|| "deleted".into())
-            );
-            let mut conn = self.pool.acquire().await?;
-            deliveries::mark_final(&mut conn, c.id, "cancelled", &why).await?;
             self.progress.cancelled.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let Some(edition) = self.edition(date).await? else {
-            let mut conn = self.pool.acquire().await?;
-            deliveries::mark_final(
-                &mut conn,
-                c.id,
-                "failed",
-                &format!("no papers are selected for {date}"),
-            )
-            .await?;
+            let reason = format!("no papers are selected for {date}");
+            self.recorder
+                .record(Outcome::Final {
+                    id: c.id,
+                    status: "failed",
+                    reason,
+                })
+                .await?;
             self.progress.failed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
@@ -411,50 +421,48 @@ impl Engine {
         let message = match self.composer.compose(&edition, &reader) {
             Ok(m) => m,
             Err(e) => {
-                let mut conn = self.pool.acquire().await?;
-                deliveries::mark_final(
-                    &mut conn,
-                    c.id,
-                    "failed",
-                    &format!("cannot build the message: {e:#}"),
-                )
-                .await?;
+                let reason = format!("cannot build the message: {e:#}");
+                self.recorder
+                    .record(Outcome::Final {
+                        id: c.id,
+                        status: "failed",
+                        reason,
+                    })
+                    .await?;
                 self.progress.failed.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
         };
         let message_id = self.composer.envelope.message_id(&edition, &reader);
         let raw = message.formatted();
-        let result = sender.send(message.envelope(), &raw).await;
-        let mut conn = self.pool.acquire().await?;
-        match result {
+        match sender.send(message.envelope(), &raw).await {
             Ok(reply) => {
-                deliveries::mark_sent(&mut conn, c.id, &reply, &message_id).await?;
                 self.breaker.success();
-                self.progress.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
+                self.recorder
+                    .record(Outcome::Sent {
+                        id: c.id,
+                        reply,
+                        message_id,
+                    })
+                    .await?;
+                self.progress.sent.fetch_add(1, Ordering::Relaxed);
             }
             Err(Failure::Permanent {
                 reason,
                 hard_bounce,
             }) => {
                 self.breaker.success();
-                deliveries::mark_final(&mut conn, c.id, "failed", &reason).await?;
-                self.progress.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
-                if hard_bounce {
-                    let n = deliveries::add_hard_bounce(&mut conn, subscriber.id).await?;
-                    if n >= self.bounce_threshold {
-                        subscribers::end_subscription(
-                            &mut conn,
-                            subscriber.id,
-                            SubscriberStatus::Bounced,
-                            "bounce",
-                        )
-                        .await?;
-                        tracing::warn!(to = %subscriber.email, bounces = n, "marked bounced; no more mail goes to this address");
-                    }
-                }
+                let bounce = hard_bounce.then_some(subscriber.id);
+                self.recorder
+                    .record(Outcome::Failed {
+                        id: c.id,
+                        reason,
+                        bounce,
+                    })
+                    .await?;
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
             }
             Err(Failure::Transient { reason, connection }) => {
                 if connection {
@@ -462,7 +470,14 @@ impl Engine {
                     if self.breaker.is_open() {
                         // The server is down: this says nothing about the
                         // message, so the attempt is not counted.
-                        deliveries::mark_retry(&mut conn, c.id, &reason, store::now_ms(), false)
+                        let next_at = store::now_ms();
+                        self.recorder
+                            .record(Outcome::Retry {
+                                id: c.id,
+                                reason,
+                                next_at,
+                                counted: false,
+                            })
                             .await?;
                         self.progress.retried.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
@@ -474,21 +489,212 @@ impl Engine {
                 let age =
                     Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
                 if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
-                    let why = format!("gave up after {attempts} attempts: {reason}");
-                    deliveries::mark_final(&mut conn, c.id, "failed", &why).await?;
+                    let reason = format!("gave up after {attempts} attempts: {reason}");
+                    tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
+                    self.recorder
+                        .record(Outcome::Failed {
+                            id: c.id,
+                            reason,
+                            bounce: None,
+                        })
+                        .await?;
                     self.progress.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(to = %subscriber.email, %date, %why, "failed");
                 } else {
                     let delay = backoff(&self.retry, attempts);
-                    let next = store::now_ms() + delay.as_millis() as i64;
-                    deliveries::mark_retry(&mut conn, c.id, &reason, next, true).await?;
-                    self.progress.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
+                    let next_at = store::now_ms() + delay.as_millis() as i64;
+                    self.recorder
+                        .record(Outcome::Retry {
+                            id: c.id,
+                            reason,
+                            next_at,
+                            counted: true,
+                        })
+                        .await?;
+                    self.progress.retried.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// What happened to one delivery row.
+#[derive(Debug)]
+enum Outcome {
+    Sent {
+        id: i64,
+        reply: String,
+        message_id: String,
+    },
+    Retry {
+        id: i64,
+        reason: String,
+        next_at: i64,
+        counted: bool,
+    },
+    /// Failed; `bounce` names a subscriber whose mailbox does not exist.
+    Failed {
+        id: i64,
+        reason: String,
+        bounce: Option<i64>,
+    },
+    Final {
+        id: i64,
+        status: &'static str,
+        reason: String,
+    },
+}
+
+enum Request {
+    /// Is this subscriber still active? Answers `None` if so, else their status.
+    Status(i64, tokio::sync::oneshot::Sender<Option<String>>),
+    Record(Outcome, tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// Group commit for the workers: status checks and outcomes that arrive
+/// together are answered with one query and written in one transaction (the
+/// sent rows with one statement). A worker waits for its outcome to be
+/// committed before it takes the next message, so a crash can lose at most the
+/// outcomes of the messages in flight.
+struct Recorder {
+    tx: tokio::sync::mpsc::UnboundedSender<Request>,
+}
+
+impl Recorder {
+    fn start(pool: SqlitePool, writer: SqlitePool, bounce_threshold: i64) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let mut checks = Vec::new();
+                let mut outcomes = Vec::new();
+                for r in batch {
+                    match r {
+                        Request::Status(id, reply) => checks.push((id, reply)),
+                        Request::Record(o, reply) => outcomes.push((o, reply)),
+                    }
+                }
+                if !checks.is_empty() {
+                    let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
+                    let statuses = subscriber_statuses(&pool, &ids).await;
+                    for (id, reply) in checks {
+                        let answer = match &statuses {
+                            Ok(m) => match m.get(&id).map(String::as_str) {
+                                Some("active") => None,
+                                Some(other) => Some(other.to_string()),
+                                None => Some("deleted".to_string()),
+                            },
+                            // Unknown: do not send.
+                            Err(_) => Some("unknown (database error)".to_string()),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                if !outcomes.is_empty() {
+                    let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
+                    let result = write_outcomes(&writer, items, bounce_threshold)
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    for reply in replies {
+                        let _ = reply.send(result.clone());
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    async fn status(&self, subscriber_id: i64) -> anyhow::Result<Option<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Status(subscriber_id, tx))
+            .map_err(|_| anyhow::anyhow!("the recorder stopped"))?;
+        Ok(rx.await?)
+    }
+
+    async fn record(&self, outcome: Outcome) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Record(outcome, tx))
+            .map_err(|_| anyhow::anyhow!("the recorder stopped"))?;
+        rx.await?.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+async fn subscriber_statuses(
+    pool: &SqlitePool,
+    ids: &[i64],
+) -> anyhow::Result<HashMap<i64, String>> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, status FROM subscribers WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(serde_json::to_string(ids)?)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn write_outcomes(
+    writer: &SqlitePool,
+    items: Vec<Outcome>,
+    bounce_threshold: i64,
+) -> anyhow::Result<()> {
+    let mut tx = writer.begin().await?;
+    let mut sent = Vec::new();
+    for o in items {
+        match o {
+            Outcome::Sent {
+                id,
+                reply,
+                message_id,
+            } => {
+                sent.push(serde_json::json!({"id": id, "reply": reply, "message_id": message_id}));
+            }
+            Outcome::Retry {
+                id,
+                reason,
+                next_at,
+                counted,
+            } => {
+                deliveries::mark_retry(&mut tx, id, &reason, next_at, counted).await?;
+            }
+            Outcome::Final { id, status, reason } => {
+                deliveries::mark_final(&mut tx, id, status, &reason).await?;
+            }
+            Outcome::Failed { id, reason, bounce } => {
+                deliveries::mark_final(&mut tx, id, "failed", &reason).await?;
+                if let Some(subscriber_id) = bounce {
+                    let n = deliveries::add_hard_bounce(&mut tx, subscriber_id).await?;
+                    if n >= bounce_threshold {
+                        subscribers::end_subscription(
+                            &mut tx,
+                            subscriber_id,
+                            SubscriberStatus::Bounced,
+                            "bounce",
+                        )
+                        .await?;
+                        tracing::warn!(
+                            subscriber = subscriber_id,
+                            bounces = n,
+                            "marked bounced; no more mail goes to this address"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if !sent.is_empty() {
+        deliveries::mark_sent_many(&mut tx, &serde_json::Value::Array(sent).to_string()).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

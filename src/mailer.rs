@@ -217,18 +217,32 @@ impl Sender {
                 reason: format!("cannot connect to {}:{}: {e}", t.host, t.port),
                 connection: true,
             };
-            let implicit = matches!(t.tls, TlsMode::Tls)
-                .then(|| t.tls_parameters.clone())
-                .flatten();
-            let mut conn = AsyncSmtpConnection::connect_tokio1(
-                (t.host.as_str(), t.port),
-                Some(self.mailer.timeout),
-                &t.hello,
-                implicit,
-                None,
-            )
-            .await
-            .map_err(conn_err)?;
+            let mut conn = match (t.tls, &t.tls_parameters) {
+                (TlsMode::Tls, Some(params)) => AsyncSmtpConnection::connect_tokio1(
+                    (t.host.as_str(), t.port),
+                    Some(self.mailer.timeout),
+                    &t.hello,
+                    Some(params.clone()),
+                    None,
+                )
+                .await
+                .map_err(conn_err)?,
+                _ => {
+                    // Our own socket, to turn off Nagle's algorithm: lettre writes the
+                    // message and its final ".\r\n" separately, and with Nagle each
+                    // message waits for the server's delayed ACK (about 40 ms).
+                    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+                        .await
+                        .map_err(|e| Failure::Transient {
+                            reason: format!("cannot connect to {}:{}: {e}", t.host, t.port),
+                            connection: true,
+                        })?;
+                    let _ = tcp.set_nodelay(true);
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello)
+                        .await
+                        .map_err(conn_err)?
+                }
+            };
             if let (TlsMode::Starttls, Some(params)) = (t.tls, &t.tls_parameters) {
                 conn.starttls(params.clone(), &t.hello)
                     .await
