@@ -87,7 +87,6 @@ CREATE TABLE deliveries (
     UNIQUE (subscriber_id, edition_date)
 );
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
-CREATE INDEX deliveries_lease ON deliveries (status, lease_until);
 CREATE INDEX deliveries_edition ON deliveries (edition_date, status);
 
 -- Uses of links (unsubscribe, preferences), for audit and abuse detection.

@@ -221,7 +221,9 @@ impl Engine {
         until_done: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(self.concurrency);
+        // A few claimed rows wait per worker, so claims come in batches. They are
+        // not in flight: a crash puts them back in the queue unsent.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>((self.concurrency * 4).max(8));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let in_flight = Arc::new(AtomicU64::new(0));
         let mut workers = tokio::task::JoinSet::new();
@@ -646,6 +648,23 @@ async fn write_outcomes(
     items: Vec<Outcome>,
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
+    // The common case, a batch of accepted messages: one statement, autocommit.
+    if items.iter().all(|o| matches!(o, Outcome::Sent { .. })) {
+        let sent: Vec<serde_json::Value> = items
+            .into_iter()
+            .filter_map(|o| match o {
+                Outcome::Sent {
+                    id,
+                    reply,
+                    message_id,
+                } => Some(serde_json::json!({"id": id, "reply": reply, "message_id": message_id})),
+                _ => None,
+            })
+            .collect();
+        let mut conn = writer.acquire().await?;
+        deliveries::mark_sent_many(&mut conn, &serde_json::Value::Array(sent).to_string()).await?;
+        return Ok(());
+    }
     let mut tx = writer.begin().await?;
     let mut sent = Vec::new();
     for o in items {

@@ -83,10 +83,12 @@ pub struct Claimed {
     pub first_attempt_at: i64,
 }
 
-/// Claims up to `limit` due rows (queued and due, or sending with an expired
-/// lease) in one statement, leasing them until `now + lease_ms`. Each branch
-/// walks the (status, next_attempt_at) or (status, lease_until) index and stops
-/// at `limit`, so a claim costs the same with 100 or 1,000,000 rows queued.
+/// Claims up to `limit` due queued rows in one statement, leasing them until
+/// `now + lease_ms`. The subquery walks the (status, next_attempt_at) index and
+/// stops at `limit`, so a claim costs the same with 100 or 1,000,000 rows queued.
+/// Rows left `sending` by a process that died are put back by
+/// [`release_in_flight`] when the next process takes the scheduler lock (only
+/// the lock holder sends, so a lease never needs to expire while it runs).
 pub async fn claim(
     conn: &mut SqliteConnection,
     limit: u32,
@@ -102,13 +104,8 @@ pub async fn claim(
     let sql = format!(
         "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
            first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1 \
-         WHERE id IN ( \
-           SELECT id FROM (SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
-                           ORDER BY next_attempt_at LIMIT ?3) \
-           UNION ALL \
-           SELECT id FROM (SELECT id FROM deliveries WHERE status = 'sending' AND lease_until < ?1 {date_filter} \
-                           ORDER BY lease_until LIMIT ?3) \
-           LIMIT ?3) \
+         WHERE id IN (SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
+                      ORDER BY next_attempt_at LIMIT ?3) \
          RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
     );
     let mut q = sqlx::query_as(&sql)
@@ -248,7 +245,7 @@ pub async fn requeue_failed(
     .rows_affected())
 }
 
-/// When the next queued row falls due, or the next lease ends (Unix ms).
+/// When the next queued row falls due (Unix ms).
 pub async fn next_due(
     conn: &mut SqliteConnection,
     only: Option<NaiveDate>,
@@ -259,9 +256,7 @@ pub async fn next_due(
         ""
     };
     let sql = format!(
-        "SELECT min(at) FROM ( \
-           SELECT min(next_attempt_at) AS at FROM deliveries WHERE status = 'queued' {date_filter} \
-           UNION ALL SELECT min(lease_until) FROM deliveries WHERE status = 'sending' {date_filter})"
+        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'queued' {date_filter}"
     );
     let mut q = sqlx::query_as::<_, (Option<i64>,)>(&sql);
     if let Some(d) = only {
