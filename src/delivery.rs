@@ -234,13 +234,38 @@ impl Engine {
             let in_flight = Arc::clone(&in_flight);
             workers.spawn(async move {
                 let mut sender = engine.mailer.sender();
+                // The next job and its pending status re-check, asked for together
+                // with the previous outcome's write: one round trip per message.
+                let mut next: Option<(Job, StatusReply)> = None;
                 loop {
-                    let job = { rx.lock().await.recv().await };
-                    let Some(job) = job else { break };
+                    let (job, status) = match next.take() {
+                        Some(n) => n,
+                        None => {
+                            let job = { rx.lock().await.recv().await };
+                            let Some(job) = job else { break };
+                            let status = engine.recorder.ask_status(job.subscriber.id);
+                            (job, status)
+                        }
+                    };
                     if shutdown.is_cancelled() {
                         engine.unclaim(&job).await;
                     } else {
-                        engine.process(&mut sender, job).await;
+                        let status = match status.await {
+                            Ok(s) => s,
+                            Err(_) => Some("unknown (the recorder stopped)".to_string()),
+                        };
+                        let (outcome, tally) = engine.attempt(&mut sender, &job, status).await;
+                        let peeked = rx.try_lock().ok().and_then(|mut r| r.try_recv().ok());
+                        let written = engine.recorder.ask_record(outcome);
+                        next = peeked.map(|j| {
+                            let s = engine.recorder.ask_status(j.subscriber.id);
+                            (j, s)
+                        });
+                        match written.await.map_err(|_| "the recorder stopped".to_string()).and_then(|r| r) {
+                            Ok(()) => engine.count(tally),
+                            // The row keeps its lease and is sent again after a restart.
+                            Err(e) => tracing::error!(delivery = job.claimed.id, error = %e, "cannot record a delivery outcome"),
+                        }
                     }
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     engine.wake.notify_one();
@@ -270,7 +295,19 @@ impl Engine {
                 return Ok(());
             }
             let limit = match self.breaker.allowance() {
-                Allowance::Full => tx.capacity().max(1) as u32,
+                Allowance::Full => {
+                    // Claim in batches: wait until half the queue is free (or
+                    // nothing is left to do) rather than claiming row by row.
+                    let half = tx.max_capacity() / 2;
+                    while tx.capacity() < half && in_flight.load(Ordering::SeqCst) as usize > half {
+                        tokio::select! {
+                            _ = self.wake.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    }
+                    tx.capacity().max(1) as u32
+                }
                 Allowance::Probe => {
                     // Wait for the workers to drain before probing with one message.
                     while in_flight.load(Ordering::SeqCst) > 0 && !shutdown.is_cancelled() {
@@ -381,59 +418,61 @@ impl Engine {
         }
     }
 
-    async fn process(&self, sender: &mut Sender, job: Job) {
-        let id = job.claimed.id;
-        if let Err(e) = self.try_process(sender, job).await {
-            // The row keeps its lease and is retried when the lease expires.
-            tracing::error!(delivery = id, error = %format!("{e:#}"), "cannot record a delivery outcome");
-        }
-    }
-
-    async fn try_process(&self, sender: &mut Sender, job: Job) -> anyhow::Result<()> {
-        let Job {
-            claimed: c,
-            subscriber,
-        } = job;
-        let date: NaiveDate = c.edition_date.parse()?;
-        // Re-check at send time: an unsubscribe may have landed since the claim.
-        if let Some(status) = self.recorder.status(subscriber.id).await? {
-            self.recorder
-                .record(Outcome::Final {
+    /// Decides what happens to one claimed row: `status` is the subscriber's
+    /// status as just re-checked (`None`: active). Sends at most one message.
+    async fn attempt(
+        &self,
+        sender: &mut Sender,
+        job: &Job,
+        status: Option<String>,
+    ) -> (Outcome, Tally) {
+        let c = &job.claimed;
+        let subscriber = &job.subscriber;
+        if let Some(status) = status {
+            let reason = format!("subscriber {status}");
+            return (
+                Outcome::Final {
                     id: c.id,
                     status: "cancelled",
-                    reason: format!("subscriber {status}"),
-                })
-                .await?;
-            self.progress.cancelled.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let Some(edition) = self.edition(date).await? else {
-            let reason = format!("no papers are selected for {date}");
-            self.recorder
-                .record(Outcome::Final {
-                    id: c.id,
-                    status: "failed",
                     reason,
-                })
-                .await?;
-            self.progress.failed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+                },
+                Tally::Cancelled,
+            );
+        }
+        let failed = |reason: String| {
+            (
+                Outcome::Failed {
+                    id: c.id,
+                    reason,
+                    bounce: None,
+                },
+                Tally::Failed,
+            )
         };
-        let reader = Reader::from(&subscriber);
+        let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
+            return failed(format!("invalid edition date {:?}", c.edition_date));
+        };
+        let edition = match self.edition(date).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return failed(format!("no papers are selected for {date}")),
+            Err(e) => {
+                let reason = format!("cannot load the edition: {e:#}");
+                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                return (
+                    Outcome::Retry {
+                        id: c.id,
+                        reason,
+                        next_at,
+                        counted: false,
+                    },
+                    Tally::Retried,
+                );
+            }
+        };
+        let reader = Reader::from(subscriber);
         let message = match self.composer.compose(&edition, &reader) {
             Ok(m) => m,
-            Err(e) => {
-                let reason = format!("cannot build the message: {e:#}");
-                self.recorder
-                    .record(Outcome::Final {
-                        id: c.id,
-                        status: "failed",
-                        reason,
-                    })
-                    .await?;
-                self.progress.failed.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
+            Err(e) => return failed(format!("cannot build the message: {e:#}")),
         };
         let message_id = self.composer.envelope.message_id(&edition, &reader);
         let raw = message.formatted();
@@ -441,14 +480,14 @@ impl Engine {
             Ok(reply) => {
                 self.breaker.success();
                 tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
-                self.recorder
-                    .record(Outcome::Sent {
+                (
+                    Outcome::Sent {
                         id: c.id,
                         reply,
                         message_id,
-                    })
-                    .await?;
-                self.progress.sent.fetch_add(1, Ordering::Relaxed);
+                    },
+                    Tally::Sent,
+                )
             }
             Err(Failure::Permanent {
                 reason,
@@ -457,14 +496,14 @@ impl Engine {
                 self.breaker.success();
                 tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
                 let bounce = hard_bounce.then_some(subscriber.id);
-                self.recorder
-                    .record(Outcome::Failed {
+                (
+                    Outcome::Failed {
                         id: c.id,
                         reason,
                         bounce,
-                    })
-                    .await?;
-                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    },
+                    Tally::Failed,
+                )
             }
             Err(Failure::Transient { reason, connection }) => {
                 if connection {
@@ -473,16 +512,15 @@ impl Engine {
                         // The server is down: this says nothing about the
                         // message, so the attempt is not counted.
                         let next_at = store::now_ms();
-                        self.recorder
-                            .record(Outcome::Retry {
+                        return (
+                            Outcome::Retry {
                                 id: c.id,
                                 reason,
                                 next_at,
                                 counted: false,
-                            })
-                            .await?;
-                        self.progress.retried.fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
+                            },
+                            Tally::Retried,
+                        );
                     }
                 } else {
                     self.breaker.success();
@@ -493,32 +531,43 @@ impl Engine {
                 if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
                     tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
-                    self.recorder
-                        .record(Outcome::Failed {
-                            id: c.id,
-                            reason,
-                            bounce: None,
-                        })
-                        .await?;
-                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    failed(reason)
                 } else {
                     let delay = backoff(&self.retry, attempts);
                     tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
                     let next_at = store::now_ms() + delay.as_millis() as i64;
-                    self.recorder
-                        .record(Outcome::Retry {
+                    (
+                        Outcome::Retry {
                             id: c.id,
                             reason,
                             next_at,
                             counted: true,
-                        })
-                        .await?;
-                    self.progress.retried.fetch_add(1, Ordering::Relaxed);
+                        },
+                        Tally::Retried,
+                    )
                 }
             }
         }
-        Ok(())
     }
+
+    fn count(&self, t: Tally) {
+        let counter = match t {
+            Tally::Sent => &self.progress.sent,
+            Tally::Failed => &self.progress.failed,
+            Tally::Cancelled => &self.progress.cancelled,
+            Tally::Retried => &self.progress.retried,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Which progress counter an outcome moves.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    Sent,
+    Failed,
+    Cancelled,
+    Retried,
 }
 
 /// What happened to one delivery row.
@@ -613,22 +662,22 @@ impl Recorder {
         Self { tx }
     }
 
-    async fn status(&self, subscriber_id: i64) -> anyhow::Result<Option<String>> {
+    /// Asks whether a subscriber is still active; the answer is `None` if so.
+    fn ask_status(&self, subscriber_id: i64) -> StatusReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Request::Status(subscriber_id, tx))
-            .map_err(|_| anyhow::anyhow!("the recorder stopped"))?;
-        Ok(rx.await?)
+        let _ = self.tx.send(Request::Status(subscriber_id, tx));
+        rx
     }
 
-    async fn record(&self, outcome: Outcome) -> anyhow::Result<()> {
+    /// Asks for an outcome to be written; the answer comes once it is committed.
+    fn ask_record(&self, outcome: Outcome) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Request::Record(outcome, tx))
-            .map_err(|_| anyhow::anyhow!("the recorder stopped"))?;
-        rx.await?.map_err(|e| anyhow::anyhow!(e))
+        let _ = self.tx.send(Request::Record(outcome, tx));
+        rx
     }
 }
+
+type StatusReply = tokio::sync::oneshot::Receiver<Option<String>>;
 
 async fn subscriber_statuses(
     pool: &SqlitePool,
