@@ -439,6 +439,18 @@ impl Engine {
                 Tally::Cancelled,
             );
         }
+        let uncounted = |reason: String, next_at: i64| {
+            let id = c.id;
+            (
+                Outcome::Retry {
+                    id,
+                    reason,
+                    next_at,
+                    counted: false,
+                },
+                Tally::Retried,
+            )
+        };
         let failed = |reason: String| {
             (
                 Outcome::Failed {
@@ -457,15 +469,9 @@ impl Engine {
             Ok(None) => return failed(format!("no papers are selected for {date}")),
             Err(e) => {
                 let reason = format!("cannot load the edition: {e:#}");
-                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
-                return (
-                    Outcome::Retry {
-                        id: c.id,
-                        reason,
-                        next_at,
-                        counted: false,
-                    },
-                    Tally::Retried,
+                return uncounted(
+                    reason,
+                    store::now_ms() + self.retry.base_delay.as_millis() as i64,
                 );
             }
         };
@@ -511,16 +517,7 @@ impl Engine {
                     if self.breaker.is_open() {
                         // The server is down: this says nothing about the
                         // message, so the attempt is not counted.
-                        let next_at = store::now_ms();
-                        return (
-                            Outcome::Retry {
-                                id: c.id,
-                                reason,
-                                next_at,
-                                counted: false,
-                            },
-                            Tally::Retried,
-                        );
+                        return uncounted(reason, store::now_ms());
                     }
                 } else {
                     self.breaker.success();

@@ -6,7 +6,7 @@ mod support;
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use support::{
-    Run, Sandbox, fixture,
+    Run, Sandbox,
     smtp::{Action, Plan, SmtpServer},
 };
 use tokio::process::{Child, Command};
@@ -37,13 +37,7 @@ fn email(i: usize) -> String {
 
 /// A sandbox with the sample papers for DATE and `n` subscribers r000..
 fn setup(n: usize) -> Sandbox {
-    let s = Sandbox::new();
-    s.run(&[
-        "papers",
-        "import",
-        fixture("daily_papers-2024-03-11.json").to_str().unwrap(),
-    ])
-    .ok();
+    let s = Sandbox::with_sample_papers();
     let mut csv = String::from("email,name\n");
     for i in 0..n {
         csv.push_str(&format!("{},Reader {i}\n", email(i)));

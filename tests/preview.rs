@@ -3,16 +3,10 @@
 mod support;
 
 use mail_parser::MessageParser;
-use support::{Sandbox, fixture};
+use support::Sandbox;
 
 fn setup() -> Sandbox {
-    let s = Sandbox::new();
-    s.run(&[
-        "papers",
-        "import",
-        fixture("daily_papers-2024-03-11.json").to_str().unwrap(),
-    ])
-    .ok();
+    let s = Sandbox::with_sample_papers();
     s.run(&[
         "subscribers",
         "add",

@@ -70,6 +70,14 @@ impl Sandbox {
         }
     }
 
+    /// A sandbox with the sample daily_papers file imported (the 2024-03-11 edition).
+    pub fn with_sample_papers() -> Self {
+        let s = Self::new();
+        let sample = fixture("daily_papers-2024-03-11.json");
+        s.run(&["papers", "import", sample.to_str().unwrap()]).ok();
+        s
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
