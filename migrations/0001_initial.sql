@@ -87,7 +87,8 @@ CREATE TABLE deliveries (
     UNIQUE (subscriber_id, edition_date)
 );
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
-CREATE INDEX deliveries_edition ON deliveries (edition_date, status);
+-- Not (edition_date, status): every status change would then rewrite two index entries.
+CREATE INDEX deliveries_edition ON deliveries (edition_date);
 
 -- Uses of links (unsubscribe, preferences), for audit and abuse detection.
 CREATE TABLE token_events (
