@@ -118,28 +118,6 @@ pub async fn claim(
     Ok(q.fetch_all(conn).await?)
 }
 
-/// Records an accepted message.
-pub async fn mark_sent(
-    conn: &mut SqliteConnection,
-    id: i64,
-    reply: &str,
-    message_id: &str,
-) -> Result<(), StoreError> {
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE deliveries SET status = 'sent', smtp_reply = ?, message_id = ?, sent_at = ?, lease_until = NULL, \
-         last_error = NULL, updated_at = ? WHERE id = ?",
-    )
-    .bind(reply)
-    .bind(message_id)
-    .bind(now)
-    .bind(now)
-    .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Records many accepted messages in one statement. `json` is an array of
 /// `{"id", "reply", "message_id"}` objects.
 pub async fn mark_sent_many(conn: &mut SqliteConnection, json: &str) -> Result<(), StoreError> {
