@@ -334,58 +334,29 @@ fn clean_message(msg: &str) -> String {
     }
 }
 
-impl<'de> Deserialize<'de> for TransportKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "smtp" => Ok(Self::Smtp),
-            "file" => Ok(Self::File),
-            _ => Err(D::Error::custom(format!(
-                "invalid value {s:?} (expected one of: smtp, file)"
-            ))),
+/// Deserializes a unit enum from one of its lower-case names; any other value
+/// is an error that lists the choices.
+macro_rules! named_choices {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(D::Error::custom(format!(
+                        "invalid value {s:?} (expected one of: {})",
+                        [$($name),+].join(", ")
+                    ))),
+                }
+            }
         }
-    }
+    };
 }
 
-impl<'de> Deserialize<'de> for TlsMode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(Self::None),
-            "starttls" => Ok(Self::Starttls),
-            "tls" => Ok(Self::Tls),
-            _ => Err(D::Error::custom(format!(
-                "invalid value {s:?} (expected one of: none, starttls, tls)"
-            ))),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for LogFormat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err(D::Error::custom(format!(
-                "invalid value {s:?} (expected one of: text, json)"
-            ))),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for DkimAlgorithm {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "rsa" => Ok(Self::Rsa),
-            "ed25519" => Ok(Self::Ed25519),
-            _ => Err(D::Error::custom(format!(
-                "invalid value {s:?} (expected one of: rsa, ed25519)"
-            ))),
-        }
-    }
-}
+named_choices!(TransportKind { "smtp" => Smtp, "file" => File });
+named_choices!(TlsMode { "none" => None, "starttls" => Starttls, "tls" => Tls });
+named_choices!(LogFormat { "text" => Text, "json" => Json });
+named_choices!(DkimAlgorithm { "rsa" => Rsa, "ed25519" => Ed25519 });
 
 mod de {
     use super::*;
