@@ -129,6 +129,7 @@ impl Mailer {
         Sender {
             mailer: Arc::clone(self),
             conn: None,
+            pipelining: false,
             last_used: Instant::now(),
             failed_at: "",
         }
@@ -139,6 +140,8 @@ impl Mailer {
 pub struct Sender {
     mailer: Arc<Mailer>,
     conn: Option<AsyncSmtpConnection>,
+    /// The server advertised PIPELINING (RFC 2920) on the current connection.
+    pipelining: bool,
     last_used: Instant,
     /// The transaction step the last failure happened at.
     failed_at: &'static str,
@@ -211,7 +214,11 @@ impl Sender {
         result
     }
 
-    async fn connect(&mut self, t: &SmtpTarget) -> Result<&mut AsyncSmtpConnection, Failure> {
+    /// The open connection (opening one if needed) and whether it pipelines.
+    async fn connect(
+        &mut self,
+        t: &SmtpTarget,
+    ) -> Result<(&mut AsyncSmtpConnection, bool), Failure> {
         if self.conn.is_none() {
             let conn_err = |e: lettre::transport::smtp::Error| Failure::Transient {
                 reason: format!("cannot connect to {}:{}: {e}", t.host, t.port),
@@ -248,6 +255,13 @@ impl Sender {
                     .await
                     .map_err(conn_err)?;
             }
+            // lettre keeps no record of PIPELINING: ask again (EHLO may be
+            // repeated; before AUTH, so the login is not reset).
+            let ehlo = lettre::transport::smtp::commands::Ehlo::new(t.hello.clone());
+            self.pipelining = conn.command(ehlo).await.is_ok_and(|r| {
+                r.message()
+                    .any(|l| l.trim().eq_ignore_ascii_case("PIPELINING"))
+            });
             if let Some(creds) = &t.credentials {
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
                     .await
@@ -260,7 +274,10 @@ impl Sender {
             }
             self.conn = Some(conn);
         }
-        Ok(self.conn.as_mut().expect("connected above"))
+        Ok((
+            self.conn.as_mut().expect("connected above"),
+            self.pipelining,
+        ))
     }
 
     async fn transaction(
@@ -270,7 +287,7 @@ impl Sender {
         raw: &[u8],
     ) -> Result<String, Failure> {
         self.failed_at = "";
-        let conn = self.connect(t).await?;
+        let (conn, pipelining) = self.connect(t).await?;
         let mut params = Vec::new();
         let non_ascii = envelope
             .from()
@@ -331,20 +348,49 @@ impl Sender {
             ),
         };
         let mut stage = "MAIL";
+        let pipelining = pipelining && envelope.to().len() == 1;
         let outcome = async {
-            conn.command(Mail::new(envelope.from().cloned(), params))
-                .await
-                .map_err(|e| step("MAIL", e))?;
-            stage = "RCPT";
-            for to in envelope.to() {
-                conn.command(Rcpt::new(to.clone(), vec![]))
-                    .await
-                    .map_err(|e| step("RCPT", e))?;
+            let mail = Mail::new(envelope.from().cloned(), params);
+            let data = lettre::transport::smtp::commands::Data;
+            if pipelining {
+                // MAIL, RCPT and DATA in one write (RFC 2920), then their three
+                // replies in order: two round trips fewer per message.
+                let rcpt = Rcpt::new(envelope.to()[0].clone(), vec![]);
+                let is_io = |r: &Result<_, lettre::transport::smtp::Error>| {
+                    r.as_ref().is_err_and(|e| code_of(e).is_none())
+                };
+                let r_mail = conn.command(format!("{mail}{rcpt}{data}")).await;
+                if is_io(&r_mail) {
+                    return Err(step("MAIL", r_mail.expect_err("an error")));
+                }
+                stage = "RCPT";
+                let r_rcpt = conn.read_response().await;
+                if is_io(&r_rcpt) {
+                    return Err(step("RCPT", r_rcpt.expect_err("an error")));
+                }
+                stage = "DATA";
+                let r_data = conn.read_response().await;
+                if is_io(&r_data) {
+                    return Err(step("DATA", r_data.expect_err("an error")));
+                }
+                if r_data.is_ok() && (r_mail.is_err() || r_rcpt.is_err()) {
+                    // A server that opened DATA anyway gets an empty message ended at once.
+                    let _ = conn.message(b"").await;
+                }
+                r_mail.map_err(|e| step("MAIL", e))?;
+                r_rcpt.map_err(|e| step("RCPT", e))?;
+                r_data.map_err(|e| step("DATA", e))?;
+            } else {
+                conn.command(mail).await.map_err(|e| step("MAIL", e))?;
+                stage = "RCPT";
+                for to in envelope.to() {
+                    conn.command(Rcpt::new(to.clone(), vec![]))
+                        .await
+                        .map_err(|e| step("RCPT", e))?;
+                }
+                stage = "DATA";
+                conn.command(data).await.map_err(|e| step("DATA", e))?;
             }
-            stage = "DATA";
-            conn.command(lettre::transport::smtp::commands::Data)
-                .await
-                .map_err(|e| step("DATA", e))?;
             conn.message(raw).await.map_err(|e| step("DATA", e))
         }
         .await;

@@ -160,7 +160,15 @@ async fn every_subscriber_gets_exactly_one_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_until_accepted() {
+    // With MAIL/RCPT/DATA pipelined (RFC 2920), and one step at a time.
+    for pipelining in [true, false] {
+        transient_failures(pipelining).await;
+    }
+}
+
+async fn transient_failures(pipelining: bool) {
     let server = SmtpServer::start().await;
+    server.set_pipelining(pipelining);
     let (a, b, c, d) = (email(3), email(5), email(7), email(9));
     let (a2, b2, c2, d2) = (a.clone(), b.clone(), c.clone(), d.clone());
     server.script(move |to, attempt| {
@@ -198,6 +206,8 @@ async fn transient_failures_are_retried_until_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_fail_at_once_and_bounce_the_mailbox() {
     let server = SmtpServer::start().await;
+    // Step by step here; the other tests pipeline.
+    server.set_pipelining(false);
     let (gone, spam) = (email(2), email(4));
     let (g2, s2) = (gone.clone(), spam.clone());
     server.script(move |to, _| {

@@ -77,6 +77,7 @@ pub struct SmtpServer {
     state: Arc<Mutex<State>>,
     script: Arc<Mutex<Script>>,
     delay: Arc<Mutex<Duration>>,
+    pipelining: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
 }
 
@@ -107,6 +108,7 @@ impl SmtpServer {
             state,
             script: Arc::new(Mutex::new(script)),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
+            pipelining: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             stop,
         };
         let (state, script, delay) = (
@@ -114,6 +116,7 @@ impl SmtpServer {
             server.script.clone(),
             server.delay.clone(),
         );
+        let pipelining = server.pipelining.clone();
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
             loop {
@@ -122,10 +125,11 @@ impl SmtpServer {
                         let Ok((sock, _)) = r else { continue };
                         state.lock().unwrap().connections += 1;
                         let (state, script, delay) = (state.clone(), script.clone(), delay.clone());
+                        let pipelining = pipelining.load(std::sync::atomic::Ordering::SeqCst);
                         let mut stopped = stopped.clone();
                         tokio::spawn(async move {
                             tokio::select! {
-                                _ = session(sock, state, script, delay) => {}
+                                _ = session(sock, state, script, delay, pipelining) => {}
                                 _ = stopped.wait_for(|s| *s) => {}
                             }
                         });
@@ -143,6 +147,12 @@ impl SmtpServer {
 
     pub fn script(&self, f: impl Fn(&str, u32) -> Plan + Send + Sync + 'static) {
         *self.script.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Whether new sessions advertise PIPELINING (they do by default).
+    pub fn set_pipelining(&self, on: bool) {
+        self.pipelining
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits this long before answering the end of each message's DATA.
@@ -209,6 +219,7 @@ async fn session(
     state: Arc<Mutex<State>>,
     script: Arc<Mutex<Script>>,
     delay: Arc<Mutex<Duration>>,
+    pipelining: bool,
 ) {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -225,7 +236,10 @@ async fn session(
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-paperpost-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n".into()
+            let pipe = if pipelining { "250-PIPELINING\r\n" } else { "" };
+            format!(
+                "250-paperpost-test\r\n{pipe}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n"
+            )
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 OK\r\n".into()
         } else if upper.starts_with("MAIL FROM") {
