@@ -223,7 +223,7 @@ impl Engine {
     ) -> anyhow::Result<()> {
         // A few claimed rows wait per worker, so claims come in batches. They are
         // not in flight: a crash puts them back in the queue unsent.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Job>((self.concurrency * 4).max(8));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>((self.concurrency * 16).max(32));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let in_flight = Arc::new(AtomicU64::new(0));
         let mut workers = tokio::task::JoinSet::new();
