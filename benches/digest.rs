@@ -98,33 +98,6 @@ fn main() {
         })
         .collect();
 
-    if std::env::var_os("DIGEST_BREAKDOWN").is_some() {
-        let p = &people[1];
-        let reader = Reader {
-            uuid: &p.uuid,
-            email: &p.email,
-            name: p.name.as_ref(),
-            topics: &p.topics,
-            format: Format::Html,
-            max_papers: MaxPapers::new(20).unwrap(),
-        };
-        let t = Instant::now();
-        for _ in 0..2000 {
-            black_box(composer.render(&edition, &reader).unwrap());
-        }
-        println!("render: {:?}/digest", t.elapsed() / 2000);
-        let t = Instant::now();
-        for _ in 0..2000 {
-            black_box(composer.compose(&edition, &reader).unwrap());
-        }
-        println!("compose: {:?}/digest", t.elapsed() / 2000);
-        let m = composer.compose(&edition, &reader).unwrap();
-        let t = Instant::now();
-        for _ in 0..2000 {
-            black_box(m.formatted());
-        }
-        println!("formatted: {:?}/digest", t.elapsed() / 2000);
-    }
     let mut bytes = 0usize;
     let start = Instant::now();
     for n in 0..count {

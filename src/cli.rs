@@ -1136,12 +1136,10 @@ async fn demo(ctx: &App) -> anyhow::Result<()> {
     import_papers(ctx, label, records, None).await?;
 
     step("Applying the example subscriber file");
-    let dir = scratch_dir(&ctx.settings)?;
-    let path = dir.join("subscribers.example.toml");
-    std::fs::write(&path, SAMPLE_SUBSCRIBERS)?;
-    let entries = subscriber_file::read(&path, &ctx.defaults())?;
+    let label = Path::new("config/subscribers.example.toml");
+    let entries = subscriber_file::parse(label, SAMPLE_SUBSCRIBERS, &ctx.defaults())?;
     let r = subscriber_file::sync(&ctx.pool, &ctx.keys, &entries, &[], false).await?;
-    print_sync(Path::new("config/subscribers.example.toml"), &r, false);
+    print_sync(label, &r, false);
 
     step("Subscribers");
     list_subscribers(&ctx.pool, Some(SubscriberStatus::Active), false).await?;
@@ -1176,11 +1174,4 @@ async fn demo(ctx: &App) -> anyhow::Result<()> {
     println!("See who got what:  paperpost status; paperpost deliveries --date 2024-03-11");
     println!("Add yourself:      paperpost subscribers add you@example.org --topics llm");
     Ok(())
-}
-
-/// A scratch folder beside the database.
-fn scratch_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
-    let dir = settings.data_dir().join("tmp");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

@@ -403,14 +403,7 @@ impl Engine {
     async fn unclaim(&self, job: &Job) {
         let r = async {
             let mut conn = self.writer.acquire().await?;
-            sqlx::query(
-                "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
-                 WHERE id = ? AND status = 'sending'",
-            )
-            .bind(job.claimed.id)
-            .execute(&mut *conn)
-            .await?;
-            anyhow::Ok(())
+            anyhow::Ok(deliveries::unclaim(&mut conn, job.claimed.id).await?)
         }
         .await;
         if let Err(e) = r {
@@ -480,7 +473,12 @@ impl Engine {
             Ok(m) => m,
             Err(e) => return failed(format!("cannot build the message: {e:#}")),
         };
-        let message_id = self.composer.envelope.message_id(&edition, &reader);
+        // Recorded as the message carries it.
+        let message_id = message
+            .headers()
+            .get_raw("Message-ID")
+            .unwrap_or_default()
+            .to_string();
         let raw = message.formatted();
         match sender.send(message.envelope(), &raw).await {
             Ok(reply) => {

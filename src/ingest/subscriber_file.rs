@@ -67,18 +67,23 @@ pub fn read(path: &Path, defaults: &Profile) -> anyhow::Result<Vec<FileSubscribe
         );
         InputError::new(path, line, "not valid UTF-8 text")
     })?;
-    let doc: FileDoc = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(1);
+    parse(path, &text, defaults)
+}
+
+/// Validates the file's text; `path` names it in messages.
+pub fn parse(path: &Path, text: &str, defaults: &Profile) -> anyhow::Result<Vec<FileSubscriber>> {
+    let doc: FileDoc = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
         InputError::new(path, line, e.message().trim().to_string())
     })?;
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(doc.subscriber.len());
     for spanned in doc.subscriber {
-        let line = line_of(&text, spanned.span().start);
+        let line = line_of(text, spanned.span().start);
         let e = spanned.into_inner();
         // Errors point at the offending field's line.
         let at = |span: std::ops::Range<usize>, reason: String| {
-            InputError::new(path, line_of(&text, span.start), reason)
+            InputError::new(path, line_of(text, span.start), reason)
         };
         let email = SubscriberEmail::parse(e.email.get_ref())
             .map_err(|x| at(e.email.span(), format!("email: {x}")))?;

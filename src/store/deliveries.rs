@@ -192,6 +192,18 @@ pub async fn add_hard_bounce(
     Ok(n)
 }
 
+/// Gives a claimed row back untouched (the attempt is not counted).
+pub async fn unclaim(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
+         WHERE id = ? AND status = 'sending'",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// After a crash: rows that were being sent go back to the queue at once.
 /// Only called by the holder of the scheduler lock, so nobody else is sending.
 pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
@@ -314,8 +326,13 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
 }
 
-const VIEW: &str = "SELECT d.edition_date, s.email, d.status, d.attempts, d.updated_at, d.sent_at, d.message_id, \
-                    d.smtp_reply, d.last_error FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id";
+macro_rules! view {
+    () => {
+        "SELECT d.edition_date, s.email, d.status, d.attempts, d.updated_at, d.sent_at, d.message_id, \
+         d.smtp_reply, d.last_error FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+    };
+}
+const VIEW: &str = view!();
 
 /// The deliveries of an edition (optionally of one status), by address, streamed.
 pub fn list<'a>(
@@ -323,11 +340,10 @@ pub fn list<'a>(
     date: NaiveDate,
     status: Option<&'a str>,
 ) -> impl Stream<Item = Result<DeliveryView, StoreError>> + 'a {
-    sqlx::query_as::<_, DeliveryView>(
-        "SELECT d.edition_date, s.email, d.status, d.attempts, d.updated_at, d.sent_at, d.message_id, \
-         d.smtp_reply, d.last_error FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-         WHERE d.edition_date = ?1 AND (?2 IS NULL OR d.status = ?2) ORDER BY s.email",
-    )
+    sqlx::query_as::<_, DeliveryView>(concat!(
+        view!(),
+        " WHERE d.edition_date = ?1 AND (?2 IS NULL OR d.status = ?2) ORDER BY s.email"
+    ))
     .bind(date.to_string())
     .bind(status)
     .fetch(pool)

@@ -103,8 +103,13 @@ impl Subscriber {
     }
 }
 
-const COLUMNS: &str = "id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
-                       unsubscribed_by, created_at, updated_at, unsubscribed_at";
+macro_rules! columns {
+    () => {
+        "id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
+         unsubscribed_by, created_at, updated_at, unsubscribed_at"
+    };
+}
+const COLUMNS: &str = columns!();
 
 fn decode_err(col: &str, e: impl std::fmt::Display) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
@@ -306,22 +311,14 @@ pub fn stream<'a>(
     pool: &'a SqlitePool,
     status: Option<SubscriberStatus>,
 ) -> impl Stream<Item = Result<Subscriber, StoreError>> + 'a {
-    let sql: &'static str = match status {
-        None => {
-            "SELECT id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
-                 unsubscribed_by, created_at, updated_at, unsubscribed_at FROM subscribers ORDER BY email"
-        }
-        Some(_) => {
-            "SELECT id, uuid, email, name, topics, timezone, format, max_papers, status, source, \
-                    unsubscribed_by, created_at, updated_at, unsubscribed_at FROM subscribers \
-                    WHERE status = ? ORDER BY email"
-        }
-    };
-    let mut q = sqlx::query_as::<_, Subscriber>(sql);
-    if let Some(s) = status {
-        q = q.bind(s.as_str());
-    }
-    q.fetch(pool).map(|r| r.map_err(StoreError::from))
+    sqlx::query_as::<_, Subscriber>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM subscribers WHERE (?1 IS NULL OR status = ?1) ORDER BY email"
+    ))
+    .bind(status.map(|s| s.as_str()))
+    .fetch(pool)
+    .map(|r| r.map_err(StoreError::from))
 }
 
 /// The subscribers with these ids (any status), in one query.
