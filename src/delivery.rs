@@ -25,7 +25,7 @@ use crate::{
     config::{RetrySettings, Settings},
     digest::{Composer, Edition, Reader},
     domain::SubscriberStatus,
-    mailer::{Failure, Mailer, Sender},
+    mailer::{Failure, Gate, Mailer, Sender},
     store::{
         self,
         deliveries::{self, Claimed},
@@ -158,6 +158,13 @@ struct Job {
     subscriber: Subscriber,
 }
 
+/// A worker's outcome on its way to the database.
+struct Unrecorded {
+    id: i64,
+    tally: Tally,
+    written: tokio::sync::oneshot::Receiver<Result<(), String>>,
+}
+
 /// The engine. Build one per process; [`Engine::run`] drives it.
 pub struct Engine {
     pool: SqlitePool,
@@ -185,6 +192,7 @@ impl Engine {
     ) -> Arc<Self> {
         let writer = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_lazy_with((*pool.connect_options()).clone());
         let recorder = Recorder::start(
             pool.clone(),
@@ -234,13 +242,20 @@ impl Engine {
             let in_flight = Arc::clone(&in_flight);
             workers.spawn(async move {
                 let mut sender = engine.mailer.sender();
-                // The next job and its pending status re-check, asked for together
-                // with the previous outcome's write: one round trip per message.
+                // The previous message's outcome while it is being written. The
+                // next message waits for it only at its point of no return (the
+                // server's 354), so the write overlaps with composing and with
+                // MAIL, RCPT and DATA; no worker ever has more than one message
+                // delivered but not recorded.
+                let mut unrecorded: Option<Unrecorded> = None;
+                // The next job and its status re-check, asked for as this one starts.
                 let mut next: Option<(Job, StatusReply)> = None;
                 loop {
                     let (job, status) = match next.take() {
                         Some(n) => n,
                         None => {
+                            // Nothing at hand: settle the last outcome before waiting.
+                            engine.settle(&mut unrecorded, &in_flight).await;
                             let job = { rx.lock().await.recv().await };
                             let Some(job) = job else { break };
                             let status = engine.recorder.ask_status(job.subscriber.id);
@@ -248,28 +263,35 @@ impl Engine {
                         }
                     };
                     if shutdown.is_cancelled() {
+                        engine.settle(&mut unrecorded, &in_flight).await;
                         engine.unclaim(&job).await;
-                    } else {
-                        let status = match status.await {
-                            Ok(s) => s,
-                            Err(_) => Some("unknown (the recorder stopped)".to_string()),
-                        };
-                        let (outcome, tally) = engine.attempt(&mut sender, &job, status).await;
-                        let peeked = rx.try_lock().ok().and_then(|mut r| r.try_recv().ok());
-                        let written = engine.recorder.ask_record(outcome);
-                        next = peeked.map(|j| {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        engine.wake.notify_one();
+                        continue;
+                    }
+                    let status = match status.await {
+                        Ok(s) => s,
+                        Err(_) => Some("unknown (the recorder stopped)".to_string()),
+                    };
+                    next = rx
+                        .try_lock()
+                        .ok()
+                        .and_then(|mut r| r.try_recv().ok())
+                        .map(|j| {
                             let s = engine.recorder.ask_status(j.subscriber.id);
                             (j, s)
                         });
-                        match written.await.map_err(|_| "the recorder stopped".to_string()).and_then(|r| r) {
-                            Ok(()) => engine.count(tally),
-                            // The row keeps its lease and is sent again after a restart.
-                            Err(e) => tracing::error!(delivery = job.claimed.id, error = %e, "cannot record a delivery outcome"),
-                        }
-                    }
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    engine.wake.notify_one();
+                    let gate: Gate = Box::pin(engine.settle(&mut unrecorded, &in_flight));
+                    let (outcome, tally) = engine.attempt(&mut sender, &job, status, gate).await;
+                    // When nothing was sent the gate was never reached.
+                    engine.settle(&mut unrecorded, &in_flight).await;
+                    unrecorded = Some(Unrecorded {
+                        id: job.claimed.id,
+                        tally,
+                        written: engine.recorder.ask_record(outcome),
+                    });
                 }
+                engine.settle(&mut unrecorded, &in_flight).await;
                 sender.close().await;
             });
         }
@@ -400,6 +422,32 @@ impl Engine {
         Ok(edition)
     }
 
+    /// Waits for a worker's last outcome to be committed and counts it; `false`
+    /// if it could not be recorded. Safe to cancel and call again.
+    async fn settle(&self, slot: &mut Option<Unrecorded>, in_flight: &AtomicU64) -> bool {
+        let Some(u) = slot.as_mut() else {
+            return true;
+        };
+        let result = (&mut u.written)
+            .await
+            .map_err(|_| "the recorder stopped".to_string())
+            .and_then(|r| r);
+        let u = slot.take().expect("checked above");
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        match result {
+            Ok(()) => {
+                self.count(u.tally);
+                true
+            }
+            Err(e) => {
+                // The row keeps its lease and is sent again after a restart.
+                tracing::error!(delivery = u.id, error = %e, "cannot record a delivery outcome");
+                false
+            }
+        }
+    }
+
     async fn unclaim(&self, job: &Job) {
         let r = async {
             let mut conn = self.writer.acquire().await?;
@@ -418,6 +466,7 @@ impl Engine {
         sender: &mut Sender,
         job: &Job,
         status: Option<String>,
+        gate: Gate<'_>,
     ) -> (Outcome, Tally) {
         let c = &job.claimed;
         let subscriber = &job.subscriber;
@@ -480,7 +529,7 @@ impl Engine {
             .unwrap_or_default()
             .to_string();
         let raw = message.formatted();
-        match sender.send(message.envelope(), &raw).await {
+        match sender.send(message.envelope(), &raw, gate).await {
             Ok(reply) => {
                 self.breaker.success();
                 tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
@@ -627,7 +676,12 @@ impl Recorder {
                         Request::Record(o, reply) => outcomes.push((o, reply)),
                     }
                 }
-                if !checks.is_empty() {
+                // The checks read on the pool while the outcomes are written on
+                // the writer's connection: two threads, at the same time.
+                let check = async {
+                    if checks.is_empty() {
+                        return;
+                    }
                     let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
                     let statuses = subscriber_statuses(&pool, &ids).await;
                     for (id, reply) in checks {
@@ -642,8 +696,11 @@ impl Recorder {
                         };
                         let _ = reply.send(answer);
                     }
-                }
-                if !outcomes.is_empty() {
+                };
+                let record = async {
+                    if outcomes.is_empty() {
+                        return;
+                    }
                     let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
                     let result = write_outcomes(&writer, items, bounce_threshold)
                         .await
@@ -651,7 +708,8 @@ impl Recorder {
                     for reply in replies {
                         let _ = reply.send(result.clone());
                     }
-                }
+                };
+                tokio::join!(check, record);
             }
         });
         Self { tx }

@@ -9,7 +9,7 @@
 //! used because a send cancelled by a timeout would return its half-finished
 //! connection to the pool. The global rate limit is applied here, in one place.
 
-use std::{num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, num::NonZeroU32, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lettre::{
@@ -151,36 +151,92 @@ pub struct Sender {
 /// servers close idle sessions, and a message should not pay for finding out.
 const MAX_IDLE: Duration = Duration::from_secs(15);
 
+fn timed_out(timeout: Duration) -> Failure {
+    Failure::Transient {
+        reason: format!(
+            "no answer from the mail server within {}",
+            humantime::format_duration(timeout)
+        ),
+        connection: true,
+    }
+}
+
+/// The gate said no: the message was not sent, through no fault of its own.
+fn not_sent() -> Failure {
+    Failure::Transient {
+        reason: "not sent: the previous delivery outcome could not be recorded".into(),
+        connection: false,
+    }
+}
+
 fn code_of(e: &lettre::transport::smtp::Error) -> Option<u16> {
     e.status().and_then(|c| c.to_string().parse().ok())
 }
 
+/// What a sender waits for between the server's "354" and the message body,
+/// the point after which the message may be delivered: the worker's previous
+/// outcome being recorded. `false` means stop: the message is not sent.
+pub type Gate<'g> = Pin<Box<dyn Future<Output = bool> + Send + 'g>>;
+
+/// How one step of a transaction failed, and whether the connection is still
+/// in a known state (a reply was read) and may be kept after RSET.
+fn classify(stage: &'static str, e: lettre::transport::smtp::Error) -> (Failure, bool) {
+    match code_of(&e) {
+        // The server refuses our sender: not the recipient's fault.
+        Some(_) if e.is_permanent() && stage == "MAIL" => (
+            Failure::Transient {
+                reason: format!("{stage}: {e}"),
+                connection: false,
+            },
+            true,
+        ),
+        Some(code) if e.is_permanent() => (
+            Failure::Permanent {
+                reason: format!("{stage}: {e}"),
+                hard_bounce: stage == "RCPT" && matches!(code, 550 | 551 | 553),
+            },
+            true,
+        ),
+        Some(_) if e.is_transient() => (
+            Failure::Transient {
+                reason: format!("{stage}: {e}"),
+                connection: false,
+            },
+            true,
+        ),
+        _ => (
+            Failure::Transient {
+                reason: format!("{stage}: {e}"),
+                connection: true,
+            },
+            false,
+        ),
+    }
+}
+
 impl Sender {
     /// Sends one message; returns what the server (or the file system) said.
-    pub async fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<String, Failure> {
+    ///
+    /// `gate` is awaited once the server is ready for the body and before any
+    /// of it is written (so the work before it overlaps with whatever the gate
+    /// waits for); if it yields `false` the transaction is abandoned unsent.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        raw: &[u8],
+        gate: Gate<'_>,
+    ) -> Result<String, Failure> {
         if let Some(l) = &self.mailer.limiter {
             l.until_ready().await;
         }
-        let timeout = self.mailer.timeout;
-        match tokio::time::timeout(timeout, self.send_inner(envelope, raw)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The connection is in an unknown state: drop it.
-                self.conn = None;
-                Err(Failure::Transient {
-                    reason: format!(
-                        "no answer from the mail server within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                    connection: true,
-                })
-            }
-        }
-    }
-
-    async fn send_inner(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<String, Failure> {
+        let mut gate = Some(gate);
         let target = match &self.mailer.transport {
             Transport::File(t, _) => {
+                if let Some(g) = gate.take()
+                    && !g.await
+                {
+                    return Err(not_sent());
+                }
                 return t
                     .send_raw(envelope, raw)
                     .await
@@ -196,7 +252,7 @@ impl Sender {
         if !reused {
             self.drop_connection().await;
         }
-        let result = self.transaction(&target, envelope, raw).await;
+        let result = self.transaction(&target, envelope, raw, &mut gate).await;
         // A kept connection may have been closed by the server in the meantime:
         // if it failed before the server took anything (at MAIL), one immediate
         // retry on a fresh connection. Later failures may have delivered the
@@ -206,7 +262,7 @@ impl Sender {
                 connection: true, ..
             }) if reused && self.failed_at == "MAIL" => {
                 self.conn = None;
-                self.transaction(&target, envelope, raw).await
+                self.transaction(&target, envelope, raw, &mut gate).await
             }
             other => other,
         };
@@ -280,14 +336,102 @@ impl Sender {
         ))
     }
 
+    /// One transaction: MAIL, RCPT and DATA (connecting first if needed), the
+    /// gate, then the body. Each half runs under `mail.smtp.timeout`; the gate
+    /// does not, as it waits for our own database, not for the server.
     async fn transaction(
         &mut self,
         t: &SmtpTarget,
         envelope: &Envelope,
         raw: &[u8],
+        gate: &mut Option<Gate<'_>>,
     ) -> Result<String, Failure> {
-        self.failed_at = "";
-        let (conn, pipelining) = self.connect(t).await?;
+        self.failed_at = "MAIL";
+        let timeout = self.mailer.timeout;
+        let opened = match tokio::time::timeout(timeout, self.open_data(t, envelope, raw)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A hung server is not retried at once on a new connection.
+                self.failed_at = "";
+                Err((timed_out(timeout), false))
+            }
+        };
+        if let Err((failure, keep)) = opened {
+            self.abandon(keep).await;
+            return Err(failure);
+        }
+        if let Some(g) = gate.take()
+            && !g.await
+        {
+            // Closing the line in the middle of DATA makes the server discard it.
+            self.conn = None;
+            return Err(not_sent());
+        }
+        self.failed_at = "DATA";
+        let conn = self.conn.as_mut().expect("connected by open_data");
+        let body = async {
+            match std::str::from_utf8(raw) {
+                // The body, dot-stuffed and ended, in one write.
+                Ok(text) => conn.command(DataBody(text)).await,
+                Err(_) => conn.message(raw).await,
+            }
+        };
+        let sent = match tokio::time::timeout(timeout, body).await {
+            Ok(r) => r.map_err(|e| classify("DATA", e)),
+            Err(_) => Err((timed_out(timeout), false)),
+        };
+        match sent {
+            Ok(response) => {
+                self.failed_at = "";
+                Ok(format!(
+                    "{} {}",
+                    response.code(),
+                    response.message().collect::<Vec<_>>().join(" ")
+                ))
+            }
+            Err((failure, keep)) => {
+                self.abandon(keep).await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// After a failed step: RSET to keep the connection if its state is known,
+    /// else drop it.
+    async fn abandon(&mut self, keep: bool) {
+        let clean = match self.conn.as_mut() {
+            Some(conn) if keep => tokio::time::timeout(self.mailer.timeout, conn.command(Rset))
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            _ => false,
+        };
+        if !clean {
+            self.conn = None;
+        }
+    }
+
+    /// Connects if needed and runs MAIL, RCPT and DATA up to the server's 354.
+    /// `self.failed_at` names the step that failed.
+    async fn open_data(
+        &mut self,
+        t: &SmtpTarget,
+        envelope: &Envelope,
+        raw: &[u8],
+    ) -> Result<(), (Failure, bool)> {
+        let mut stage = "MAIL";
+        let result = self.open_data_steps(t, envelope, raw, &mut stage).await;
+        self.failed_at = stage;
+        result
+    }
+
+    async fn open_data_steps(
+        &mut self,
+        t: &SmtpTarget,
+        envelope: &Envelope,
+        raw: &[u8],
+        stage: &mut &'static str,
+    ) -> Result<(), (Failure, bool)> {
+        let (conn, pipelining) = self.connect(t).await.map_err(|f| (f, false))?;
         let mut params = Vec::new();
         let non_ascii = envelope
             .from()
@@ -296,119 +440,67 @@ impl Sender {
             .any(|a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii {
             if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
-                return Err(Failure::Permanent {
-                    reason:
-                        "the address is not ASCII and the mail server does not support SMTPUTF8"
-                            .into(),
-                    hard_bounce: false,
-                });
+                let reason =
+                    "the address is not ASCII and the mail server does not support SMTPUTF8";
+                return Err((
+                    Failure::Permanent {
+                        reason: reason.into(),
+                        hard_bounce: false,
+                    },
+                    true,
+                ));
             }
             params.push(MailParameter::SmtpUtfEight);
         }
         if !raw.is_ascii() {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        // Each step: a negative reply keeps the connection (after RSET); any
-        // other error (I/O, malformed reply) drops it.
-        let step = |stage: &'static str, e: lettre::transport::smtp::Error| match code_of(&e) {
-            Some(code) if e.is_permanent() => {
-                let hard_bounce = stage == "RCPT" && matches!(code, 550 | 551 | 553);
-                if stage == "MAIL" {
-                    // The server refuses our sender: not the recipient's fault.
-                    (
-                        Failure::Transient {
-                            reason: format!("{stage}: {e}"),
-                            connection: false,
-                        },
-                        true,
-                    )
-                } else {
-                    (
-                        Failure::Permanent {
-                            reason: format!("{stage}: {e}"),
-                            hard_bounce,
-                        },
-                        true,
-                    )
+        let mail = Mail::new(envelope.from().cloned(), params);
+        let data = lettre::transport::smtp::commands::Data;
+        if pipelining && envelope.to().len() == 1 {
+            // MAIL, RCPT and DATA in one write (RFC 2920), then their three
+            // replies in order: two round trips fewer per message. A reply
+            // that could not be read leaves the connection in an unknown state.
+            let rcpt = Rcpt::new(envelope.to()[0].clone(), vec![]);
+            let is_io = |r: &Result<_, lettre::transport::smtp::Error>| {
+                r.as_ref().is_err_and(|e| code_of(e).is_none())
+            };
+            let r_mail = conn.command(format!("{mail}{rcpt}{data}")).await;
+            if is_io(&r_mail) {
+                return Err(classify("MAIL", r_mail.expect_err("an error")));
+            }
+            *stage = "RCPT";
+            let r_rcpt = conn.read_response().await;
+            if is_io(&r_rcpt) {
+                return Err(classify("RCPT", r_rcpt.expect_err("an error")));
+            }
+            *stage = "DATA";
+            let r_data = conn.read_response().await;
+            if is_io(&r_data) {
+                return Err(classify("DATA", r_data.expect_err("an error")));
+            }
+            if r_data.is_ok() && (r_mail.is_err() || r_rcpt.is_err()) {
+                // A server that opened DATA anyway gets an empty message ended at once.
+                let _ = conn.message(b"").await;
+            }
+            for (step, r) in [("MAIL", r_mail), ("RCPT", r_rcpt), ("DATA", r_data)] {
+                if let Err(e) = r {
+                    *stage = step;
+                    return Err(classify(step, e));
                 }
             }
-            Some(_) if e.is_transient() => (
-                Failure::Transient {
-                    reason: format!("{stage}: {e}"),
-                    connection: false,
-                },
-                true,
-            ),
-            _ => (
-                Failure::Transient {
-                    reason: format!("{stage}: {e}"),
-                    connection: true,
-                },
-                false,
-            ),
-        };
-        let mut stage = "MAIL";
-        let pipelining = pipelining && envelope.to().len() == 1;
-        let outcome = async {
-            let mail = Mail::new(envelope.from().cloned(), params);
-            let data = lettre::transport::smtp::commands::Data;
-            if pipelining {
-                // MAIL, RCPT and DATA in one write (RFC 2920), then their three
-                // replies in order: two round trips fewer per message.
-                let rcpt = Rcpt::new(envelope.to()[0].clone(), vec![]);
-                let is_io = |r: &Result<_, lettre::transport::smtp::Error>| {
-                    r.as_ref().is_err_and(|e| code_of(e).is_none())
-                };
-                let r_mail = conn.command(format!("{mail}{rcpt}{data}")).await;
-                if is_io(&r_mail) {
-                    return Err(step("MAIL", r_mail.expect_err("an error")));
-                }
-                stage = "RCPT";
-                let r_rcpt = conn.read_response().await;
-                if is_io(&r_rcpt) {
-                    return Err(step("RCPT", r_rcpt.expect_err("an error")));
-                }
-                stage = "DATA";
-                let r_data = conn.read_response().await;
-                if is_io(&r_data) {
-                    return Err(step("DATA", r_data.expect_err("an error")));
-                }
-                if r_data.is_ok() && (r_mail.is_err() || r_rcpt.is_err()) {
-                    // A server that opened DATA anyway gets an empty message ended at once.
-                    let _ = conn.message(b"").await;
-                }
-                r_mail.map_err(|e| step("MAIL", e))?;
-                r_rcpt.map_err(|e| step("RCPT", e))?;
-                r_data.map_err(|e| step("DATA", e))?;
-            } else {
-                conn.command(mail).await.map_err(|e| step("MAIL", e))?;
-                stage = "RCPT";
-                for to in envelope.to() {
-                    conn.command(Rcpt::new(to.clone(), vec![]))
-                        .await
-                        .map_err(|e| step("RCPT", e))?;
-                }
-                stage = "DATA";
-                conn.command(data).await.map_err(|e| step("DATA", e))?;
+        } else {
+            conn.command(mail).await.map_err(|e| classify("MAIL", e))?;
+            *stage = "RCPT";
+            for to in envelope.to() {
+                conn.command(Rcpt::new(to.clone(), vec![]))
+                    .await
+                    .map_err(|e| classify("RCPT", e))?;
             }
-            conn.message(raw).await.map_err(|e| step("DATA", e))
+            *stage = "DATA";
+            conn.command(data).await.map_err(|e| classify("DATA", e))?;
         }
-        .await;
-        match outcome {
-            Ok(response) => Ok(format!(
-                "{} {}",
-                response.code(),
-                response.message().collect::<Vec<_>>().join(" ")
-            )),
-            Err((failure, keep)) => {
-                let clean = keep && conn.command(Rset).await.is_ok();
-                if !clean {
-                    self.conn = None;
-                }
-                self.failed_at = stage;
-                Err(failure)
-            }
-        }
+        Ok(())
     }
 
     async fn drop_connection(&mut self) {
@@ -420,5 +512,48 @@ impl Sender {
     /// Says goodbye to the server (QUIT), if connected.
     pub async fn close(&mut self) {
         self.drop_connection().await;
+    }
+}
+
+/// A message as sent after DATA (RFC 5321 4.5.2): every line that starts with
+/// a dot gets a second one, and the body ends with CRLF "." CRLF. lettre's own
+/// encoder copies byte by byte and writes the ending separately; this finds the
+/// few dots with memchr and is written with the ending in one go.
+struct DataBody<'a>(&'a str);
+
+impl std::fmt::Display for DataBody<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        let mut from = 0;
+        if text.starts_with('.') {
+            f.write_str(".")?;
+        }
+        for at in memchr::memmem::find_iter(text.as_bytes(), b"\n.") {
+            // Up to and including the newline, then the extra dot.
+            f.write_str(&text[from..=at])?;
+            f.write_str(".")?;
+            from = at + 1;
+        }
+        f.write_str(&text[from..])?;
+        if !text.is_empty() && !text.ends_with("\r\n") {
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataBody;
+
+    #[test]
+    fn data_body_stuffs_leading_dots_and_ends_once() {
+        assert_eq!(
+            DataBody("Subject: x\r\n\r\n.hidden\r\na.b\r\n..\r\n.").to_string(),
+            "Subject: x\r\n\r\n..hidden\r\na.b\r\n...\r\n..\r\n.\r\n"
+        );
+        assert_eq!(DataBody(".x\r\n").to_string(), "..x\r\n.\r\n");
+        assert_eq!(DataBody("").to_string(), ".\r\n");
+        assert_eq!(DataBody("no newline").to_string(), "no newline\r\n.\r\n");
     }
 }

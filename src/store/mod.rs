@@ -58,6 +58,9 @@ pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
+        // A connection is a file handle, not a socket that can go stale: testing
+        // it on every acquire costs a round trip to its worker thread.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
         .connect_with(options)
         .await
