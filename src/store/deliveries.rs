@@ -104,7 +104,8 @@ pub async fn claim(
     let sql = format!(
         "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
            first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1 \
-         WHERE id IN (SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
+         WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
+                      WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
                       ORDER BY next_attempt_at LIMIT ?3) \
          RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
     );
@@ -246,7 +247,8 @@ pub async fn next_due(
         ""
     };
     let sql = format!(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'queued' {date_filter}"
+        "SELECT min(next_attempt_at) FROM deliveries INDEXED BY deliveries_queued \
+         WHERE status = 'queued' {date_filter}"
     );
     let mut q = sqlx::query_as::<_, (Option<i64>,)>(&sql);
     if let Some(d) = only {
