@@ -649,9 +649,9 @@ enum Request {
 
 /// Group commit for the workers: status checks and outcomes that arrive
 /// together are answered with one query and written in one transaction (the
-/// sent rows with one statement). A worker waits for its outcome to be
-/// committed before it takes the next message, so a crash can lose at most the
-/// outcomes of the messages in flight.
+/// sent rows with one statement), the two at once on separate connections. A
+/// worker waits for its outcome to be committed before its next message's body
+/// goes out, so a crash can lose at most the outcomes of the messages in flight.
 struct Recorder {
     tx: tokio::sync::mpsc::UnboundedSender<Request>,
 }

@@ -291,9 +291,9 @@ impl Sender {
                 .await
                 .map_err(conn_err)?,
                 _ => {
-                    // Our own socket, to turn off Nagle's algorithm: lettre writes the
-                    // message and its final ".\r\n" separately, and with Nagle each
-                    // message waits for the server's delayed ACK (about 40 ms).
+                    // Our own socket, to turn off Nagle's algorithm: a small write
+                    // behind unacknowledged data (such as a command after a body)
+                    // would wait for the server's delayed ACK (about 40 ms).
                     let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
                         .await
                         .map_err(|e| Failure::Transient {
