@@ -263,31 +263,35 @@ async fn permanent_failures_fail_at_once_and_bounce_the_mailbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_server_times_out_and_the_message_is_retried() {
-    let server = SmtpServer::start().await;
-    let slow = email(1);
-    let s2 = slow.clone();
-    server.script(move |to, attempt| {
-        if to == s2 && attempt == 1 {
-            Plan::at_data(Action::Stall)
-        } else {
-            Plan::accept()
-        }
-    });
-    let s = setup(4);
-    let out = run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]).await;
-    assert!(
-        out.ok().contains("4 sent, 0 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(server.counts()[&slow], 1);
-    assert!(
-        out.stderr
-            .contains("no answer from the mail server within 1s 500ms"),
-        "{}",
-        out.stderr
-    );
+    // Before the body (no answer to RCPT) and after it (no answer to the final dot).
+    for stall in [Plan::at_rcpt(Action::Stall), Plan::at_data(Action::Stall)] {
+        let server = SmtpServer::start().await;
+        let slow = email(1);
+        let s2 = slow.clone();
+        let plan = stall.clone();
+        server.script(move |to, attempt| {
+            if to == s2 && attempt == 1 {
+                plan.clone()
+            } else {
+                Plan::accept()
+            }
+        });
+        let s = setup(4);
+        let out = run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]).await;
+        assert!(
+            out.ok().contains("4 sent, 0 failed"),
+            "{stall:?}\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(server.counts()[&slow], 1, "{stall:?}");
+        assert!(
+            out.stderr
+                .contains("no answer from the mail server within 1s 500ms"),
+            "{stall:?}\n{}",
+            out.stderr
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
