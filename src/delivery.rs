@@ -33,6 +33,10 @@ use crate::{
     },
 };
 
+/// A subscriber's status is asked for while the message before theirs is
+/// sent; when that took longer than this, it is asked again before sending.
+const STATUS_MAX_AGE: Duration = Duration::from_millis(50);
+
 /// How long a claimed row stays leased to this process.
 pub const LEASE: Duration = Duration::from_secs(300);
 
@@ -249,10 +253,15 @@ impl Engine {
                 // delivered but not recorded.
                 let mut unrecorded: Option<Unrecorded> = None;
                 // The next job and its status re-check, asked for as this one starts.
-                let mut next: Option<(Job, StatusReply)> = None;
+                let mut next: Option<(Job, StatusReply, Instant)> = None;
                 loop {
                     let (job, status) = match next.take() {
-                        Some(n) => n,
+                        // A slow server makes an early answer stale: ask again.
+                        Some((job, _, asked)) if asked.elapsed() > STATUS_MAX_AGE => {
+                            let status = engine.recorder.ask_status(job.subscriber.id);
+                            (job, status)
+                        }
+                        Some((job, status, _)) => (job, status),
                         None => {
                             // Nothing at hand: settle the last outcome before waiting.
                             engine.settle(&mut unrecorded, &in_flight).await;
@@ -279,7 +288,7 @@ impl Engine {
                         .and_then(|mut r| r.try_recv().ok())
                         .map(|j| {
                             let s = engine.recorder.ask_status(j.subscriber.id);
-                            (j, s)
+                            (j, s, Instant::now())
                         });
                     let gate: Gate = Box::pin(engine.settle(&mut unrecorded, &in_flight));
                     let (outcome, tally) = engine.attempt(&mut sender, &job, status, gate).await;

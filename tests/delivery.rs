@@ -387,6 +387,37 @@ async fn an_unsubscribe_during_an_edition_cancels_the_unsent_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_while_the_previous_message_is_slow_is_still_honoured() {
+    // One connection and a server that takes a second to accept each message:
+    // the next reader unsubscribes while the first message waits for its reply.
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_secs(1));
+    let s = setup(2);
+    let child = command(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the first message's body", || !server.received().is_empty()).await;
+    let first = server.received()[0].clone();
+    let other = [email(0), email(1)]
+        .into_iter()
+        .find(|e| *e != first)
+        .unwrap();
+    s.run(&["subscribers", "remove", &other]).ok();
+    let out = finish(child).await;
+    assert!(
+        out.ok().contains("1 sent, 0 failed, 1 skipped"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        server.received(),
+        vec![first],
+        "mail sent after an unsubscribe"
+    );
+    assert_eq!(deliveries(&s)[&other]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_process_sends_for_a_database() {
     let server = SmtpServer::start().await;
     let s = setup(3);

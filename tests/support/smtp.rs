@@ -68,6 +68,8 @@ pub struct Accepted {
 #[derive(Default)]
 struct State {
     accepted: Vec<Accepted>,
+    /// Recipients whose message body has been read, before any reply to it.
+    received: Vec<String>,
     attempts: HashMap<String, u32>,
     connections: u32,
 }
@@ -162,6 +164,12 @@ impl SmtpServer {
 
     pub fn accepted(&self) -> Vec<Accepted> {
         self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// Recipients whose message body the server has read, whatever it then
+    /// answers (with `set_delay`, it has not answered yet).
+    pub fn received(&self) -> Vec<String> {
+        self.state.lock().unwrap().received.clone()
     }
 
     /// Accepted messages per recipient.
@@ -294,6 +302,11 @@ async fn session(
                     };
                     data.extend_from_slice(&l);
                 }
+                state
+                    .lock()
+                    .unwrap()
+                    .received
+                    .extend(rcpts.iter().map(|(to, _)| to.clone()));
                 let d = *delay.lock().unwrap();
                 if !d.is_zero() {
                     tokio::time::sleep(d).await;
