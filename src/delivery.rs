@@ -278,10 +278,9 @@ impl Engine {
                         engine.wake.notify_one();
                         continue;
                     }
-                    let status = match status.await {
-                        Ok(s) => s,
-                        Err(_) => Some("unknown (the recorder stopped)".to_string()),
-                    };
+                    let status = status
+                        .await
+                        .unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into()));
                     next = rx
                         .try_lock()
                         .ok()
@@ -359,9 +358,24 @@ impl Engine {
                 p = tx.reserve() => p?,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let claimed = {
+            let claimed = async {
                 let mut w = self.writer.acquire().await?;
-                deliveries::claim(&mut w, limit, LEASE.as_millis() as i64, only).await?
+                anyhow::Ok(deliveries::claim(&mut w, limit, LEASE.as_millis() as i64, only).await?)
+            }
+            .await;
+            let claimed = match claimed {
+                Ok(c) => c,
+                // Another process holds the database (a large import): wait it out.
+                Err(e) if store::is_busy(&e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; claiming later");
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let mut conn = self.pool.acquire().await?;
             if claimed.is_empty() {
@@ -469,27 +483,16 @@ impl Engine {
     }
 
     /// Decides what happens to one claimed row: `status` is the subscriber's
-    /// status as just re-checked (`None`: active). Sends at most one message.
+    /// standing as just re-checked. Sends at most one message.
     async fn attempt(
         &self,
         sender: &mut Sender,
         job: &Job,
-        status: Option<String>,
+        status: Standing,
         gate: Gate<'_>,
     ) -> (Outcome, Tally) {
         let c = &job.claimed;
         let subscriber = &job.subscriber;
-        if let Some(status) = status {
-            let reason = format!("subscriber {status}");
-            return (
-                Outcome::Final {
-                    id: c.id,
-                    status: "cancelled",
-                    reason,
-                },
-                Tally::Cancelled,
-            );
-        }
         let uncounted = |reason: String, next_at: i64| {
             let id = c.id;
             (
@@ -512,6 +515,28 @@ impl Engine {
                 Tally::Failed,
             )
         };
+        match status {
+            Standing::Active => {}
+            Standing::Ended(status) => {
+                let reason = format!("subscriber {status}");
+                return (
+                    Outcome::Final {
+                        id: c.id,
+                        status: "cancelled",
+                        reason,
+                    },
+                    Tally::Cancelled,
+                );
+            }
+            // Not sent unless known to be wanted; tried again soon.
+            Standing::Unknown(why) => {
+                let reason = format!("cannot check the subscriber's status: {why}");
+                return uncounted(
+                    reason,
+                    store::now_ms() + self.retry.base_delay.as_millis() as i64,
+                );
+            }
+        }
         let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
             return failed(format!("invalid edition date {:?}", c.edition_date));
         };
@@ -650,9 +675,19 @@ enum Outcome {
     },
 }
 
+/// A subscriber's standing, re-checked just before sending.
+#[derive(Debug)]
+enum Standing {
+    Active,
+    /// Unsubscribed, bounced or deleted: never sent.
+    Ended(String),
+    /// The database could not say: not sent now, tried again.
+    Unknown(String),
+}
+
 enum Request {
-    /// Is this subscriber still active? Answers `None` if so, else their status.
-    Status(i64, tokio::sync::oneshot::Sender<Option<String>>),
+    /// Is this subscriber still active?
+    Status(i64, tokio::sync::oneshot::Sender<Standing>),
     Record(Outcome, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
@@ -696,12 +731,11 @@ impl Recorder {
                     for (id, reply) in checks {
                         let answer = match &statuses {
                             Ok(m) => match m.get(&id).map(String::as_str) {
-                                Some("active") => None,
-                                Some(other) => Some(other.to_string()),
-                                None => Some("deleted".to_string()),
+                                Some("active") => Standing::Active,
+                                Some(other) => Standing::Ended(other.to_string()),
+                                None => Standing::Ended("deleted".to_string()),
                             },
-                            // Unknown: do not send.
-                            Err(_) => Some("unknown (database error)".to_string()),
+                            Err(e) => Standing::Unknown(format!("{e:#}")),
                         };
                         let _ = reply.send(answer);
                     }
@@ -711,7 +745,7 @@ impl Recorder {
                         return;
                     }
                     let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
-                    let result = write_outcomes(&writer, items, bounce_threshold)
+                    let result = write_patiently(&writer, &items, bounce_threshold)
                         .await
                         .map_err(|e| format!("{e:#}"));
                     for reply in replies {
@@ -724,7 +758,7 @@ impl Recorder {
         Self { tx }
     }
 
-    /// Asks whether a subscriber is still active; the answer is `None` if so.
+    /// Asks whether a subscriber is still active.
     fn ask_status(&self, subscriber_id: i64) -> StatusReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.tx.send(Request::Status(subscriber_id, tx));
@@ -739,7 +773,7 @@ impl Recorder {
     }
 }
 
-type StatusReply = tokio::sync::oneshot::Receiver<Option<String>>;
+type StatusReply = tokio::sync::oneshot::Receiver<Standing>;
 
 async fn subscriber_statuses(
     pool: &SqlitePool,
@@ -754,53 +788,81 @@ async fn subscriber_statuses(
     Ok(rows.into_iter().collect())
 }
 
-async fn write_outcomes(
+/// How long outcomes wait for a database that another process keeps locked
+/// (a large import, a backup) before the error is given up on. Meanwhile the
+/// workers hold their next message before its body: an outcome not written
+/// means a message sent twice, so not sending is the better wait.
+const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+async fn write_patiently(
     writer: &SqlitePool,
-    items: Vec<Outcome>,
+    items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
-    // The common case, a batch of accepted messages: one statement, autocommit.
-    if items.iter().all(|o| matches!(o, Outcome::Sent { .. })) {
-        let sent: Vec<serde_json::Value> = items
-            .into_iter()
-            .filter_map(|o| match o {
-                Outcome::Sent {
-                    id,
-                    reply,
-                    message_id,
-                } => Some(serde_json::json!({"id": id, "reply": reply, "message_id": message_id})),
-                _ => None,
-            })
-            .collect();
-        let mut conn = writer.acquire().await?;
-        deliveries::mark_sent_many(&mut conn, &serde_json::Value::Array(sent).to_string()).await?;
-        return Ok(());
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        match write_outcomes(writer, items, bounce_threshold).await {
+            Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; waiting to record delivery outcomes");
+                    warned = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Ok(()) if warned => {
+                tracing::info!(waited = ?start.elapsed(), "the database is free again; outcomes recorded");
+                return Ok(());
+            }
+            other => return other,
+        }
     }
-    let mut tx = writer.begin().await?;
-    let mut sent = Vec::new();
-    for o in items {
-        match o {
+}
+
+async fn write_outcomes(
+    writer: &SqlitePool,
+    items: &[Outcome],
+    bounce_threshold: i64,
+) -> anyhow::Result<()> {
+    let sent: Vec<serde_json::Value> = items
+        .iter()
+        .filter_map(|o| match o {
             Outcome::Sent {
                 id,
                 reply,
                 message_id,
-            } => {
-                sent.push(serde_json::json!({"id": id, "reply": reply, "message_id": message_id}));
-            }
+            } => Some(serde_json::json!({"id": id, "reply": reply, "message_id": message_id})),
+            _ => None,
+        })
+        .collect();
+    let all_sent = sent.len() == items.len();
+    let sent = (!sent.is_empty()).then(|| serde_json::Value::Array(sent).to_string());
+    // The common case, a batch of accepted messages: one statement, autocommit.
+    if all_sent && let Some(sent) = &sent {
+        let mut conn = writer.acquire().await?;
+        deliveries::mark_sent_many(&mut conn, sent).await?;
+        return Ok(());
+    }
+    let mut tx = writer.begin().await?;
+    for o in items {
+        match o {
+            Outcome::Sent { .. } => {}
             Outcome::Retry {
                 id,
                 reason,
                 next_at,
                 counted,
             } => {
-                deliveries::mark_retry(&mut tx, id, &reason, next_at, counted).await?;
+                deliveries::mark_retry(&mut tx, *id, reason, *next_at, *counted).await?;
             }
             Outcome::Final { id, status, reason } => {
-                deliveries::mark_final(&mut tx, id, status, &reason).await?;
+                deliveries::mark_final(&mut tx, *id, status, reason).await?;
             }
             Outcome::Failed { id, reason, bounce } => {
-                deliveries::mark_final(&mut tx, id, "failed", &reason).await?;
-                if let Some(subscriber_id) = bounce {
+                deliveries::mark_final(&mut tx, *id, "failed", reason).await?;
+                if let Some(subscriber_id) = *bounce {
                     let n = deliveries::add_hard_bounce(&mut tx, subscriber_id).await?;
                     if n >= bounce_threshold {
                         subscribers::end_subscription(
@@ -820,8 +882,8 @@ async fn write_outcomes(
             }
         }
     }
-    if !sent.is_empty() {
-        deliveries::mark_sent_many(&mut tx, &serde_json::Value::Array(sent).to_string()).await?;
+    if let Some(sent) = &sent {
+        deliveries::mark_sent_many(&mut tx, sent).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -418,6 +418,45 @@ async fn an_unsubscribe_while_the_previous_message_is_slow_is_still_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing() {
+    use sqlx::Connection;
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(300));
+    let s = setup(4);
+    let mut env = smtp_env(server.port(), 1);
+    env.push(("PAPERPOST__DATABASE__BUSY_TIMEOUT".into(), "100ms".into()));
+    let child = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the first message's body", || !server.received().is_empty()).await;
+    // Another process takes the write lock for far longer than the busy timeout
+    // (as a large import would), while the first outcome waits to be written.
+    let url = format!("sqlite:{}", s.db_path().display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let out = finish(child).await;
+    assert!(
+        out.ok().contains("4 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let counts = server.counts();
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(
+        out.stderr.contains("locked by another process"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_process_sends_for_a_database() {
     let server = SmtpServer::start().await;
     let s = setup(3);

@@ -88,6 +88,19 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// True when SQLite said the database is locked by another connection or
+/// process (SQLITE_BUSY or SQLITE_LOCKED, any extended code) anywhere in `e`'s
+/// chain: worth waiting out and trying again.
+pub fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(d))
+                if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        )
+    })
+}
+
 /// True when `e` is a UNIQUE constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
