@@ -346,7 +346,6 @@ impl Sender {
         raw: &[u8],
         gate: &mut Option<Gate<'_>>,
     ) -> Result<String, Failure> {
-        self.failed_at = "MAIL";
         let timeout = self.mailer.timeout;
         let opened = match tokio::time::timeout(timeout, self.open_data(t, envelope, raw)).await {
             Ok(r) => r,
