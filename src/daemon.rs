@@ -10,159 +10,23 @@ use sqlx::SqlitePool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Settings,
+    app::App,
     delivery::Engine,
-    digest::Composer,
-    mailer::Mailer,
+    lock::{Lock, recover},
     schedule::Schedule,
-    security::Keys,
     store::{self, deliveries},
 };
 
-/// How long the scheduler lock lasts without a heartbeat.
-pub const LOCK_TTL: Duration = Duration::from_secs(30);
-
-/// The scheduler lock: only one process sends for a database at a time.
-pub struct Lock {
-    pool: SqlitePool,
-    me: String,
-}
-
-fn host() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// True if `holder` ("host:pid:tag") names a process on this host that is gone.
-fn is_dead_local(holder: &str) -> bool {
-    let mut parts = holder.split(':');
-    let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    if h != host() || pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-}
-
-impl Lock {
-    /// Takes the lock, or fails naming the process that holds it. A holder on
-    /// this machine that is no longer running is taken over at once.
-    pub async fn acquire(pool: &SqlitePool) -> anyhow::Result<Self> {
-        let me = format!(
-            "{}:{}:{:08x}",
-            host(),
-            std::process::id(),
-            fastrand::u32(..)
-        );
-        let ttl = LOCK_TTL.as_millis() as i64;
-        let mut conn = pool.acquire().await?;
-        let Some(other) = deliveries::try_lock(&mut conn, &me, ttl, None).await? else {
-            return Ok(Self {
-                pool: pool.clone(),
-                me,
-            });
-        };
-        if is_dead_local(&other.holder)
-            && deliveries::try_lock(&mut conn, &me, ttl, Some(&other.holder))
-                .await?
-                .is_none()
-        {
-            tracing::warn!(previous = %other.holder, "took over the lock of a paperpost process that is no longer running");
-            return Ok(Self {
-                pool: pool.clone(),
-                me,
-            });
-        }
-        let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
-        anyhow::bail!(
-            "another paperpost process ({}) is sending for this database; only one may at a time \
-             (its lock expires {left} s after it stops)",
-            other.holder
-        )
-    }
-
-    /// Renews the lock until `shutdown`; losing it cancels `shutdown`.
-    pub fn heartbeat(
-        &self,
-        shutdown: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let pool = self.pool.clone();
-        let me = self.me.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(LOCK_TTL / 3) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let renewed = async {
-                    let mut conn = pool.acquire().await?;
-                    anyhow::Ok(
-                        deliveries::renew_lock(&mut conn, &me, LOCK_TTL.as_millis() as i64).await?,
-                    )
-                }
-                .await;
-                match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::error!("lost the scheduler lock to another process; stopping");
-                        shutdown.cancel();
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the scheduler lock; retrying")
-                    }
-                }
-            }
-        }
-    }
-
-    pub async fn release(self) {
-        if let Ok(mut conn) = self.pool.acquire().await {
-            let _ = deliveries::release_lock(&mut conn, &self.me).await;
-        }
-    }
-}
-
-/// After taking the lock: rows that were being sent when the last holder
-/// stopped go back to the queue.
-pub async fn recover(pool: &SqlitePool) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
-    let n = deliveries::release_in_flight(&mut conn).await?;
-    if n > 0 {
-        tracing::warn!(
-            messages = n,
-            "messages were being sent when paperpost last stopped; they are sent again (a recipient may get one twice)"
-        );
-    }
-    Ok(())
-}
-
 /// Applies the subscriber file if it exists.
-pub async fn sync_subscriber_file(settings: &Settings, pool: &SqlitePool, keys: &Keys) {
-    let path = &settings.subscribers.file;
+pub async fn sync_subscriber_file(app: &App) {
+    let path = &app.settings.subscribers.file;
     if !path.exists() {
         tracing::debug!(file = %path.display(), "no subscriber file; nothing to sync");
         return;
     }
-    let s = &settings.subscribers;
-    let defaults = store::subscribers::Profile {
-        name: None,
-        topics: Default::default(),
-        timezone: s.default_timezone,
-        format: s.default_format,
-        max_papers: s.default_max_papers,
-    };
     let result = async {
-        let entries = crate::ingest::subscriber_file::read(path, &defaults)?;
-        crate::ingest::subscriber_file::sync(pool, keys, &entries, &[], false).await
+        let entries = crate::ingest::subscriber_file::read(path, &app.defaults())?;
+        crate::ingest::subscriber_file::sync(&app.pool, &app.keys, &entries, &[], false).await
     }
     .await;
     match result {
@@ -220,35 +84,26 @@ pub async fn fire(
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub async fn run(settings: Settings, pool: SqlitePool, keys: Keys) -> anyhow::Result<()> {
-    let lock = Lock::acquire(&pool).await?;
-    let result = serve(&settings, &pool, &keys, &lock).await;
+pub async fn run(app: App) -> anyhow::Result<()> {
+    let lock = Lock::acquire(&app.pool).await?;
+    let result = serve(&app, &lock).await;
     lock.release().await;
     tracing::info!("paperpost stopped");
     result
 }
 
-async fn serve(
-    settings: &Settings,
-    pool: &SqlitePool,
-    keys: &Keys,
-    lock: &Lock,
-) -> anyhow::Result<()> {
+async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
+    let (settings, pool) = (&app.settings, &app.pool);
     recover(pool).await?;
-    sync_subscriber_file(settings, pool, keys).await;
-    let composer = Composer::new(settings, keys.clone())?;
-    let mailer = Mailer::from_settings(&settings.mail)?;
+    sync_subscriber_file(app).await;
+    let composer = app.composer()?;
+    let mailer = app.mailer()?;
     let schedule = Schedule::from_settings(&settings.schedule);
     let engine = Engine::new(settings, pool.clone(), composer, Arc::clone(&mailer));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    tracker.spawn(signals(
-        shutdown.clone(),
-        settings.clone(),
-        pool.clone(),
-        keys.clone(),
-    ));
+    tracker.spawn(signals(shutdown.clone(), app.clone()));
     tracker.spawn(lock.heartbeat(shutdown.clone()));
     {
         let engine = Arc::clone(&engine);
@@ -308,7 +163,7 @@ async fn serve(
     Ok(())
 }
 
-async fn signals(shutdown: CancellationToken, settings: Settings, pool: SqlitePool, keys: Keys) {
+async fn signals(shutdown: CancellationToken, app: App) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -324,7 +179,7 @@ async fn signals(shutdown: CancellationToken, settings: Settings, pool: SqlitePo
             _ = int.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: applying the subscriber file");
-                sync_subscriber_file(&settings, &pool, &keys).await;
+                sync_subscriber_file(&app).await;
             }
             _ = shutdown.cancelled() => return,
         }

@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: ingest → store → digest → mailer → delivery → store.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -10,6 +11,8 @@ pub mod delivery;
 pub mod digest;
 pub mod domain;
 pub mod ingest;
+pub mod links;
+pub mod lock;
 pub mod mailer;
 pub mod schedule;
 pub mod security;

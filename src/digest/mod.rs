@@ -47,11 +47,11 @@ pub struct PreparedPaper {
     /// The title wrapped with a four-column hanging indent; the first four
     /// columns are replaced by the paper's number in each digest.
     title_wrapped: String,
-    /// The card's HTML below its first line (templates/paper.html), rendered
+    /// The card's HTML below its first line (templates/mail/paper.html), rendered
     /// once per edition; with the full and with the brief abstract.
     pub card_html: String,
     pub card_html_brief: String,
-    /// The text part's block below the title (templates/paper.txt).
+    /// The text part's block below the title (templates/mail/paper.txt).
     pub block_text: String,
     /// The three fragments above, quoted-printable encoded once per edition and
     /// spliced into each message (see [`qp::encode_spliced`]).
@@ -59,14 +59,14 @@ pub struct PreparedPaper {
 }
 
 #[derive(Template)]
-#[template(path = "paper.html")]
+#[template(path = "mail/paper.html")]
 struct PaperHtml<'a> {
     p: &'a PreparedPaper,
     abstract_text: &'a str,
 }
 
 #[derive(Template)]
-#[template(path = "paper.txt")]
+#[template(path = "mail/paper.txt")]
 struct PaperText<'a> {
     p: &'a PreparedPaper,
 }
@@ -244,11 +244,11 @@ impl Look {
     }
 
     pub fn unsubscribe_url(&self, token: &str) -> String {
-        format!("{}/unsubscribe/{token}", self.base_url)
+        crate::links::url(&self.base_url, crate::links::UNSUBSCRIBE, token)
     }
 
     pub fn preferences_url(&self, token: &str) -> String {
-        format!("{}/preferences/{token}", self.base_url)
+        crate::links::url(&self.base_url, crate::links::PREFERENCES, token)
     }
 }
 
@@ -314,13 +314,13 @@ pub struct DigestView<'a> {
 }
 
 #[derive(Template)]
-#[template(path = "digest.html")]
+#[template(path = "mail/digest.html")]
 pub struct DigestHtml<'a> {
     pub d: &'a DigestView<'a>,
 }
 
 #[derive(Template)]
-#[template(path = "digest.txt")]
+#[template(path = "mail/digest.txt")]
 pub struct DigestText<'a> {
     pub d: &'a DigestView<'a>,
 }

@@ -1,0 +1,63 @@
+//! The application context every entry point builds the same way: the command
+//! line, the daemon and the web server.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use sqlx::SqlitePool;
+
+use crate::{
+    config::Settings, digest::Composer, domain::Topics, mailer::Mailer, security::Keys, store,
+    store::subscribers::Profile,
+};
+
+/// Settings, the database and the link keys; the composer and the mailer are
+/// built from them on demand (commands that send nothing need neither).
+#[derive(Clone)]
+pub struct App {
+    pub settings: Settings,
+    pub pool: SqlitePool,
+    pub keys: Keys,
+}
+
+impl App {
+    /// Opens (and migrates) the database and loads the link secret.
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let pool = store::connect(&settings.database).await?;
+        let keys = Keys::load(&settings.security)?;
+        Ok(Self {
+            settings,
+            pool,
+            keys,
+        })
+    }
+
+    /// Renders and builds messages with the configured look, headers and keys.
+    pub fn composer(&self) -> anyhow::Result<Composer> {
+        Composer::new(&self.settings, self.keys.clone())
+    }
+
+    /// The configured transport (SMTP or the outbox folder) and rate limit.
+    pub fn mailer(&self) -> anyhow::Result<Arc<Mailer>> {
+        Mailer::from_settings(&self.settings.mail)
+    }
+
+    /// What a new subscriber gets for anything they did not choose.
+    pub fn defaults(&self) -> Profile {
+        let s = &self.settings.subscribers;
+        Profile {
+            name: None,
+            topics: Topics::default(),
+            timezone: s.default_timezone,
+            format: s.default_format,
+            max_papers: s.default_max_papers,
+        }
+    }
+
+    /// Today in the schedule's time zone.
+    pub fn today(&self) -> NaiveDate {
+        chrono::Utc::now()
+            .with_timezone(&self.settings.schedule.timezone.0)
+            .date_naive()
+    }
+}

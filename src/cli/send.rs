@@ -1,0 +1,233 @@
+//! `paperpost send`, `status` and `deliveries`.
+
+use std::io::{IsTerminal, Write};
+
+use chrono::NaiveDate;
+use futures_util::TryStreamExt;
+
+use super::{DeliveryStatus, output};
+use crate::{app::App, store};
+
+/// What `send` did.
+pub struct SendSummary {
+    pub counts: store::deliveries::Counts,
+    /// Messages this run sent.
+    pub sent_now: u64,
+    pub seconds: f64,
+}
+
+/// Sends one edition to completion in the foreground.
+pub async fn send(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
+    let lock = crate::lock::Lock::acquire(&app.pool).await?;
+    let result = send_locked(app, date).await;
+    lock.release().await;
+    result
+}
+
+async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
+    use std::sync::atomic::Ordering;
+    crate::lock::recover(&app.pool).await?;
+    let mut conn = app.pool.acquire().await?;
+    if store::papers::selection(&mut conn, date).await?.is_empty() {
+        anyhow::bail!("no papers selected for {date}; import some with `paperpost papers import`");
+    }
+    drop(conn);
+    let composer = app.composer()?;
+    let mailer = app.mailer()?;
+    match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
+        store::deliveries::Started::Now(n) => println!(
+            "Edition {date}: sending to {n} subscribers via {}",
+            mailer.describe()
+        ),
+        store::deliveries::Started::Already => {
+            println!(
+                "Edition {date} was started before; sending what is left via {}",
+                mailer.describe()
+            )
+        }
+    }
+    let engine = crate::delivery::Engine::new(&app.settings, app.pool.clone(), composer, mailer);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing the messages in flight");
+                shutdown.cancel();
+            }
+        });
+    }
+    let mut conn = app.pool.acquire().await?;
+    let before = store::deliveries::counts(&mut conn, date).await?;
+    drop(conn);
+    let total = before.total() as u64;
+    let already = (before.sent + before.failed + before.cancelled) as u64;
+    let started = std::time::Instant::now();
+    let reporter = {
+        let engine = std::sync::Arc::clone(&engine);
+        let tty = std::io::stderr().is_terminal();
+        tokio::spawn(async move {
+            let bar = tty.then(|| {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar
+            });
+            let mut last_log = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let done = already + engine.progress.done();
+                let paused = if engine.breaker.is_open() {
+                    "(mail server unreachable: paused)"
+                } else {
+                    ""
+                };
+                match &bar {
+                    Some(b) => {
+                        b.set_position(done);
+                        b.set_message(paused);
+                    }
+                    None if last_log.elapsed().as_secs() >= 5 => {
+                        eprintln!("progress: {done}/{total} {paused}");
+                        last_log = std::time::Instant::now();
+                    }
+                    None => {}
+                }
+                if done >= total {
+                    if let Some(b) = &bar {
+                        b.finish_and_clear();
+                    }
+                    return;
+                }
+            }
+        })
+    };
+    let run = engine.run(Some(date), true, shutdown.clone()).await;
+    reporter.abort();
+    run?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut conn = app.pool.acquire().await?;
+    let counts = store::deliveries::counts(&mut conn, date).await?;
+    let now_sent = engine.progress.sent.load(Ordering::Relaxed);
+    println!(
+        "Edition {date}: {} sent, {} failed, {} skipped (unsubscribed) in {seconds:.1} s ({:.0} messages/s)",
+        counts.sent,
+        counts.failed,
+        counts.cancelled,
+        now_sent as f64 / seconds.max(1e-9)
+    );
+    if counts.failed > 0 {
+        println!(
+            "  see `paperpost deliveries --date {date} --status failed`; `paperpost resend --date {date} --failed` retries them"
+        );
+    }
+    if !counts.finished() {
+        println!(
+            "  interrupted: {} messages are still queued; run the command again to continue",
+            counts.queued + counts.sending
+        );
+    }
+    Ok(SendSummary {
+        counts,
+        sent_now: now_sent,
+        seconds,
+    })
+}
+
+pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
+    let mut conn = app.pool.acquire().await?;
+    let editions = store::deliveries::editions(&mut conn).await?;
+    let editions: Vec<_> = editions
+        .into_iter()
+        .filter(|(d, _, _)| date.is_none_or(|x| x == *d))
+        .collect();
+    if editions.is_empty() {
+        match date {
+            Some(d) => println!("Edition {d} has not started"),
+            None => println!("No edition has started yet"),
+        }
+    } else {
+        println!(
+            "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  STATE",
+            "EDITION", "STARTED", "BY", "SENT", "FAILED", "SKIPPED", "QUEUED"
+        );
+        for (d, at, by) in &editions {
+            let c = store::deliveries::counts(&mut conn, *d).await?;
+            println!(
+                "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  {}",
+                d.to_string(),
+                store::format_ms(*at),
+                by,
+                c.sent,
+                c.failed,
+                c.cancelled,
+                c.queued + c.sending,
+                if c.finished() {
+                    "finished"
+                } else {
+                    "in progress"
+                }
+            );
+        }
+    }
+    let errors = store::deliveries::recent_errors(&mut conn, date, 10).await?;
+    if !errors.is_empty() {
+        println!("Recent errors:");
+        for e in errors {
+            println!(
+                "  {} {} {} ({} attempts): {}",
+                store::format_ms(e.updated_at),
+                e.edition_date,
+                e.email,
+                e.attempts,
+                e.last_error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn list_deliveries(
+    app: &App,
+    date: NaiveDate,
+    status: Option<DeliveryStatus>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rows = store::deliveries::list(&app.pool, date, status.map(DeliveryStatus::as_str));
+    let mut n = 0;
+    if json {
+        output::json_array(&mut out, rows, serde_json::to_string).await?;
+    } else {
+        writeln!(
+            out,
+            "{:<32} {:<9} {:>8}  {:<23}  REPLY / ERROR",
+            "EMAIL", "STATUS", "ATTEMPTS", "SENT AT"
+        )?;
+        while let Some(d) = rows.try_next().await? {
+            let detail = match d.status.as_str() {
+                "sent" => d.smtp_reply.clone().unwrap_or_default(),
+                _ => d.last_error.clone().unwrap_or_default(),
+            };
+            writeln!(
+                out,
+                "{:<32} {:<9} {:>8}  {:<23}  {}",
+                d.email,
+                d.status,
+                d.attempts,
+                d.sent_at
+                    .map(store::format_ms)
+                    .unwrap_or_else(|| "-".into()),
+                detail
+            )?;
+            n += 1;
+        }
+        writeln!(out, "{n} deliveries")?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! `paperpost subscribers ...`
+
+use std::{io::Write, path::Path};
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use sqlx::SqlitePool;
+
+use super::{ProfileArgs, SubscribersCmd, output};
+use crate::{
+    app::App,
+    domain::{
+        MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource, SubscriberStatus, TimeZone,
+        Topics,
+    },
+    ingest::{subscriber_csv, subscriber_file},
+    store::subscribers::{self as subs, ProfileChanges},
+};
+
+fn parse_changes(p: ProfileArgs) -> anyhow::Result<ProfileChanges> {
+    Ok(ProfileChanges {
+        name: p
+            .name
+            .as_deref()
+            .map(SubscriberName::parse_optional)
+            .transpose()
+            .context("--name")?,
+        topics: p
+            .topics
+            .as_deref()
+            .map(|t| Topics::parse_separated(t, ','))
+            .transpose()
+            .context("--topics")?,
+        timezone: p
+            .timezone
+            .as_deref()
+            .map(TimeZone::parse)
+            .transpose()
+            .context("--timezone")?,
+        format: p.format,
+        max_papers: p
+            .max_papers
+            .map(MaxPapers::new)
+            .transpose()
+            .context("--max-papers")?,
+    })
+}
+
+fn describe(s: &subs::Subscriber) -> String {
+    let p = &s.profile;
+    let topics = if p.topics.is_empty() {
+        "none".to_string()
+    } else {
+        p.topics.join(", ")
+    };
+    format!(
+        "{}{} ({}; {}, {} papers, {}; topics: {topics})",
+        p.name.as_ref().map(|n| format!("{n} ")).unwrap_or_default(),
+        if p.name.is_some() {
+            format!("<{}>", s.email)
+        } else {
+            s.email.to_string()
+        },
+        s.status.as_str(),
+        p.format.as_str(),
+        p.max_papers.get(),
+        p.timezone,
+    )
+}
+
+pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    match cmd {
+        SubscribersCmd::Add { email, profile } => {
+            let email = SubscriberEmail::parse(&email)?;
+            let profile = parse_changes(profile)?.apply_to(&ctx.defaults());
+            let mut conn = pool.acquire().await?;
+            if let Some(existing) = subs::find_by_email(&mut conn, email.as_str()).await? {
+                anyhow::bail!(
+                    "{} is already a subscriber ({}); change them with `paperpost subscribers edit`",
+                    existing.email,
+                    existing.status.as_str()
+                );
+            }
+            let s = subs::insert(
+                &mut conn,
+                &ctx.keys,
+                &email,
+                &profile,
+                SubscriberStatus::Active,
+                SubscriberSource::Cli,
+            )
+            .await?;
+            println!("Added {}", describe(&s));
+        }
+        SubscribersCmd::Edit { email, profile } => {
+            let changes = parse_changes(profile)?;
+            if changes.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
+                );
+            }
+            let mut tx = pool.begin().await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            let changed =
+                subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            tx.commit().await?;
+            if changed {
+                println!("Updated {}", describe(&s));
+            } else {
+                println!("No change: {}", describe(&s));
+            }
+        }
+        SubscribersCmd::Remove { email, purge } => {
+            let mut tx = pool.begin().await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            if purge {
+                subs::purge(&mut tx, s.id).await?;
+                tx.commit().await?;
+                println!("Deleted {} and every record of mail sent to them", s.email);
+            } else if s.status == SubscriberStatus::Unsubscribed {
+                println!("{} is already unsubscribed", s.email);
+            } else {
+                subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "cli")
+                    .await?;
+                tx.commit().await?;
+                println!(
+                    "Unsubscribed {}; their history is kept (--purge deletes it)",
+                    s.email
+                );
+            }
+        }
+        SubscribersCmd::List { status, json } => list_subscribers(pool, status, json).await?,
+        SubscribersCmd::Import { file } => {
+            let r = subscriber_csv::import(pool, &ctx.keys, &ctx.defaults(), &file).await?;
+            println!(
+                "Imported {}: {} rows: {} added, {} updated, {} unchanged, {} skipped",
+                file.display(),
+                r.rows,
+                r.added,
+                r.updated,
+                r.unchanged,
+                r.skipped.len()
+            );
+            for s in &r.skipped {
+                let who = match &s.name {
+                    Some(n) => format!("{n} <{}>", s.email),
+                    None => s.email.clone(),
+                };
+                let why = match (s.status.as_str(), s.by.as_deref()) {
+                    ("bounced", _) => "mail to them bounced".to_string(),
+                    (_, Some("link")) => "they unsubscribed by link".to_string(),
+                    (_, Some(by)) => format!("unsubscribed ({by})"),
+                    (st, None) => st.to_string(),
+                };
+                println!("  skipped {who}: {why}; left as is");
+            }
+        }
+        SubscribersCmd::Export { file, status } => match file {
+            Some(path) => {
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let n = subscriber_csv::export(pool, status, std::io::BufWriter::new(f)).await?;
+                println!("Exported {n} subscribers to {}", path.display());
+            }
+            None => {
+                subscriber_csv::export(pool, status, std::io::stdout().lock()).await?;
+            }
+        },
+        SubscribersCmd::Sync {
+            file,
+            resubscribe,
+            dry_run,
+        } => {
+            let path = file.unwrap_or_else(|| ctx.settings.subscribers.file.clone());
+            let entries = subscriber_file::read(&path, &ctx.defaults())?;
+            let resubscribe = resubscribe
+                .iter()
+                .map(|e| SubscriberEmail::parse(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, dry_run).await?;
+            print_sync(&path, &r, dry_run);
+        }
+    }
+    Ok(())
+}
+
+pub async fn list_subscribers(
+    pool: &SqlitePool,
+    status: Option<SubscriberStatus>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rows = subs::stream(pool, status);
+    let mut n = 0usize;
+    if json {
+        output::json_array(&mut out, rows, |s| serde_json::to_string(&s.view())).await?;
+    } else {
+        writeln!(
+            out,
+            "{:<32} {:<24} {:<12} {:<6} {:>3} {:<20} TOPICS",
+            "EMAIL", "NAME", "STATUS", "FORMAT", "MAX", "TIMEZONE"
+        )?;
+        while let Some(s) = rows.try_next().await? {
+            let p = &s.profile;
+            writeln!(
+                out,
+                "{:<32} {:<24} {:<12} {:<6} {:>3} {:<20} {}",
+                s.email.as_str(),
+                p.name.as_ref().map(SubscriberName::as_str).unwrap_or("-"),
+                s.status.as_str(),
+                p.format.as_str(),
+                p.max_papers.get(),
+                p.timezone.name(),
+                p.topics.join(", ")
+            )?;
+            n += 1;
+        }
+        writeln!(out, "{}", output::plural(n, "subscriber", "subscribers"))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn print_sync(path: &Path, r: &subscriber_file::SyncReport, dry_run: bool) {
+    let verb = if dry_run { "would be " } else { "" };
+    println!(
+        "{}{}: {} listed: {} added, {} updated, {} resubscribed, {} unchanged, {} deactivated, {} skipped",
+        if dry_run { "Dry run of " } else { "Synced " },
+        path.display(),
+        r.listed,
+        r.added.len(),
+        r.updated.len(),
+        r.reactivated.len(),
+        r.unchanged,
+        r.deactivated.len(),
+        r.kept_unsubscribed.len() + r.not_managed.len()
+    );
+    for e in &r.added {
+        println!("  {verb}added {e}");
+    }
+    for e in &r.updated {
+        println!("  {verb}updated {e}");
+    }
+    for e in &r.reactivated {
+        println!("  {verb}resubscribed {e}");
+    }
+    for e in &r.deactivated {
+        println!("  {verb}deactivated {e} (no longer in the file)");
+    }
+    for (who, how) in &r.kept_unsubscribed {
+        let email = who.rsplit(['<', '>']).nth(1).unwrap_or(who);
+        println!(
+            "  skipped {who}: {how}; they stay unsubscribed (--resubscribe {email} overrides)"
+        );
+    }
+    for (who, source) in &r.not_managed {
+        println!("  skipped {who}: added by {source}, not managed by the file");
+    }
+    for (email, why) in &r.unused_resubscribe {
+        println!("  note: --resubscribe {email} was not used: {why}");
+    }
+}
