@@ -7,8 +7,8 @@ use chrono::NaiveDate;
 use sqlx::SqlitePool;
 
 use crate::{
-    config::Settings, digest::Composer, domain::Topics, mailer::Mailer, security::Keys, store,
-    store::subscribers::Profile,
+    config::Settings, digest::Composer, domain::Topics, mailer::Mailer, metrics::Metrics,
+    security::Keys, store, store::subscribers::Profile,
 };
 
 /// Settings, the database and the link keys; the composer and the mailer are
@@ -18,6 +18,8 @@ pub struct App {
     pub settings: Settings,
     pub pool: SqlitePool,
     pub keys: Keys,
+    /// This process's Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -29,6 +31,7 @@ impl App {
             settings,
             pool,
             keys,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -40,6 +43,17 @@ impl App {
     /// The configured transport (SMTP or the outbox folder) and rate limit.
     pub fn mailer(&self) -> anyhow::Result<Arc<Mailer>> {
         Mailer::from_settings(&self.settings.mail)
+    }
+
+    /// The delivery engine for this process, with its own writer connection.
+    pub fn engine(&self) -> anyhow::Result<Arc<crate::delivery::Engine>> {
+        Ok(crate::delivery::Engine::new(
+            &self.settings,
+            self.pool.clone(),
+            self.composer()?,
+            self.mailer()?,
+            Arc::clone(&self.metrics),
+        ))
     }
 
     /// What a new subscriber gets for anything they did not choose.

@@ -173,6 +173,12 @@ pub struct HttpSettings {
     pub bind: SocketAddr,
     #[serde(deserialize_with = "de::base_url")]
     pub public_url: url::Url,
+    /// Subscribe form posts one address (IP) may make per minute.
+    #[serde(deserialize_with = "de::per_minute")]
+    pub subscribe_per_minute: u32,
+    /// Longest time a request may take, reading its body included.
+    #[serde(deserialize_with = "de::duration")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +206,9 @@ pub struct SubscribersSettings {
     pub default_format: Format,
     #[serde(deserialize_with = "de::max_papers")]
     pub default_max_papers: MaxPapers,
+    /// Pending (web) subscribers who never confirm are deleted after this long.
+    #[serde(deserialize_with = "de::duration")]
+    pub pending_ttl: Duration,
 }
 
 #[derive(Clone, Deserialize)]
@@ -432,6 +441,10 @@ mod de {
 
     pub fn connections<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         ranged(d, 1, 64, "connections").map(|n| n as u32)
+    }
+
+    pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 1, 100_000, "rate").map(|n| n as u32)
     }
 
     pub fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -3,7 +3,7 @@
 //! (catching up a fire missed within `schedule.catch_up`), runs the delivery
 //! engine, and stops gracefully on SIGTERM or SIGINT.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use chrono::Utc;
 use sqlx::SqlitePool;
@@ -15,6 +15,7 @@ use crate::{
     lock::{Lock, recover},
     schedule::Schedule,
     store::{self, deliveries},
+    web::{Liveness, health::SCHEDULER_TICK},
 };
 
 /// Applies the subscriber file if it exists.
@@ -96,15 +97,22 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
     let (settings, pool) = (&app.settings, &app.pool);
     recover(pool).await?;
     sync_subscriber_file(app).await;
-    let composer = app.composer()?;
-    let mailer = app.mailer()?;
     let schedule = Schedule::from_settings(&settings.schedule);
-    let engine = Engine::new(settings, pool.clone(), composer, Arc::clone(&mailer));
+    let engine = app.engine()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let liveness = Arc::new(Liveness::sending());
+    liveness.lock_held();
+    liveness.scheduler_alive();
+    let web = Some(Arc::clone(&engine));
+    crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
+
     tracker.spawn(signals(shutdown.clone(), app.clone()));
-    tracker.spawn(lock.heartbeat(shutdown.clone()));
+    {
+        let liveness = Arc::clone(&liveness);
+        tracker.spawn(lock.heartbeat(shutdown.clone(), move || liveness.lock_held()));
+    }
     {
         let engine = Arc::clone(&engine);
         let shutdown = shutdown.clone();
@@ -122,7 +130,7 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
         cron = %settings.schedule.cron.source,
         timezone = %settings.schedule.timezone,
         next = ?next.map(|t| t.to_rfc3339()),
-        mail = %mailer.describe(),
+        mail = %engine.describe_transport(),
         database = %settings.database.path.display(),
         "paperpost is running"
     );
@@ -141,10 +149,11 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
         };
         // Sleep in short steps so a changed wall clock is noticed.
         while Utc::now() < next && !shutdown.is_cancelled() {
+            liveness.scheduler_alive();
             let left = (next - Utc::now())
                 .to_std()
                 .unwrap_or_default()
-                .min(Duration::from_secs(30));
+                .min(SCHEDULER_TICK);
             tokio::select! {
                 _ = tokio::time::sleep(left) => {}
                 _ = shutdown.cancelled() => {}
@@ -160,6 +169,21 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: finishing the messages in flight");
     tracker.wait().await;
+    Ok(())
+}
+
+/// `paperpost serve`: the web endpoint alone, until SIGTERM or SIGINT.
+pub async fn serve_web(app: App) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let liveness = Arc::new(Liveness::default());
+    crate::web::start(&app, liveness, None, &tracker, shutdown.clone()).await?;
+    tracker.spawn(signals(shutdown.clone(), app.clone()));
+    tracker.close();
+    shutdown.cancelled().await;
+    tracing::info!("stopping: finishing the requests in flight");
+    tracker.wait().await;
+    tracing::info!("paperpost stopped");
     Ok(())
 }
 

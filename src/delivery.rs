@@ -183,6 +183,7 @@ pub struct Engine {
     editions: tokio::sync::Mutex<HashMap<NaiveDate, Option<Arc<Edition>>>>,
     pub breaker: Breaker,
     pub progress: Progress,
+    metrics: Arc<crate::metrics::Metrics>,
     wake: Notify,
     recorder: Recorder,
 }
@@ -193,6 +194,7 @@ impl Engine {
         pool: SqlitePool,
         composer: Composer,
         mailer: Arc<Mailer>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let writer = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
@@ -215,8 +217,14 @@ impl Engine {
             editions: Default::default(),
             breaker: Breaker::default(),
             progress: Progress::default(),
+            metrics,
             wake: Notify::new(),
         })
+    }
+
+    /// Where messages go, for logs.
+    pub fn describe_transport(&self) -> String {
+        self.mailer.describe()
     }
 
     /// New rows were enqueued: look now rather than at the next poll.
@@ -563,7 +571,12 @@ impl Engine {
             .unwrap_or_default()
             .to_string();
         let raw = message.formatted();
-        match sender.send(message.envelope(), &raw, gate).await {
+        let started = std::time::Instant::now();
+        let result = sender.send(message.envelope(), &raw, gate).await;
+        self.metrics
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(reply) => {
                 self.breaker.success();
                 tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
@@ -629,13 +642,14 @@ impl Engine {
     }
 
     fn count(&self, t: Tally) {
-        let counter = match t {
-            Tally::Sent => &self.progress.sent,
-            Tally::Failed => &self.progress.failed,
-            Tally::Cancelled => &self.progress.cancelled,
-            Tally::Retried => &self.progress.retried,
+        let (counter, outcome) = match t {
+            Tally::Sent => (&self.progress.sent, "sent"),
+            Tally::Failed => (&self.progress.failed, "failed"),
+            Tally::Cancelled => (&self.progress.cancelled, "cancelled"),
+            Tally::Retried => (&self.progress.retried, "retried"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.delivery(outcome);
     }
 }
 

@@ -13,6 +13,11 @@ pub const CONFIRM: &str = "/confirm/{token}";
 /// The subscribe form.
 pub const SUBSCRIBE: &str = "/subscribe";
 
+/// The token in previews' links: a preview forwarded to someone cannot
+/// unsubscribe the reader it was made for. The endpoint answers it with a page
+/// that says so and changes nothing.
+pub const PREVIEW_TOKEN: &str = "preview";
+
 /// `route` under `base` (no trailing slash) with `token` in place of `{token}`.
 pub fn url(base: &str, route: &str, token: &str) -> String {
     format!("{base}{}", route.replace("{token}", token))

@@ -78,10 +78,12 @@ impl Lock {
         )
     }
 
-    /// Renews the lock until `shutdown`; losing it cancels `shutdown`.
+    /// Renews the lock until `shutdown`, calling `renewed` after each renewal;
+    /// losing it cancels `shutdown`.
     pub fn heartbeat(
         &self,
         shutdown: CancellationToken,
+        renewed: impl Fn() + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let pool = self.pool.clone();
         let me = self.me.clone();
@@ -91,15 +93,15 @@ impl Lock {
                     _ = tokio::time::sleep(LOCK_TTL / 3) => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let renewed = async {
+                let result = async {
                     let mut conn = pool.acquire().await?;
                     anyhow::Ok(
                         deliveries::renew_lock(&mut conn, &me, LOCK_TTL.as_millis() as i64).await?,
                     )
                 }
                 .await;
-                match renewed {
-                    Ok(true) => {}
+                match result {
+                    Ok(true) => renewed(),
                     Ok(false) => {
                         tracing::error!("lost the scheduler lock to another process; stopping");
                         shutdown.cancel();

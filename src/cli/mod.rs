@@ -50,6 +50,10 @@ pub enum Command {
     /// restarts. Stops gracefully on SIGTERM or Ctrl-C; SIGHUP re-reads the
     /// subscriber file.
     Run,
+    /// Serve only the web endpoint (the links in mail, the subscribe form,
+    /// /healthz, /metrics) on http.bind, without sending: for a second instance
+    /// on the same database, or for sites that send with `send` from a timer.
+    Serve,
     /// Send one edition now, in the foreground, and exit when every message is
     /// sent or has failed (for cron users and scripts).
     Send {
@@ -177,6 +181,9 @@ pub enum SubscribersCmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Give a subscriber a new link token: the unsubscribe and preferences
+    /// links in mail already sent to them stop working (for a leaked link).
+    RotateToken { email: String },
     /// List subscribers, by address.
     List {
         /// Only those with this status.
@@ -342,6 +349,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => subscribers::run(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
         Command::Run => crate::daemon::run(App::open(settings).await?).await,
+        Command::Serve => crate::daemon::serve_web(App::open(settings).await?).await,
         Command::Send { date } => {
             let app = App::open(settings).await?;
             send(&app, date).await.map(|_| ())

@@ -13,9 +13,7 @@ use crate::{
     store::{self, subscribers as subs},
 };
 
-/// The token shown in previews' links: a preview forwarded to someone cannot
-/// unsubscribe the reader it was made for.
-pub const PREVIEW_TOKEN: &str = "preview";
+pub use crate::links::PREVIEW_TOKEN;
 
 pub async fn preview(
     app: &App,

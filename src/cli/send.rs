@@ -32,21 +32,19 @@ async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> 
         anyhow::bail!("no papers selected for {date}; import some with `paperpost papers import`");
     }
     drop(conn);
-    let composer = app.composer()?;
-    let mailer = app.mailer()?;
+    let engine = app.engine()?;
     match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
         store::deliveries::Started::Now(n) => println!(
             "Edition {date}: sending to {n} subscribers via {}",
-            mailer.describe()
+            engine.describe_transport()
         ),
         store::deliveries::Started::Already => {
             println!(
                 "Edition {date} was started before; sending what is left via {}",
-                mailer.describe()
+                engine.describe_transport()
             )
         }
     }
-    let engine = crate::delivery::Engine::new(&app.settings, app.pool.clone(), composer, mailer);
     let shutdown = tokio_util::sync::CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -173,6 +171,14 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    let links = store::events::counts(&app.pool).await?;
+    if !links.is_empty() {
+        let uses: Vec<String> = links
+            .iter()
+            .map(|(action, channel, n)| format!("{action} ({channel}) {n}"))
+            .collect();
+        println!("Link uses: {}", uses.join(", "));
     }
     let errors = store::deliveries::recent_errors(&mut conn, date, 10).await?;
     if !errors.is_empty() {

@@ -14,7 +14,10 @@ use crate::{
         Topics,
     },
     ingest::{subscriber_csv, subscriber_file},
-    store::subscribers::{self as subs, ProfileChanges},
+    store::{
+        events::{self, Action, Channel},
+        subscribers::{self as subs, ProfileChanges},
+    },
 };
 
 fn parse_changes(p: ProfileArgs) -> anyhow::Result<ProfileChanges> {
@@ -130,6 +133,17 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
                     s.email
                 );
             }
+        }
+        SubscribersCmd::RotateToken { email } => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let s = subs::get_by_email(&mut tx, &email).await?;
+            subs::rotate_token(&mut tx, &ctx.keys, s.id).await?;
+            events::record(&mut tx, s.id, Action::Rotate, Channel::Cli, None).await?;
+            tx.commit().await?;
+            println!(
+                "New link token for {}: the links in mail sent to them before no longer work",
+                s.email
+            );
         }
         SubscribersCmd::List { status, json } => list_subscribers(pool, status, json).await?,
         SubscribersCmd::Import { file } => {

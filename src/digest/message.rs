@@ -179,6 +179,44 @@ impl Envelope {
         Ok(message)
     }
 
+    /// A plain-text message that is not a digest (a subscription
+    /// confirmation): the same sender, Reply-To and DKIM signature.
+    pub fn notice(&self, to: Mailbox, subject: &str, text: String) -> anyhow::Result<Message> {
+        let id = format!(
+            "<notice.{}@{}>",
+            uuid::Uuid::new_v4(),
+            self.message_id_domain
+        );
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .date_now()
+            .message_id(Some(id))
+            .raw_header(HeaderValue::new(
+                name("Auto-Submitted"),
+                "auto-generated".into(),
+            ));
+        if let Some(r) = &self.reply_to {
+            b = b.reply_to(r.clone());
+        }
+        // Plain ASCII goes as 7bit so a long link stays on one line for
+        // terminal readers; anything else quoted-printable.
+        let part = if text.is_ascii() {
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .header(ContentTransferEncoding::SevenBit)
+                .body(text)
+        } else {
+            SinglePart::plain(text)
+        };
+        let mut message = b.singlepart(part)?;
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
+        Ok(message)
+    }
+
     fn list_id_bare(&self) -> &str {
         self.list_id
             .rsplit(['<', '>'])

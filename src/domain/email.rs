@@ -42,6 +42,14 @@ impl SubscriberEmail {
         &self.0
     }
 
+    /// The address as shown to someone who may not own it: the first
+    /// character of the local part, then `***`: `a***@example.org`.
+    pub fn masked(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or(("", &self.0));
+        let first: String = local.chars().take(1).collect();
+        format!("{first}***@{domain}")
+    }
+
     pub fn to_address(&self) -> lettre::Address {
         // Parsed by `parse`, so this cannot fail.
         self.0

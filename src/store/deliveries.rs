@@ -257,6 +257,15 @@ pub async fn next_due(
     Ok(q.fetch_one(conn).await?.0)
 }
 
+/// How many rows wait to be sent (read through the queue's partial index).
+pub async fn queue_depth(pool: &SqlitePool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries INDEXED BY deliveries_queued WHERE status = 'queued'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Rows per status for one edition (or all).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Counts {

@@ -2,6 +2,7 @@
 //! and every other module (CLI, daemon, web) reads and writes through them.
 
 pub mod deliveries;
+pub mod events;
 pub mod papers;
 pub mod subscribers;
 

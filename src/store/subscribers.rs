@@ -564,3 +564,147 @@ impl<'c> Import<'c> {
         })
     }
 }
+
+/// Gives a subscriber a new link token: every link in mail already sent stops
+/// working. The token is derived from the uuid, so the uuid is replaced (the
+/// Message-ID of their later digests changes with it).
+pub async fn rotate_token(
+    conn: &mut SqliteConnection,
+    keys: &Keys,
+    id: i64,
+) -> Result<(), StoreError> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    sqlx::query("UPDATE subscribers SET uuid = ?, token_hash = ?, updated_at = ? WHERE id = ?")
+        .bind(&uuid)
+        .bind(keys.subscriber_token_hash(&uuid))
+        .bind(now_ms())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What a subscribe form post leads to. The page shown is the same for every
+/// case; only whether a confirmation mail goes out differs.
+#[derive(Debug)]
+pub enum SignUp {
+    /// Send this subscriber a confirmation mail.
+    Confirm(Subscriber),
+    /// Nothing to send: already active, or a confirmation went out recently.
+    Nothing,
+}
+
+/// Records a subscribe request from the web: a new address becomes pending; a
+/// pending, unsubscribed or bounced one gets a confirmation mail again (their
+/// click is the consent), but at most one per `resend_after`; an active one
+/// gets nothing. Run inside a `BEGIN IMMEDIATE` transaction.
+pub async fn sign_up(
+    conn: &mut SqliteConnection,
+    keys: &Keys,
+    email: &SubscriberEmail,
+    profile: &Profile,
+    resend_after: std::time::Duration,
+) -> Result<SignUp, StoreError> {
+    let now = now_ms();
+    let Some(s) = find_by_email(conn, email.as_str()).await? else {
+        let s = insert(
+            conn,
+            keys,
+            email,
+            profile,
+            SubscriberStatus::Pending,
+            SubscriberSource::Web,
+        )
+        .await?;
+        mark_confirmation_sent(conn, s.id, now).await?;
+        return Ok(SignUp::Confirm(s));
+    };
+    if s.status == SubscriberStatus::Active {
+        return Ok(SignUp::Nothing);
+    }
+    if s.status != SubscriberStatus::Pending {
+        sqlx::query("UPDATE subscribers SET confirm_requested_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(s.id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let (last,): (Option<i64>,) =
+        sqlx::query_as("SELECT confirm_sent_at FROM subscribers WHERE id = ?")
+            .bind(s.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if last.is_some_and(|t| now - t < resend_after.as_millis() as i64) {
+        return Ok(SignUp::Nothing);
+    }
+    mark_confirmation_sent(conn, s.id, now).await?;
+    Ok(SignUp::Confirm(s))
+}
+
+async fn mark_confirmation_sent(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE subscribers SET confirm_sent_at = ? WHERE id = ?")
+        .bind(at)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What a confirmation click did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The subscriber is active now.
+    Activated,
+    /// They already were.
+    AlreadyActive,
+    /// No request within `ttl`: the link has expired.
+    Expired,
+}
+
+/// Activates a pending subscriber, or one who asked to come back within `ttl`.
+pub async fn confirm(
+    conn: &mut SqliteConnection,
+    s: &Subscriber,
+    ttl: std::time::Duration,
+) -> Result<Confirmed, StoreError> {
+    let since = now_ms() - ttl.as_millis() as i64;
+    let requested: Option<i64> = match s.status {
+        SubscriberStatus::Active => return Ok(Confirmed::AlreadyActive),
+        SubscriberStatus::Pending => Some(s.created_at),
+        _ => {
+            sqlx::query_scalar("SELECT confirm_requested_at FROM subscribers WHERE id = ?")
+                .bind(s.id)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    if requested.is_none_or(|t| t < since) {
+        return Ok(Confirmed::Expired);
+    }
+    sqlx::query(
+        "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
+         hard_bounces = 0, confirm_requested_at = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(now_ms())
+    .bind(s.id)
+    .execute(conn)
+    .await?;
+    Ok(Confirmed::Activated)
+}
+
+/// Deletes pending subscribers who did not confirm within `ttl`.
+pub async fn expire_pending(
+    conn: &mut SqliteConnection,
+    ttl: std::time::Duration,
+) -> Result<u64, StoreError> {
+    let before = now_ms() - ttl.as_millis() as i64;
+    let r = sqlx::query("DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?")
+        .bind(before)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected())
+}

@@ -1,0 +1,209 @@
+//! Prometheus metrics (`GET /metrics`), one set per process. Counters and
+//! histograms are moved where things happen; gauges that describe the database
+//! (queue depth, subscribers by status) are read from it at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+/// Every metric paperpost exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Delivery outcomes recorded by this process: sent, failed, cancelled, retried.
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    /// Time from the start of an SMTP transaction (or file write) to its answer.
+    pub send_seconds: Histogram,
+    /// Rows waiting to be sent.
+    pub queue_depth: Gauge,
+    /// 1 while the circuit breaker holds sending back.
+    pub breaker_open: Gauge,
+    /// Subscribers by status.
+    pub subscribers: Family<StatusLabel, Gauge>,
+    /// Unsubscribes by channel (one-click, page).
+    pub unsubscribes: Family<ChannelLabel, Counter>,
+    /// Subscribe form posts accepted (new, pending or known addresses alike).
+    pub subscriptions: Counter,
+    /// Confirmation clicks that activated someone.
+    pub confirmations: Counter,
+    /// Confirmation mails by outcome (sent, failed).
+    pub confirmation_mails: Family<OutcomeLabel, Counter>,
+    /// HTTP requests by route, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP request latency by route.
+    pub http_seconds: Family<RouteLabel, Histogram>,
+    /// Scrapes served, to tell a stuck exporter from an idle one.
+    scrapes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 0.5 ms to about 33 s.
+    exponential_buckets(0.0005, 2.0, 17)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("paperpost"),
+            deliveries: Family::default(),
+            send_seconds: Histogram::new(latency_buckets()),
+            queue_depth: Gauge::default(),
+            breaker_open: Gauge::default(),
+            subscribers: Family::default(),
+            unsubscribes: Family::default(),
+            subscriptions: Counter::default(),
+            confirmations: Counter::default(),
+            confirmation_mails: Family::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            scrapes: AtomicU64::new(0),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "deliveries",
+            "Delivery outcomes recorded by this process",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "send_seconds",
+            "Time to hand one message to the mail server",
+            m.send_seconds.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Deliveries waiting to be sent",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "breaker_open",
+            "1 while the circuit breaker pauses sending",
+            m.breaker_open.clone(),
+        );
+        r.register(
+            "subscribers",
+            "Subscribers by status",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "unsubscribes",
+            "Unsubscribes through links, by channel",
+            m.unsubscribes.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Subscribe form posts accepted",
+            m.subscriptions.clone(),
+        );
+        r.register(
+            "confirmations",
+            "Confirmation clicks that activated a subscriber",
+            m.confirmations.clone(),
+        );
+        r.register(
+            "confirmation_mails",
+            "Confirmation mails by outcome",
+            m.confirmation_mails.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "HTTP request latency by route",
+            m.http_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts one delivery outcome.
+    pub fn delivery(&self, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// The text exposition format (OpenMetrics).
+    pub fn encode(&self) -> String {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_metrics_and_their_labels() {
+        let m = Metrics::new();
+        m.delivery("sent");
+        m.delivery("sent");
+        m.unsubscribes
+            .get_or_create(&ChannelLabel {
+                channel: "one-click",
+            })
+            .inc();
+        m.queue_depth.set(7);
+        let text = m.encode();
+        assert!(
+            text.contains("paperpost_deliveries_total{outcome=\"sent\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("paperpost_unsubscribes_total{channel=\"one-click\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("paperpost_queue_depth 7"), "{text}");
+        assert!(
+            text.contains("# TYPE paperpost_send_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

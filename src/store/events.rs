@@ -1,0 +1,89 @@
+//! The record of link uses (`token_events`): what was done, through which
+//! channel, by which user agent.
+
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::{StoreError, now_ms};
+
+/// What a link (or an operator) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Unsubscribe,
+    Resubscribe,
+    Preferences,
+    Confirm,
+    Rotate,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsubscribe => "unsubscribe",
+            Self::Resubscribe => "resubscribe",
+            Self::Preferences => "preferences",
+            Self::Confirm => "confirm",
+            Self::Rotate => "rotate",
+        }
+    }
+}
+
+/// How it was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// An RFC 8058 one-click POST from a mail client.
+    OneClick,
+    /// A person on our page.
+    Page,
+    /// An operator on the command line.
+    Cli,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneClick => "one-click",
+            Self::Page => "page",
+            Self::Cli => "cli",
+        }
+    }
+}
+
+/// The longest user agent kept.
+const MAX_USER_AGENT: usize = 256;
+
+pub async fn record(
+    conn: &mut SqliteConnection,
+    subscriber_id: i64,
+    action: Action,
+    channel: Channel,
+    user_agent: Option<&str>,
+) -> Result<(), StoreError> {
+    let ua = user_agent.map(|u| {
+        let cut = u
+            .char_indices()
+            .nth(MAX_USER_AGENT)
+            .map_or(u.len(), |(i, _)| i);
+        &u[..cut]
+    });
+    sqlx::query(
+        "INSERT INTO token_events (subscriber_id, kind, at, channel, user_agent) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(subscriber_id)
+    .bind(action.as_str())
+    .bind(now_ms())
+    .bind(channel.as_str())
+    .bind(ua)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How many times each (action, channel) happened.
+pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT kind, coalesce(channel, 'unknown'), count(*) FROM token_events \
+         GROUP BY kind, channel ORDER BY kind, channel",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,87 @@
+//! The one error type of the web endpoint, mapped to a status and a page in one
+//! place. No internal text ever reaches a response: internal errors are logged
+//! and the page says only that something went wrong.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use super::pages::{self, Message, Page};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// An unknown, malformed or oversized token, or an unknown path: all look
+    /// the same, so a response never tells whether an address exists.
+    #[error("not found")]
+    NotFound,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for WebError {
+    fn from(e: crate::store::StoreError) -> Self {
+        WebError::Internal(e.into())
+    }
+}
+
+impl From<sqlx::Error> for WebError {
+    fn from(e: sqlx::Error) -> Self {
+        WebError::Internal(e.into())
+    }
+}
+
+/// The frame of an error page, which has no state at hand: the site name and
+/// base URL come from the request's extensions (set by the router).
+#[derive(Clone)]
+pub struct Frame {
+    pub site: String,
+    pub base: String,
+}
+
+impl WebError {
+    fn status(&self) -> StatusCode {
+        match self {
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The page for this error.
+    pub fn page(&self, frame: &Frame) -> Response {
+        let page = |title: &str| Page {
+            title: title.to_string(),
+            site: frame.site.clone(),
+            base: frame.base.clone(),
+        };
+        let m = match self {
+            WebError::NotFound => Message::new(page("Link not found")).para(
+                "This link is not valid. It may be mistyped, or it was replaced by a newer one: \
+                 use the links in your latest digest.",
+            ),
+            WebError::TooManyRequests => {
+                Message::new(page("Too many requests")).para("Please wait a minute and try again.")
+            }
+            WebError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "request failed");
+                Message::new(page("Something went wrong"))
+                    .para("We could not complete this request. Please try again in a few minutes.")
+            }
+        };
+        pages::html(self.status(), &m)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        // Rendered with the site's frame by the router's middleware, which
+        // finds the error in the response's extensions.
+        let status = self.status();
+        let mut r = status.into_response();
+        r.extensions_mut().insert(std::sync::Arc::new(self));
+        r
+    }
+}

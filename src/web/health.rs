@@ -1,0 +1,114 @@
+//! `GET /healthz` and `GET /metrics`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::WebState;
+use crate::{lock::LOCK_TTL, metrics::StatusLabel, store};
+
+/// What the sending side of this process last reported, for /healthz.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// This process sends (`run`); `serve` does not.
+    pub sends: bool,
+    /// When the scheduler loop last went round (epoch ms; 0 = never).
+    scheduler_at: AtomicI64,
+    /// When the scheduler lock was last taken or renewed (epoch ms; 0 = never).
+    lock_at: AtomicI64,
+}
+
+/// The scheduler loop wakes at least this often.
+pub const SCHEDULER_TICK: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Liveness {
+    pub fn sending() -> Self {
+        Liveness {
+            sends: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn scheduler_alive(&self) {
+        self.scheduler_at.store(store::now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn lock_held(&self) {
+        self.lock_at.store(store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Why this process is unhealthy, or `None`.
+    pub fn problem(&self, now: i64) -> Option<&'static str> {
+        if !self.sends {
+            return None;
+        }
+        let age = |a: &AtomicI64| now - a.load(Ordering::Relaxed);
+        if age(&self.lock_at) > LOCK_TTL.as_millis() as i64 {
+            return Some("the scheduler lock is not held");
+        }
+        if age(&self.scheduler_at) > 3 * SCHEDULER_TICK.as_millis() as i64 {
+            return Some("the scheduler is not running");
+        }
+        None
+    }
+}
+
+/// 200 "ok" when the database answers and, in a sending process, the scheduler
+/// runs and holds the lock; 503 with a short reason otherwise.
+pub async fn healthz(State(state): State<WebState>) -> Response {
+    let db = sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.app.pool)
+        .await;
+    let problem = match db {
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: the database does not answer");
+            Some("the database does not answer")
+        }
+        Ok(_) => state.liveness.problem(store::now_ms()),
+    };
+    let (status, body) = match problem {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The Prometheus text format; gauges about the database are read now.
+pub async fn metrics(State(state): State<WebState>) -> Response {
+    let m = &state.app.metrics;
+    if let Ok(n) = store::deliveries::queue_depth(&state.app.pool).await {
+        m.queue_depth.set(n);
+    }
+    if let Ok(counts) = store::subscribers::count_by_status(&state.app.pool).await {
+        for status in ["pending", "active", "unsubscribed", "bounced"] {
+            let status = status.to_string();
+            m.subscribers.get_or_create(&StatusLabel { status }).set(0);
+        }
+        for (status, n) in counts {
+            m.subscribers.get_or_create(&StatusLabel { status }).set(n);
+        }
+    }
+    if let Some(engine) = &state.engine {
+        m.breaker_open.set(i64::from(engine.breaker.is_open()));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,223 @@
+//! The web endpoint: the links in every mail (one-click unsubscribe,
+//! preferences), the subscribe form with double opt-in, `/healthz` and
+//! `/metrics`. Served by `paperpost run` beside the scheduler, or alone by
+//! `paperpost serve`.
+
+mod confirm_mail;
+pub mod error;
+pub mod health;
+mod pages;
+mod preferences;
+mod server;
+mod subscribe;
+mod unsubscribe;
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+
+pub use confirm_mail::ConfirmationMailer;
+pub use health::Liveness;
+pub use server::{serve, start};
+
+use crate::{app::App, delivery::Engine, digest::Look, links, metrics::HttpLabels};
+use error::{Frame, WebError};
+
+/// The largest request body accepted (forms are a few hundred bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+/// The longest token accepted before it is even looked at.
+const MAX_TOKEN: usize = 128;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct WebState(Arc<Inner>);
+
+pub struct Inner {
+    pub app: App,
+    pub look: Look,
+    pub confirmations: ConfirmationMailer,
+    pub liveness: Arc<Liveness>,
+    /// The engine, when this process sends (for /metrics).
+    pub engine: Option<Arc<Engine>>,
+    subscribe_limit: DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+impl std::ops::Deref for WebState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl WebState {
+    pub fn new(
+        app: App,
+        confirmations: ConfirmationMailer,
+        liveness: Arc<Liveness>,
+        engine: Option<Arc<Engine>>,
+    ) -> Self {
+        let per_minute = std::num::NonZeroU32::new(app.settings.http.subscribe_per_minute)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        WebState(Arc::new(Inner {
+            look: Look::from_settings(&app.settings),
+            subscribe_limit: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            app,
+            confirmations,
+            liveness,
+            engine,
+        }))
+    }
+
+    fn frame(&self) -> Frame {
+        Frame {
+            site: self.look.title.clone(),
+            base: self.look.base_url.clone(),
+        }
+    }
+}
+
+/// The whole endpoint.
+pub fn router(state: WebState) -> Router {
+    let timeout = state.app.settings.http.request_timeout;
+    Router::new()
+        .route(
+            links::UNSUBSCRIBE,
+            get(unsubscribe::page).post(unsubscribe::unsubscribe),
+        )
+        .route(links::RESUBSCRIBE, post(unsubscribe::resubscribe))
+        .route(
+            links::PREFERENCES,
+            get(preferences::page).post(preferences::save),
+        )
+        .route(
+            links::SUBSCRIBE,
+            get(subscribe::page).post(subscribe::sign_up),
+        )
+        .route(
+            links::CONFIRM,
+            get(subscribe::confirm_page).post(subscribe::confirm),
+        )
+        .route("/", get(subscribe::page))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .route("/style.css", get(pages::style))
+        .fallback(|| async { WebError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), finish))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Every response: an error rendered as a page, the security headers, and the
+/// request counted by route and status.
+async fn finish(State(state): State<WebState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let mut res = next.run(req).await;
+    if let Some(err) = res.extensions_mut().remove::<Arc<WebError>>() {
+        res = err.page(&state.frame());
+    }
+    security_headers(&mut res);
+    let m = &state.app.metrics;
+    m.http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    m.http_seconds
+        .get_or_create(&crate::metrics::RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+fn security_headers(res: &mut Response) {
+    let h = res.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name, value: &'static str| {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    };
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+         base-uri 'none'; frame-ancestors 'none'",
+    );
+}
+
+/// The client's address: the socket's peer (set by [`serve`]); loopback when
+/// there is none (a request driven in-process by a test).
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip()),
+        ))
+    }
+}
+
+/// The User-Agent header, when it is text.
+pub struct UserAgent(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserAgent {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(UserAgent(
+            parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ))
+    }
+}
+
+/// True when `token` can be a link token at all: 64 lowercase hex digits.
+/// Anything else is turned away without a database lookup.
+pub fn token_shape_ok(token: &str) -> bool {
+    token.len() == 64
+        && token.len() <= MAX_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The subscriber a link token belongs to, or [`WebError::NotFound`].
+pub async fn subscriber_for(
+    conn: &mut sqlx::SqliteConnection,
+    token: &str,
+) -> Result<crate::store::subscribers::Subscriber, WebError> {
+    if !token_shape_ok(token) {
+        return Err(WebError::NotFound);
+    }
+    crate::store::subscribers::find_by_token(conn, token)
+        .await?
+        .ok_or(WebError::NotFound)
+}

@@ -1,0 +1,192 @@
+//! `GET/POST /preferences/{token}`: name, topics, format, papers per digest
+//! and time zone, checked by the same parsers as the command line.
+
+use axum::{
+    Form,
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use serde::Deserialize;
+
+use super::{
+    UserAgent, WebState,
+    error::WebError,
+    pages::{self, FieldErrors, Page, Preferences, PreferencesForm},
+    subscriber_for,
+};
+use crate::{
+    domain::{Format, MaxPapers, SubscriberName, TimeZone, Topics},
+    links::{self, PREVIEW_TOKEN},
+    store::{
+        events::{self, Action, Channel},
+        subscribers::{self as subs, Profile, Subscriber},
+    },
+};
+
+/// The form as posted; every field is optional text until parsed.
+#[derive(Debug, Default, Deserialize)]
+pub struct Posted {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    topics: String,
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    max_papers: String,
+    #[serde(default)]
+    timezone: String,
+}
+
+impl From<&Profile> for PreferencesForm {
+    fn from(p: &Profile) -> Self {
+        PreferencesForm {
+            name: p
+                .name
+                .as_ref()
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
+            topics: p.topics.join(", "),
+            format: p.format.as_str().to_string(),
+            max_papers: p.max_papers.get().to_string(),
+            timezone: p.timezone.name().to_string(),
+        }
+    }
+}
+
+/// Keeps a field's value, or its error for display beside the field.
+pub fn field<T, E: std::fmt::Display>(
+    errors: &mut FieldErrors,
+    name: &'static str,
+    r: Result<T, E>,
+) -> Option<T> {
+    r.map_err(|e| errors.insert(name, e.to_string())).ok()
+}
+
+/// Parses every field, collecting each one's error.
+pub fn parse(p: &Posted) -> Result<Profile, FieldErrors> {
+    let mut e = FieldErrors::new();
+    let name = field(&mut e, "name", SubscriberName::parse_optional(&p.name));
+    let topics = field(&mut e, "topics", Topics::parse_separated(&p.topics, ','));
+    let format = field(
+        &mut e,
+        "format",
+        Format::parse(p.format.trim()).map_err(|_| "choose HTML or plain text"),
+    );
+    let max_papers = field(
+        &mut e,
+        "max_papers",
+        p.max_papers
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| "enter a whole number from 1 to 50".to_string())
+            .and_then(|n| MaxPapers::new(n).map_err(|e| e.to_string())),
+    );
+    let timezone = field(&mut e, "timezone", TimeZone::parse(p.timezone.trim()));
+    match (name, topics, format, max_papers, timezone) {
+        (Some(name), Some(topics), Some(format), Some(max_papers), Some(timezone)) => Ok(Profile {
+            name,
+            topics,
+            timezone,
+            format,
+            max_papers,
+        }),
+        _ => Err(e),
+    }
+}
+
+fn form_page(
+    state: &WebState,
+    s: &Subscriber,
+    token: &str,
+    form: PreferencesForm,
+    errors: FieldErrors,
+    saved: bool,
+) -> Response {
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let page = Preferences {
+        page: Page::new(state, "Your preferences"),
+        masked: s.email.masked(),
+        action: pages::url(state, links::PREFERENCES, token),
+        unsubscribe_action: pages::url(state, links::UNSUBSCRIBE, token),
+        form,
+        errors,
+        saved,
+        zones: pages::zones(),
+    };
+    pages::html(status, &page)
+}
+
+pub async fn page(
+    State(state): State<WebState>,
+    Path(token): Path<String>,
+) -> Result<Response, WebError> {
+    if token == PREVIEW_TOKEN {
+        return Ok(pages::preview_link(&state));
+    }
+    let mut conn = state.app.pool.acquire().await?;
+    let s = subscriber_for(&mut conn, &token).await?;
+    Ok(form_page(
+        &state,
+        &s,
+        &token,
+        (&s.profile).into(),
+        FieldErrors::new(),
+        false,
+    ))
+}
+
+pub async fn save(
+    State(state): State<WebState>,
+    Path(token): Path<String>,
+    UserAgent(ua): UserAgent,
+    Form(posted): Form<Posted>,
+) -> Result<Response, WebError> {
+    if token == PREVIEW_TOKEN {
+        return Ok(pages::preview_link(&state));
+    }
+    if !super::token_shape_ok(&token) {
+        return Err(WebError::NotFound);
+    }
+    let typed = PreferencesForm {
+        name: posted.name.clone(),
+        topics: posted.topics.clone(),
+        format: posted.format.clone(),
+        max_papers: posted.max_papers.clone(),
+        timezone: posted.timezone.clone(),
+    };
+    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subscriber_for(&mut tx, &token).await?;
+    let profile = match parse(&posted) {
+        Ok(p) => p,
+        Err(errors) => return Ok(form_page(&state, &s, &token, typed, errors, false)),
+    };
+    let changed = subs::update_profile(&mut tx, s.id, &profile).await?;
+    if changed {
+        events::record(
+            &mut tx,
+            s.id,
+            Action::Preferences,
+            Channel::Page,
+            ua.as_deref(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if changed {
+        tracing::info!(subscriber = s.id, "preferences changed by link");
+    }
+    Ok(form_page(
+        &state,
+        &s,
+        &token,
+        (&profile).into(),
+        FieldErrors::new(),
+        true,
+    ))
+}

@@ -1,0 +1,185 @@
+//! `GET/POST /unsubscribe/{token}` (RFC 8058 one-click and the page) and
+//! `POST /resubscribe/{token}`.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
+
+use super::{
+    UserAgent, WebState,
+    error::WebError,
+    pages::{self, Message, Page},
+    subscriber_for,
+};
+use crate::{
+    domain::SubscriberStatus,
+    links::{self, PREVIEW_TOKEN},
+    metrics::ChannelLabel,
+    store::{
+        events::{self, Action, Channel},
+        subscribers::{self as subs, Subscriber},
+    },
+};
+
+/// A GET never unsubscribes (mail scanners prefetch links): it shows the
+/// address and one button.
+pub async fn page(
+    State(state): State<WebState>,
+    Path(token): Path<String>,
+) -> Result<Response, WebError> {
+    if token == PREVIEW_TOKEN {
+        return Ok(pages::preview_link(&state));
+    }
+    let mut conn = state.app.pool.acquire().await?;
+    let s = subscriber_for(&mut conn, &token).await?;
+    if !is_receiving(&s) {
+        return Ok(unsubscribed_page(&state, &s, &token));
+    }
+    let m = Message::new(Page::new(&state, "Unsubscribe"))
+        .para(format!(
+            "Stop sending {} to {}?",
+            state.look.title,
+            s.email.masked()
+        ))
+        .button(
+            pages::url(&state, links::UNSUBSCRIBE, &token),
+            "Unsubscribe",
+            true,
+        )
+        .link(
+            pages::url(&state, links::PREFERENCES, &token),
+            "Change what you get instead",
+        );
+    Ok(pages::html(StatusCode::OK, &m))
+}
+
+/// True for a one-click body (RFC 8058): `List-Unsubscribe=One-Click`, form
+/// encoded or as a multipart/form-data field.
+pub fn is_one_click(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    has(b"List-Unsubscribe=One-Click") || (has(b"name=\"List-Unsubscribe\"") && has(b"One-Click"))
+}
+
+/// Unsubscribes at once, with or without a one-click body; answers 200 with a
+/// confirmation page (never a redirect), and again the same way when repeated.
+pub async fn unsubscribe(
+    State(state): State<WebState>,
+    Path(token): Path<String>,
+    UserAgent(ua): UserAgent,
+    body: Bytes,
+) -> Result<Response, WebError> {
+    if token == PREVIEW_TOKEN {
+        return Ok(pages::preview_link(&state));
+    }
+    let channel = if is_one_click(&body) {
+        Channel::OneClick
+    } else {
+        Channel::Page
+    };
+    if !super::token_shape_ok(&token) {
+        return Err(WebError::NotFound);
+    }
+    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subscriber_for(&mut tx, &token).await?;
+    let ends = is_receiving(&s);
+    if ends {
+        subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "link").await?;
+    }
+    events::record(&mut tx, s.id, Action::Unsubscribe, channel, ua.as_deref()).await?;
+    tx.commit().await?;
+    if ends {
+        state
+            .app
+            .metrics
+            .unsubscribes
+            .get_or_create(&ChannelLabel {
+                channel: channel.as_str(),
+            })
+            .inc();
+        tracing::info!(
+            subscriber = s.id,
+            channel = channel.as_str(),
+            "unsubscribed by link"
+        );
+    }
+    Ok(unsubscribed_page(&state, &s, &token))
+}
+
+/// Active and pending subscribers still get mail (or a confirmation).
+fn is_receiving(s: &Subscriber) -> bool {
+    matches!(
+        s.status,
+        SubscriberStatus::Active | SubscriberStatus::Pending
+    )
+}
+
+fn unsubscribed_page(state: &WebState, s: &Subscriber, token: &str) -> Response {
+    let m = Message::new(Page::new(state, "You are unsubscribed"))
+        .para(format!(
+            "{} will send no more digests to {}.",
+            state.look.title,
+            s.email.masked()
+        ))
+        .para("Unsubscribed by mistake? You can undo it.")
+        .button(
+            pages::url(state, links::RESUBSCRIBE, token),
+            "Resubscribe",
+            false,
+        )
+        .link(pages::url(state, links::PREFERENCES, token), "Preferences");
+    pages::html(StatusCode::OK, &m)
+}
+
+/// Undoes an unsubscribe made with this link. Someone removed by the operator,
+/// or whose mail bounced, is pointed to the subscribe form instead.
+pub async fn resubscribe(
+    State(state): State<WebState>,
+    Path(token): Path<String>,
+    UserAgent(ua): UserAgent,
+) -> Result<Response, WebError> {
+    if token == PREVIEW_TOKEN {
+        return Ok(pages::preview_link(&state));
+    }
+    if !super::token_shape_ok(&token) {
+        return Err(WebError::NotFound);
+    }
+    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subscriber_for(&mut tx, &token).await?;
+    let by_link =
+        s.status == SubscriberStatus::Unsubscribed && s.unsubscribed_by.as_deref() == Some("link");
+    if by_link {
+        subs::reactivate(&mut tx, s.id).await?;
+        events::record(
+            &mut tx,
+            s.id,
+            Action::Resubscribe,
+            Channel::Page,
+            ua.as_deref(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let page = Page::new(&state, "You are subscribed");
+    let m = if by_link || s.status == SubscriberStatus::Active {
+        tracing::info!(subscriber = s.id, "resubscribed by link");
+        Message::new(page).para(format!(
+            "{} goes to {} again, starting with the next edition.",
+            state.look.title,
+            s.email.masked()
+        ))
+    } else {
+        Message::new(Page::new(&state, "Subscribe again"))
+            .para("This address cannot be resubscribed from this link. Sign up again with the form; we will send a confirmation link first.")
+            .link(format!("{}{}", state.look.base_url, links::SUBSCRIBE), "Subscribe")
+    };
+    Ok(pages::html(
+        StatusCode::OK,
+        &m.link(
+            pages::url(&state, links::PREFERENCES, &token),
+            "Preferences",
+        ),
+    ))
+}
