@@ -202,14 +202,19 @@ impl Envelope {
         }
         // Plain ASCII goes as 7bit so a long link stays on one line for
         // terminal readers; anything else quoted-printable.
-        let part = if text.is_ascii() {
-            SinglePart::builder()
-                .header(ContentType::TEXT_PLAIN)
-                .header(ContentTransferEncoding::SevenBit)
-                .body(text)
-        } else {
-            SinglePart::plain(text)
-        };
+        // (lettre would pick quoted-printable for any line over 76 characters;
+        // 7bit allows 998.)
+        let seven_bit =
+            text.is_ascii() && text.lines().all(|l| l.len() <= 998 && !l.contains('\r'));
+        let part =
+            if seven_bit {
+                let crlf = text.replace('\n', "\r\n").into_bytes();
+                SinglePart::builder().header(ContentType::TEXT_PLAIN).body(
+                    Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit),
+                )
+            } else {
+                SinglePart::plain(text)
+            };
         let mut message = b.singlepart(part)?;
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);

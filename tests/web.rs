@@ -1,0 +1,773 @@
+//! The web endpoint in-process (`tower::ServiceExt::oneshot` on the router) on
+//! a temporary database: every route and its status paths, what the pages
+//! show, the security headers, and random requests that must never get a 5xx.
+
+mod support;
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use paperpost::{
+    app::App,
+    config::Settings,
+    domain::{SubscriberEmail, SubscriberSource, SubscriberStatus},
+    store::{self, subscribers as subs},
+    web::{ConfirmationMailer, Liveness, WebState, router},
+};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+const BASE: &str = "https://news.example.org";
+
+struct Site {
+    dir: tempfile::TempDir,
+    app: App,
+    router: Router,
+    tracker: TaskTracker,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+fn settings(dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env: std::collections::HashMap<String, String> = [
+        (
+            "PAPERPOST__DATABASE__PATH",
+            dir.join("pp.db").display().to_string(),
+        ),
+        ("PAPERPOST__SECURITY__SECRET", support::SECRET.to_string()),
+        (
+            "PAPERPOST__MAIL__OUTBOX_DIR",
+            dir.join("outbox").display().to_string(),
+        ),
+        ("PAPERPOST__HTTP__PUBLIC_URL", BASE.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::load_from(None, Some(env)).expect("settings")
+}
+
+impl Site {
+    async fn new() -> Self {
+        Self::with(&[]).await
+    }
+
+    async fn with(extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::open(settings(dir.path(), extra)).await.unwrap();
+        let tracker = TaskTracker::new();
+        let mailer = ConfirmationMailer::start(&app, &tracker).unwrap();
+        let state = WebState::new(app.clone(), mailer, Arc::new(Liveness::default()), None);
+        Site {
+            dir,
+            router: router(state),
+            app,
+            tracker,
+        }
+    }
+
+    /// Adds an active subscriber; returns their link token.
+    async fn subscriber(&self, email: &str) -> String {
+        let mut conn = self.app.pool.acquire().await.unwrap();
+        let s = subs::insert(
+            &mut conn,
+            &self.app.keys,
+            &SubscriberEmail::parse(email).unwrap(),
+            &self.app.defaults(),
+            SubscriberStatus::Active,
+            SubscriberSource::Cli,
+        )
+        .await
+        .unwrap();
+        self.app.keys.subscriber_token(&s.uuid)
+    }
+
+    async fn get_subscriber(&self, email: &str) -> subs::Subscriber {
+        let mut conn = self.app.pool.acquire().await.unwrap();
+        subs::get_by_email(&mut conn, email).await.unwrap()
+    }
+
+    async fn request(&self, req: Request<Body>) -> Reply {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.request(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn post_form(&self, uri: &str, form: &str) -> Reply {
+        self.request(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::USER_AGENT, "test-agent/1.0")
+                .body(Body::from(form.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The confirmation mails written to the outbox, waiting up to 10 s for `n`.
+    async fn outbox(&self, n: usize) -> Vec<String> {
+        let dir = self.dir.path().join("outbox");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mails: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if mails.len() >= n || std::time::Instant::now() > deadline {
+                return mails;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn events(&self) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT kind, channel, user_agent FROM token_events ORDER BY id")
+            .fetch_all(&self.app.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn text_of(html: &str) -> String {
+    let doc = scraper::Html::parse_document(html);
+    doc.root_element().text().collect::<Vec<_>>().join(" ")
+}
+
+/// The action URLs of a page's forms.
+fn form_actions(html: &str) -> Vec<String> {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse("form").unwrap();
+    doc.select(&sel)
+        .filter_map(|f| f.value().attr("action").map(str::to_string))
+        .collect()
+}
+
+fn path_of(url: &str) -> &str {
+    url.strip_prefix(BASE).unwrap_or(url)
+}
+
+#[tokio::test]
+async fn a_get_shows_the_masked_address_and_one_button_but_never_unsubscribes() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let r = site.get(&format!("/unsubscribe/{token}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = text_of(&r.body);
+    assert!(text.contains("a***@example.org"), "{text}");
+    assert!(
+        !r.body.contains("ada@example.org"),
+        "the full address is not shown"
+    );
+    assert!(text.contains("Paperpost Daily"));
+    assert_eq!(
+        form_actions(&r.body),
+        vec![format!("{BASE}/unsubscribe/{token}")]
+    );
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempotent() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let other = site.subscriber("bob@example.org").await;
+    let date = chrono::NaiveDate::from_ymd_opt(2024, 3, 11).unwrap();
+    store::deliveries::start_edition(&site.app.pool, date, "send", |_| store::now_ms())
+        .await
+        .unwrap();
+
+    let r = site
+        .post_form(
+            &format!("/unsubscribe/{token}"),
+            "List-Unsubscribe=One-Click",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "RFC 8058: 200, not a redirect");
+    assert!(text_of(&r.body).contains("You are unsubscribed"));
+    let s = site.get_subscriber("ada@example.org").await;
+    assert_eq!(s.status, SubscriberStatus::Unsubscribed);
+    assert_eq!(s.unsubscribed_by.as_deref(), Some("link"));
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    let counts = store::deliveries::counts(&mut conn, date).await.unwrap();
+    assert_eq!(
+        (counts.cancelled, counts.queued),
+        (1, 1),
+        "only Ada's row is cancelled"
+    );
+
+    // Again: the same answer, nothing else changes.
+    let again = site
+        .post_form(
+            &format!("/unsubscribe/{token}"),
+            "List-Unsubscribe=One-Click",
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(text_of(&again.body).contains("You are unsubscribed"));
+    let events = site.events().await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].0, "unsubscribe");
+    assert_eq!(events[0].1, "one-click");
+    assert_eq!(events[0].2.as_deref(), Some("test-agent/1.0"));
+    assert_eq!(
+        site.get_subscriber("bob@example.org").await.status,
+        SubscriberStatus::Active,
+        "nobody else's token can: {other}"
+    );
+}
+
+#[tokio::test]
+async fn one_click_works_as_multipart_and_without_a_body() {
+    let site = Site::new().await;
+    let a = site.subscriber("a@example.org").await;
+    let b = site.subscriber("b@example.org").await;
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+    let r = site
+        .request(
+            Request::post(format!("/unsubscribe/{a}"))
+                .header(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+                .body(Body::from(multipart))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = site
+        .request(
+            Request::post(format!("/unsubscribe/{b}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for e in ["a@example.org", "b@example.org"] {
+        assert_eq!(
+            site.get_subscriber(e).await.status,
+            SubscriberStatus::Unsubscribed
+        );
+    }
+    let channels: Vec<String> = site.events().await.into_iter().map(|e| e.1).collect();
+    assert_eq!(channels, vec!["one-click", "page"]);
+}
+
+#[tokio::test]
+async fn unknown_malformed_and_oversized_tokens_get_the_same_404_page() {
+    let site = Site::new().await;
+    let real = site.subscriber("ada@example.org").await;
+    let mut wrong = real.clone();
+    wrong.replace_range(0..1, if real.starts_with('0') { "1" } else { "0" });
+    let long = "a".repeat(5000);
+    let mut bodies = Vec::new();
+    for t in [
+        wrong.as_str(),
+        "abc",
+        &long,
+        "ZZZZ%00",
+        &real.to_uppercase(),
+    ] {
+        for (method, route) in [
+            ("GET", "unsubscribe"),
+            ("POST", "unsubscribe"),
+            ("GET", "preferences"),
+            ("POST", "resubscribe"),
+            ("GET", "confirm"),
+            ("POST", "confirm"),
+        ] {
+            let r = site
+                .request(
+                    Request::builder()
+                        .method(method)
+                        .uri(format!("/{route}/{t}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} /{route}/{t}");
+            bodies.push(r.body);
+        }
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "one page for all");
+    assert!(text_of(&bodies[0]).contains("Link not found"));
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn the_preview_token_does_nothing() {
+    let site = Site::new().await;
+    site.subscriber("ada@example.org").await;
+    for uri in [
+        "/unsubscribe/preview",
+        "/preferences/preview",
+        "/confirm/preview",
+    ] {
+        let r = site.post_form(uri, "List-Unsubscribe=One-Click").await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert!(text_of(&r.body).contains("preview"), "{uri}");
+    }
+    assert!(site.events().await.is_empty());
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn resubscribe_undoes_a_link_unsubscribe_but_not_an_operator_removal() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let r = site.post_form(&format!("/unsubscribe/{token}"), "").await;
+    let actions = form_actions(&r.body);
+    let resub = actions
+        .iter()
+        .find(|a| a.contains("/resubscribe/"))
+        .expect("the page offers resubscribe");
+    let r = site.post_form(path_of(resub), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(text_of(&r.body).contains("You are subscribed"));
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+
+    // Removed by the operator: the link cannot bring them back.
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    let s = site.get_subscriber("ada@example.org").await;
+    subs::end_subscription(&mut conn, s.id, SubscriberStatus::Unsubscribed, "cli")
+        .await
+        .unwrap();
+    let r = site.post_form(path_of(resub), "").await;
+    assert!(text_of(&r.body).contains("Subscribe again"));
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+}
+
+#[tokio::test]
+async fn preferences_show_the_stored_values_and_save_valid_changes() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let uri = format!("/preferences/{token}");
+    let r = site.get(&uri).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("value=\"10\""), "max papers shown");
+    assert!(r.body.contains("<option selected>UTC</option>"));
+
+    let r = site
+        .post_form(
+            &uri,
+            "name=Ada+L.&topics=llm%2C+time+series&format=text&max_papers=5&timezone=Europe%2FBerlin",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(text_of(&r.body).contains("Saved"));
+    let s = site.get_subscriber("ada@example.org").await;
+    assert_eq!(s.profile.name.as_ref().unwrap().as_str(), "Ada L.");
+    assert_eq!(s.profile.topics.join(","), "llm,time series");
+    assert_eq!(s.profile.format.as_str(), "text");
+    assert_eq!(s.profile.max_papers.get(), 5);
+    assert_eq!(s.profile.timezone.name(), "Europe/Berlin");
+    assert_eq!(site.events().await[0].0, "preferences");
+}
+
+#[tokio::test]
+async fn invalid_preferences_are_shown_next_to_their_fields_and_nothing_is_saved() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let r = site
+        .post_form(
+            &format!("/preferences/{token}"),
+            "name=Ada&topics=llm&format=pdf&max_papers=500&timezone=Mars%2FBase",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let doc = scraper::Html::parse_document(&r.body);
+    let err = |id: &str| {
+        let sel = scraper::Selector::parse(&format!("#{id}")).unwrap();
+        doc.select(&sel)
+            .next()
+            .map(|e| e.text().collect::<String>())
+            .unwrap_or_default()
+    };
+    assert!(err("max-error").contains("50"), "{}", err("max-error"));
+    assert!(err("tz-error").contains("Mars/Base"), "{}", err("tz-error"));
+    assert!(text_of(&r.body).contains("choose HTML or plain text"));
+    assert!(r.body.contains("value=\"500\""), "what was typed is kept");
+    let s = site.get_subscriber("ada@example.org").await;
+    assert_eq!(s.profile.max_papers.get(), 10, "nothing saved");
+    assert!(s.profile.name.is_none());
+}
+
+#[tokio::test]
+async fn subscribe_confirm_and_the_same_answer_for_every_address() {
+    let site = Site::new().await;
+    site.subscriber("active@example.org").await;
+    let r = site.get("/subscribe").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("name=\"email\""));
+
+    let new = site
+        .post_form(
+            "/subscribe",
+            "email=new%40example.org&name=Newt&topics=llm&website=",
+        )
+        .await;
+    assert_eq!(new.status, StatusCode::OK);
+    let s = site.get_subscriber("new@example.org").await;
+    assert_eq!(s.status, SubscriberStatus::Pending);
+    assert_eq!(s.profile.topics.join(","), "llm");
+    let mails = site.outbox(1).await;
+    assert_eq!(mails.len(), 1);
+    let link = mails[0]
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{BASE}/confirm/")))
+        .expect("a confirmation link")
+        .to_string();
+    assert!(mails[0].contains("To: Newt <new@example.org>"));
+
+    // An active address: the same page (but for the address), and no mail.
+    let active = site
+        .post_form("/subscribe", "email=active%40example.org")
+        .await;
+    assert_eq!(active.status, StatusCode::OK);
+    assert_eq!(
+        active.body.replace("active@example.org", "X"),
+        new.body.replace("new@example.org", "X")
+    );
+    // Pending again within the hour: the same page, no second mail.
+    let again = site
+        .post_form("/subscribe", "email=new%40example.org")
+        .await;
+    assert_eq!(again.body, new.body);
+    // The worker sends in order: once a later address's mail is there, a
+    // second mail to new@ would be there too.
+    site.post_form("/subscribe", "email=later%40example.org")
+        .await;
+    let mails = site.outbox(2).await;
+    assert_eq!(mails.len(), 2, "one confirmation mail per address per hour");
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|m| m.contains("To: Newt <new@example.org>"))
+            .count(),
+        1
+    );
+
+    // GET shows a button and changes nothing; POST confirms.
+    let r = site.get(path_of(&link)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(form_actions(&r.body), vec![link.clone()]);
+    assert_eq!(
+        site.get_subscriber("new@example.org").await.status,
+        SubscriberStatus::Pending
+    );
+    let r = site.post_form(path_of(&link), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(text_of(&r.body).contains("You are subscribed"));
+    assert_eq!(
+        site.get_subscriber("new@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn someone_who_unsubscribed_can_come_back_through_the_form_and_their_click() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    site.post_form(&format!("/unsubscribe/{token}"), "").await;
+    // Their old link alone does not confirm: no request was made.
+    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+    site.post_form("/subscribe", "email=ADA%40example.org")
+        .await;
+    assert_eq!(site.outbox(1).await.len(), 1);
+    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn bad_addresses_the_honeypot_and_the_rate_limit() {
+    let site = Site::with(&[("PAPERPOST__HTTP__SUBSCRIBE_PER_MINUTE", "3")]).await;
+    let r = site
+        .post_form("/subscribe", "email=not-an-address&name=X")
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"email-error\""));
+    assert!(r.body.contains("value=\"X\""), "the name typed is kept");
+
+    let r = site
+        .post_form(
+            "/subscribe",
+            "email=bot%40example.org&website=http%3A%2F%2Fspam",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "a bot sees success");
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    assert!(
+        subs::find_by_email(&mut conn, "bot@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    site.post_form("/subscribe", "email=c%40example.org").await;
+    let r = site.post_form("/subscribe", "email=d%40example.org").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        subs::find_by_email(&mut conn, "d@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn expired_sign_ups_are_forgotten() {
+    let site = Site::new().await;
+    site.post_form("/subscribe", "email=late%40example.org")
+        .await;
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    sqlx::query("UPDATE subscribers SET created_at = created_at - 8 * 86400000")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let token = site
+        .app
+        .keys
+        .subscriber_token(&site.get_subscriber("late@example.org").await.uuid);
+    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    assert_eq!(r.status, StatusCode::GONE);
+    let ttl = site.app.settings.subscribers.pending_ttl;
+    assert_eq!(subs::expire_pending(&mut conn, ttl).await.unwrap(), 1);
+    assert!(
+        subs::find_by_email(&mut conn, "late@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn pages_carry_the_security_headers() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    for uri in [
+        format!("/unsubscribe/{token}"),
+        format!("/preferences/{token}"),
+        "/subscribe".to_string(),
+        "/nope".to_string(),
+    ] {
+        let r = site.get(&uri).await;
+        let h = |n: header::HeaderName| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            h(header::X_CONTENT_TYPE_OPTIONS).as_deref(),
+            Some("nosniff"),
+            "{uri}"
+        );
+        assert_eq!(
+            h(header::CACHE_CONTROL).as_deref(),
+            Some("no-store"),
+            "{uri}"
+        );
+        assert_eq!(
+            h(header::REFERRER_POLICY).as_deref(),
+            Some("no-referrer"),
+            "{uri}"
+        );
+        let csp = h(header::CONTENT_SECURITY_POLICY).unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("script"),
+            "{csp}"
+        );
+        assert!(r.body.contains("<html lang=\"en\">"), "{uri}");
+        assert!(!r.body.contains("<script"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let r = site.get("/healthz").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok\n"));
+    site.post_form(
+        &format!("/unsubscribe/{token}"),
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    let r = site.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    for line in [
+        "paperpost_unsubscribes_total{channel=\"one-click\"} 1",
+        "paperpost_subscribers{status=\"unsubscribed\"} 1",
+        "paperpost_subscribers{status=\"active\"} 0",
+        "paperpost_queue_depth 0",
+        "paperpost_http_requests_total{route=\"/unsubscribe/{token}\",method=\"POST\",status=\"200\"} 1",
+    ] {
+        assert!(
+            r.body.lines().any(|l| l == line),
+            "missing {line}:\n{}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sending_process_whose_scheduler_stalled_is_unhealthy() {
+    let live = Liveness::sending();
+    let now = store::now_ms();
+    assert_eq!(live.problem(now), Some("the scheduler lock is not held"));
+    live.lock_held();
+    assert_eq!(live.problem(now), Some("the scheduler is not running"));
+    live.scheduler_alive();
+    assert_eq!(live.problem(store::now_ms()), None);
+    assert_eq!(
+        Liveness::default().problem(now),
+        None,
+        "serve alone sends nothing"
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_without_harm() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let big = format!("name={}", "x".repeat(100_000));
+    let r = site.post_form(&format!("/preferences/{token}"), &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        site.get_subscriber("ada@example.org")
+            .await
+            .profile
+            .name
+            .is_none()
+    );
+}
+
+#[test]
+fn rotate_token_makes_old_links_fail() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let site = rt.block_on(Site::new());
+    let token = rt.block_on(site.subscriber("ada@example.org"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paperpost"))
+        .args(["subscribers", "rotate-token", "ada@example.org"])
+        .env("PAPERPOST__DATABASE__PATH", site.dir.path().join("pp.db"))
+        .env("PAPERPOST__SECURITY__SECRET", support::SECRET)
+        .env("PAPERPOST__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = rt.block_on(site.get(&format!("/unsubscribe/{token}")));
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let s = rt.block_on(site.get_subscriber("ada@example.org"));
+    let fresh = site.app.keys.subscriber_token(&s.uuid);
+    assert_ne!(fresh, token);
+    let r = rt.block_on(site.get(&format!("/unsubscribe/{fresh}")));
+    assert_eq!(r.status, StatusCode::OK);
+    site.tracker.close();
+    let _: PathBuf = site.dir.path().to_path_buf();
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn method() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH",
+        ])
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let segment = prop::sample::select(vec![
+            "unsubscribe",
+            "resubscribe",
+            "preferences",
+            "confirm",
+            "subscribe",
+            "healthz",
+            "metrics",
+            "style.css",
+            "..",
+            "%00",
+            "%ff",
+            "preview",
+            "",
+        ]);
+        (
+            prop::collection::vec(segment, 0..4),
+            "[a-zA-Z0-9%._~-]{0,80}",
+        )
+            .prop_map(|(segs, tail)| format!("/{}/{tail}", segs.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+        #[test]
+        fn random_requests_never_get_a_5xx(
+            m in method(),
+            p in path(),
+            ct in prop::sample::select(vec![
+                "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                "text/plain", "application/json", "",
+            ]),
+            body in prop::collection::vec(any::<u8>(), 0..2048),
+            ua in "[ -~]{0,300}",
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let site = SITE.get_or_init(|| rt.block_on(Site::new()));
+            let mut req = Request::builder().method(m).uri(p.as_str());
+            if !ct.is_empty() {
+                req = req.header(header::CONTENT_TYPE, ct);
+            }
+            let req = req.header(header::USER_AGENT, ua.as_str()).body(Body::from(body)).unwrap();
+            let r = rt.block_on(site.request(req));
+            prop_assert!(r.status.as_u16() < 500, "{m} {p}: {}", r.status);
+        }
+    }
+
+    static SITE: std::sync::OnceLock<Site> = std::sync::OnceLock::new();
+}
