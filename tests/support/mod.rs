@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod smtp;
 
 use std::{
@@ -102,11 +103,14 @@ impl Sandbox {
             .env_remove("PAPERPOST_CONFIG")
             .env_remove("RUST_LOG")
             .env("PAPERPOST__SECURITY__SECRET", SECRET)
-            .env("PAPERPOST__LOG__LEVEL", "warn");
+            .env("PAPERPOST__LOG__LEVEL", "warn")
+            // Daemons in parallel tests each listen on a port of their own.
+            .env("PAPERPOST__HTTP__BIND", "127.0.0.1:0");
         for (k, _) in std::env::vars() {
             if k.starts_with("PAPERPOST__")
                 && k != "PAPERPOST__SECURITY__SECRET"
                 && k != "PAPERPOST__LOG__LEVEL"
+                && k != "PAPERPOST__HTTP__BIND"
             {
                 c.env_remove(k);
             }
