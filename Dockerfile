@@ -23,6 +23,8 @@ ENV PAPERPOST__DATABASE__PATH=/data/paperpost.db \
     PAPERPOST__SUBSCRIBERS__FILE=/config/subscribers.toml \
     PAPERPOST__HTTP__BIND=0.0.0.0:8080
 VOLUME ["/data"]
+# The web endpoint (links in mail, subscribe form, /healthz, /metrics).
+EXPOSE 8080
 # SIGTERM (docker stop) is a graceful stop.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["paperpost"]
