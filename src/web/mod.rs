@@ -209,6 +209,31 @@ pub fn token_shape_ok(token: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A link's token from the path: the preview token (which does nothing), or
+/// one shaped like a real token. Anything else is [`WebError::NotFound`]
+/// before any lookup.
+pub enum Link {
+    Preview,
+    Token(String),
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Link {
+    type Rejection = WebError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, WebError> {
+        let axum::extract::Path(token) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| WebError::NotFound)?;
+        if token == links::PREVIEW_TOKEN {
+            Ok(Link::Preview)
+        } else if token_shape_ok(&token) {
+            Ok(Link::Token(token))
+        } else {
+            Err(WebError::NotFound)
+        }
+    }
+}
+
 /// The subscriber a link token belongs to, or [`WebError::NotFound`].
 pub async fn subscriber_for(
     conn: &mut sqlx::SqliteConnection,

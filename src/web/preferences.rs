@@ -1,23 +1,18 @@
 //! `GET/POST /preferences/{token}`: name, topics, format, papers per digest
 //! and time zone, checked by the same parsers as the command line.
 
-use axum::{
-    Form,
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{Form, extract::State, http::StatusCode, response::Response};
 use serde::Deserialize;
 
 use super::{
-    UserAgent, WebState,
+    Link, UserAgent, WebState,
     error::WebError,
     pages::{self, FieldErrors, Page, Preferences, PreferencesForm},
     subscriber_for,
 };
 use crate::{
     domain::{Format, MaxPapers, SubscriberName, TimeZone, Topics},
-    links::{self, PREVIEW_TOKEN},
+    links,
     store::{
         events::{self, Action, Channel},
         subscribers::{self as subs, Profile, Subscriber},
@@ -122,13 +117,10 @@ fn form_page(
     pages::html(status, &page)
 }
 
-pub async fn page(
-    State(state): State<WebState>,
-    Path(token): Path<String>,
-) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+pub async fn page(State(state): State<WebState>, link: Link) -> Result<Response, WebError> {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
+    };
     let mut conn = state.app.pool.acquire().await?;
     let s = subscriber_for(&mut conn, &token).await?;
     Ok(form_page(
@@ -143,16 +135,13 @@ pub async fn page(
 
 pub async fn save(
     State(state): State<WebState>,
-    Path(token): Path<String>,
+    link: Link,
     UserAgent(ua): UserAgent,
     Form(posted): Form<Posted>,
 ) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
-    if !super::token_shape_ok(&token) {
-        return Err(WebError::NotFound);
-    }
+    };
     let typed = PreferencesForm {
         name: posted.name.clone(),
         topics: posted.topics.clone(),

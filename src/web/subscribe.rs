@@ -1,16 +1,11 @@
 //! The subscribe form with double opt-in: `GET/POST /subscribe` and
 //! `GET/POST /confirm/{token}`.
 
-use axum::{
-    Form,
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{Form, extract::State, http::StatusCode, response::Response};
 use serde::Deserialize;
 
 use super::{
-    ClientIp, UserAgent, WebState,
+    ClientIp, Link, UserAgent, WebState,
     error::WebError,
     pages::{self, FieldErrors, Message, Page, Subscribe, SubscribeForm},
     preferences::field,
@@ -18,7 +13,7 @@ use super::{
 };
 use crate::{
     domain::{SubscriberEmail, SubscriberName, SubscriberStatus, Topics},
-    links::{self, PREVIEW_TOKEN},
+    links,
     store::{
         events::{self, Action, Channel},
         subscribers::{self as subs, Confirmed, Profile, SignUp},
@@ -120,13 +115,10 @@ pub async fn sign_up(
 }
 
 /// A GET shows a button; only the POST confirms (mail scanners prefetch links).
-pub async fn confirm_page(
-    State(state): State<WebState>,
-    Path(token): Path<String>,
-) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+pub async fn confirm_page(State(state): State<WebState>, link: Link) -> Result<Response, WebError> {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
+    };
     let mut conn = state.app.pool.acquire().await?;
     let s = subscriber_for(&mut conn, &token).await?;
     if s.status == SubscriberStatus::Active {
@@ -144,15 +136,12 @@ pub async fn confirm_page(
 
 pub async fn confirm(
     State(state): State<WebState>,
-    Path(token): Path<String>,
+    link: Link,
     UserAgent(ua): UserAgent,
 ) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
-    if !super::token_shape_ok(&token) {
-        return Err(WebError::NotFound);
-    }
+    };
     let ttl = state.app.settings.subscribers.pending_ttl;
     let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;

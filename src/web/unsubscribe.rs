@@ -1,22 +1,17 @@
 //! `GET/POST /unsubscribe/{token}` (RFC 8058 one-click and the page) and
 //! `POST /resubscribe/{token}`.
 
-use axum::{
-    body::Bytes,
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{body::Bytes, extract::State, http::StatusCode, response::Response};
 
 use super::{
-    UserAgent, WebState,
+    Link, UserAgent, WebState,
     error::WebError,
     pages::{self, Message, Page},
     subscriber_for,
 };
 use crate::{
     domain::SubscriberStatus,
-    links::{self, PREVIEW_TOKEN},
+    links,
     metrics::ChannelLabel,
     store::{
         events::{self, Action, Channel},
@@ -26,13 +21,10 @@ use crate::{
 
 /// A GET never unsubscribes (mail scanners prefetch links): it shows the
 /// address and one button.
-pub async fn page(
-    State(state): State<WebState>,
-    Path(token): Path<String>,
-) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+pub async fn page(State(state): State<WebState>, link: Link) -> Result<Response, WebError> {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
+    };
     let mut conn = state.app.pool.acquire().await?;
     let s = subscriber_for(&mut conn, &token).await?;
     if !is_receiving(&s) {
@@ -67,21 +59,18 @@ pub fn is_one_click(body: &[u8]) -> bool {
 /// confirmation page (never a redirect), and again the same way when repeated.
 pub async fn unsubscribe(
     State(state): State<WebState>,
-    Path(token): Path<String>,
+    link: Link,
     UserAgent(ua): UserAgent,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
+    };
     let channel = if is_one_click(&body) {
         Channel::OneClick
     } else {
         Channel::Page
     };
-    if !super::token_shape_ok(&token) {
-        return Err(WebError::NotFound);
-    }
     let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let ends = is_receiving(&s);
@@ -137,15 +126,12 @@ fn unsubscribed_page(state: &WebState, s: &Subscriber, token: &str) -> Response 
 /// or whose mail bounced, is pointed to the subscribe form instead.
 pub async fn resubscribe(
     State(state): State<WebState>,
-    Path(token): Path<String>,
+    link: Link,
     UserAgent(ua): UserAgent,
 ) -> Result<Response, WebError> {
-    if token == PREVIEW_TOKEN {
+    let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    }
-    if !super::token_shape_ok(&token) {
-        return Err(WebError::NotFound);
-    }
+    };
     let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let by_link =
