@@ -561,20 +561,26 @@ async fn bad_addresses_the_honeypot_and_the_rate_limit() {
 }
 
 #[tokio::test]
-async fn expired_sign_ups_are_forgotten() {
+async fn expired_sign_ups_are_forgotten_and_links_last_from_the_latest_mail() {
     let site = Site::new().await;
     site.post_form("/subscribe", "email=late%40example.org")
         .await;
+    site.post_form("/subscribe", "email=resent%40example.org")
+        .await;
     let mut conn = site.app.pool.acquire().await.unwrap();
-    sqlx::query("UPDATE subscribers SET created_at = created_at - 8 * 86400000")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let token = site
-        .app
-        .keys
-        .subscriber_token(&site.get_subscriber("late@example.org").await.uuid);
-    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    // Both signed up 8 days ago; only resent@ asked again (today) and got a new mail.
+    sqlx::query(
+        "UPDATE subscribers SET created_at = created_at - 8 * 86400000, \
+         confirm_sent_at = CASE email WHEN 'late@example.org' \
+           THEN confirm_sent_at - 8 * 86400000 ELSE confirm_sent_at END",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let token_of = |s: subs::Subscriber| site.app.keys.subscriber_token(&s.uuid);
+    let late = token_of(site.get_subscriber("late@example.org").await);
+    let resent = token_of(site.get_subscriber("resent@example.org").await);
+    let r = site.post_form(&format!("/confirm/{late}"), "").await;
     assert_eq!(r.status, StatusCode::GONE);
     let ttl = site.app.settings.subscribers.pending_ttl;
     assert_eq!(subs::expire_pending(&mut conn, ttl).await.unwrap(), 1);
@@ -583,6 +589,13 @@ async fn expired_sign_ups_are_forgotten() {
             .await
             .unwrap()
             .is_none()
+    );
+    // The link in the latest mail works for the whole TTL, as the mail says.
+    let r = site.post_form(&format!("/confirm/{resent}"), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        site.get_subscriber("resent@example.org").await.status,
+        SubscriberStatus::Active
     );
 }
 

@@ -605,53 +605,42 @@ pub async fn sign_up(
     profile: &Profile,
     resend_after: std::time::Duration,
 ) -> Result<SignUp, StoreError> {
-    let now = now_ms();
-    let Some(s) = find_by_email(conn, email.as_str()).await? else {
-        let s = insert(
-            conn,
-            keys,
-            email,
-            profile,
-            SubscriberStatus::Pending,
-            SubscriberSource::Web,
-        )
-        .await?;
-        mark_confirmation_sent(conn, s.id, now).await?;
-        return Ok(SignUp::Confirm(s));
+    let s = match find_by_email(conn, email.as_str()).await? {
+        Some(s) if s.status == SubscriberStatus::Active => return Ok(SignUp::Nothing),
+        Some(s) => s,
+        None => {
+            let source = SubscriberSource::Web;
+            insert(
+                conn,
+                keys,
+                email,
+                profile,
+                SubscriberStatus::Pending,
+                source,
+            )
+            .await?
+        }
     };
-    if s.status == SubscriberStatus::Active {
-        return Ok(SignUp::Nothing);
-    }
-    if s.status != SubscriberStatus::Pending {
-        sqlx::query("UPDATE subscribers SET confirm_requested_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(s.id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let (last,): (Option<i64>,) =
-        sqlx::query_as("SELECT confirm_sent_at FROM subscribers WHERE id = ?")
-            .bind(s.id)
-            .fetch_one(&mut *conn)
-            .await?;
-    if last.is_some_and(|t| now - t < resend_after.as_millis() as i64) {
-        return Ok(SignUp::Nothing);
-    }
-    mark_confirmation_sent(conn, s.id, now).await?;
-    Ok(SignUp::Confirm(s))
-}
-
-async fn mark_confirmation_sent(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE subscribers SET confirm_sent_at = ? WHERE id = ?")
-        .bind(at)
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
+    // Someone not pending renews their request; the mail goes only if none
+    // went out within `resend_after`.
+    let now = now_ms();
+    let send: bool = sqlx::query_scalar(
+        "UPDATE subscribers SET \
+           confirm_requested_at = CASE WHEN status = 'pending' THEN confirm_requested_at ELSE ?1 END, \
+           confirm_sent_at = CASE WHEN confirm_sent_at IS NULL OR confirm_sent_at <= ?2 \
+                             THEN ?1 ELSE confirm_sent_at END \
+         WHERE id = ?3 RETURNING confirm_sent_at = ?1",
+    )
+    .bind(now)
+    .bind(now - resend_after.as_millis() as i64)
+    .bind(s.id)
+    .fetch_one(conn)
+    .await?;
+    Ok(if send {
+        SignUp::Confirm(s)
+    } else {
+        SignUp::Nothing
+    })
 }
 
 /// What a confirmation click did.
@@ -665,44 +654,44 @@ pub enum Confirmed {
     Expired,
 }
 
-/// Activates a pending subscriber, or one who asked to come back within `ttl`.
+/// Activates a pending subscriber whose latest confirmation mail went out, or
+/// one who asked to come back, within `ttl`.
 pub async fn confirm(
     conn: &mut SqliteConnection,
     s: &Subscriber,
     ttl: std::time::Duration,
 ) -> Result<Confirmed, StoreError> {
-    let since = now_ms() - ttl.as_millis() as i64;
-    let requested: Option<i64> = match s.status {
-        SubscriberStatus::Active => return Ok(Confirmed::AlreadyActive),
-        SubscriberStatus::Pending => Some(s.created_at),
-        _ => {
-            sqlx::query_scalar("SELECT confirm_requested_at FROM subscribers WHERE id = ?")
-                .bind(s.id)
-                .fetch_one(&mut *conn)
-                .await?
-        }
-    };
-    if requested.is_none_or(|t| t < since) {
-        return Ok(Confirmed::Expired);
+    if s.status == SubscriberStatus::Active {
+        return Ok(Confirmed::AlreadyActive);
     }
-    sqlx::query(
+    let r = sqlx::query(
         "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
-         hard_bounces = 0, confirm_requested_at = NULL, updated_at = ? WHERE id = ?",
+         hard_bounces = 0, confirm_requested_at = NULL, updated_at = ?1 \
+         WHERE id = ?2 AND CASE status WHEN 'pending' THEN coalesce(confirm_sent_at, created_at) \
+                                       ELSE confirm_requested_at END >= ?3",
     )
     .bind(now_ms())
     .bind(s.id)
+    .bind(now_ms() - ttl.as_millis() as i64)
     .execute(conn)
     .await?;
-    Ok(Confirmed::Activated)
+    Ok(if r.rows_affected() == 1 {
+        Confirmed::Activated
+    } else {
+        Confirmed::Expired
+    })
 }
 
-/// Deletes pending subscribers who did not confirm within `ttl`.
+/// Deletes pending subscribers who did not confirm within `ttl` of their
+/// latest confirmation mail.
 pub async fn expire_pending(
     conn: &mut SqliteConnection,
     ttl: std::time::Duration,
 ) -> Result<u64, StoreError> {
     let before = now_ms() - ttl.as_millis() as i64;
-    let r = sqlx::query("DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?")
+    let r = sqlx::query(
+        "DELETE FROM subscribers WHERE status = 'pending' AND coalesce(confirm_sent_at, created_at) < ?",
+    )
         .bind(before)
         .execute(conn)
         .await?;
