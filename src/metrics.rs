@@ -2,8 +2,6 @@
 //! histograms are moved where things happen; gauges that describe the database
 //! (queue depth, subscribers by status) are read from it at scrape time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -45,8 +43,10 @@ pub struct HttpLabels {
 /// Every metric paperpost exports.
 pub struct Metrics {
     registry: Registry,
-    /// Delivery outcomes recorded by this process: sent, failed, cancelled, retried.
-    pub deliveries: Family<OutcomeLabel, Counter>,
+    /// Delivery outcomes recorded by this process, by outcome; `delivered`
+    /// holds each outcome's counter, resolved once (no lookup per message).
+    deliveries: Family<OutcomeLabel, Counter>,
+    pub delivered: Outcomes,
     /// Time from the start of an SMTP transaction (or file write) to its answer.
     pub send_seconds: Histogram,
     /// Rows waiting to be sent.
@@ -67,8 +67,14 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP request latency by route.
     pub http_seconds: Family<RouteLabel, Histogram>,
-    /// Scrapes served, to tell a stuck exporter from an idle one.
-    scrapes: AtomicU64,
+}
+
+/// The counter of each delivery outcome.
+pub struct Outcomes {
+    pub sent: Counter,
+    pub failed: Counter,
+    pub cancelled: Counter,
+    pub retried: Counter,
 }
 
 impl Default for Metrics {
@@ -84,9 +90,18 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 impl Metrics {
     pub fn new() -> Self {
+        let deliveries = Family::<OutcomeLabel, Counter>::default();
+        let outcome = |outcome| deliveries.get_or_create(&OutcomeLabel { outcome }).clone();
+        let delivered = Outcomes {
+            sent: outcome("sent"),
+            failed: outcome("failed"),
+            cancelled: outcome("cancelled"),
+            retried: outcome("retried"),
+        };
         let mut m = Metrics {
             registry: Registry::with_prefix("paperpost"),
-            deliveries: Family::default(),
+            deliveries,
+            delivered,
             send_seconds: Histogram::new(latency_buckets()),
             queue_depth: Gauge::default(),
             breaker_open: Gauge::default(),
@@ -97,7 +112,6 @@ impl Metrics {
             confirmation_mails: Family::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
-            scrapes: AtomicU64::new(0),
         };
         let r = &mut m.registry;
         r.register(
@@ -158,16 +172,8 @@ impl Metrics {
         m
     }
 
-    /// Counts one delivery outcome.
-    pub fn delivery(&self, outcome: &'static str) {
-        self.deliveries
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-    }
-
     /// The text exposition format (OpenMetrics).
     pub fn encode(&self) -> String {
-        self.scrapes.fetch_add(1, Ordering::Relaxed);
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -182,8 +188,8 @@ mod tests {
     #[test]
     fn exposition_names_the_metrics_and_their_labels() {
         let m = Metrics::new();
-        m.delivery("sent");
-        m.delivery("sent");
+        m.delivered.sent.inc();
+        m.delivered.sent.inc();
         m.unsubscribes
             .get_or_create(&ChannelLabel {
                 channel: "one-click",
@@ -194,6 +200,10 @@ mod tests {
         assert!(
             text.contains("paperpost_deliveries_total{outcome=\"sent\"} 2"),
             "{text}"
+        );
+        assert!(
+            text.contains("paperpost_deliveries_total{outcome=\"failed\"} 0"),
+            "every outcome is exported from the start: {text}"
         );
         assert!(
             text.contains("paperpost_unsubscribes_total{channel=\"one-click\"} 1"),

@@ -696,6 +696,29 @@ async fn oversized_bodies_are_refused_without_harm() {
     );
 }
 
+#[tokio::test]
+async fn a_body_that_never_ends_gets_408_with_the_headers() {
+    let site = Site::with(&[("PAPERPOST__HTTP__REQUEST_TIMEOUT", "200ms")]).await;
+    let token = site.subscriber("ada@example.org").await;
+    let stalled = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let r = site
+        .request(
+            Request::post(format!("/unsubscribe/{token}"))
+                .body(Body::from_stream(stalled))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        r.headers.get(header::X_CONTENT_TYPE_OPTIONS).unwrap(),
+        "nosniff"
+    );
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+}
+
 #[test]
 fn rotate_token_makes_old_links_fail() {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -7,7 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::pages::{self, Message, Page};
+use super::{
+    WebState,
+    pages::{self, Message, Page},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -33,14 +36,6 @@ impl From<sqlx::Error> for WebError {
     }
 }
 
-/// The frame of an error page, which has no state at hand: the site name and
-/// base URL come from the request's extensions (set by the router).
-#[derive(Clone)]
-pub struct Frame {
-    pub site: String,
-    pub base: String,
-}
-
 impl WebError {
     fn status(&self) -> StatusCode {
         match self {
@@ -51,12 +46,8 @@ impl WebError {
     }
 
     /// The page for this error.
-    pub fn page(&self, frame: &Frame) -> Response {
-        let page = |title: &str| Page {
-            title: title.to_string(),
-            site: frame.site.clone(),
-            base: frame.base.clone(),
-        };
+    pub fn page(&self, state: &WebState) -> Response {
+        let page = |title: &str| Page::new(state, title);
         let m = match self {
             WebError::NotFound => Message::new(page("Link not found")).para(
                 "This link is not valid. It may be mistyped, or it was replaced by a newer one: \
@@ -77,8 +68,8 @@ impl WebError {
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        // Rendered with the site's frame by the router's middleware, which
-        // finds the error in the response's extensions.
+        // Rendered as a page by the router's middleware (which has the state
+        // the page needs), from the response's extensions.
         let status = self.status();
         let mut r = status.into_response();
         r.extensions_mut().insert(std::sync::Arc::new(self));

@@ -30,12 +30,10 @@ pub use health::Liveness;
 pub use server::{serve, start};
 
 use crate::{app::App, delivery::Engine, digest::Look, links, metrics::HttpLabels};
-use error::{Frame, WebError};
+use error::WebError;
 
 /// The largest request body accepted (forms are a few hundred bytes).
 pub const MAX_BODY: usize = 16 * 1024;
-/// The longest token accepted before it is even looked at.
-const MAX_TOKEN: usize = 128;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -76,13 +74,6 @@ impl WebState {
             engine,
         }))
     }
-
-    fn frame(&self) -> Frame {
-        Frame {
-            site: self.look.title.clone(),
-            base: self.look.base_url.clone(),
-        }
-    }
 }
 
 /// The whole endpoint.
@@ -112,11 +103,12 @@ pub fn router(state: WebState) -> Router {
         .route("/style.css", get(pages::style))
         .fallback(|| async { WebError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), finish))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        // Outside the timeout, so a 408 is counted and gets the headers too.
+        .layer(middleware::from_fn_with_state(state.clone(), finish))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -133,7 +125,7 @@ async fn finish(State(state): State<WebState>, req: Request, next: Next) -> Resp
     let method = req.method().as_str().to_string();
     let mut res = next.run(req).await;
     if let Some(err) = res.extensions_mut().remove::<Arc<WebError>>() {
-        res = err.page(&state.frame());
+        res = err.page(&state);
     }
     security_headers(&mut res);
     let m = &state.app.metrics;
@@ -203,7 +195,6 @@ impl<S: Send + Sync> FromRequestParts<S> for UserAgent {
 /// Anything else is turned away without a database lookup.
 pub fn token_shape_ok(token: &str) -> bool {
     token.len() == 64
-        && token.len() <= MAX_TOKEN
         && token
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
