@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     app::App,
-    digest::message::Envelope,
+    digest::Composer,
     domain::{SubscriberEmail, SubscriberName},
     links,
     mailer::Sender,
@@ -49,18 +49,9 @@ impl ConfirmationMailer {
     pub fn start(app: &App, tracker: &TaskTracker) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let worker = Worker {
-            envelope: Envelope::from_settings(&app.settings)?,
+            composer: app.composer()?,
             sender: app.mailer()?.sender(),
             metrics: std::sync::Arc::clone(&app.metrics),
-            base: app
-                .settings
-                .http
-                .public_url
-                .as_str()
-                .trim_end_matches('/')
-                .to_string(),
-            title: app.settings.newsletter.title.clone(),
-            from: app.settings.mail.from.to_string(),
             ttl: humantime::format_duration(app.settings.subscribers.pending_ttl).to_string(),
         };
         tracker.spawn(worker.run(rx));
@@ -84,12 +75,10 @@ impl ConfirmationMailer {
 }
 
 struct Worker {
-    envelope: Envelope,
+    /// Its look (title, sender, base URL) and envelope (From, DKIM).
+    composer: Composer,
     sender: Sender,
     metrics: std::sync::Arc<Metrics>,
-    base: String,
-    title: String,
-    from: String,
     ttl: String,
 }
 
@@ -115,21 +104,22 @@ impl Worker {
     }
 
     async fn deliver(&mut self, job: &Job) -> anyhow::Result<String> {
-        let url = links::url(&self.base, links::CONFIRM, &job.token);
+        let look = &self.composer.look;
+        let url = links::url(&look.base_url, links::CONFIRM, &job.token);
         let text = ConfirmText {
             name: job.name.as_ref().map(SubscriberName::as_str),
-            title: &self.title,
+            title: &look.title,
             url: &url,
             ttl: self.ttl.clone(),
-            sender: &self.from,
+            sender: &look.sender,
         }
         .render()?;
         let to = Mailbox::new(
             job.name.as_ref().map(|n| n.as_str().to_string()),
             job.email.to_address(),
         );
-        let subject = format!("Confirm your subscription to {}", self.title);
-        let message = self.envelope.notice(to, &subject, text)?;
+        let subject = format!("Confirm your subscription to {}", look.title);
+        let message = self.composer.envelope.notice(to, &subject, text)?;
         let raw = message.formatted();
         self.sender
             .send(message.envelope(), &raw, Box::pin(async { true }))

@@ -79,8 +79,19 @@ impl Message {
 /// Field errors, by field name, shown next to the field.
 pub type FieldErrors = BTreeMap<&'static str, String>;
 
-/// The values a preferences form shows (what was stored, or what was typed).
-#[derive(Debug, Clone, Default)]
+/// 200 for a form shown clean, 422 for one shown with errors.
+pub fn form_status(errors: &FieldErrors) -> StatusCode {
+    if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    }
+}
+
+/// The preferences form: what was stored, or what was posted (every field
+/// text until parsed).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct PreferencesForm {
     pub name: String,
     pub topics: String,
@@ -102,12 +113,15 @@ pub struct Preferences<'a> {
     pub zones: &'a [&'static str],
 }
 
-/// The values a subscribe form shows again after an error.
-#[derive(Debug, Clone, Default)]
+/// The subscribe form as posted, and shown again after an error.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct SubscribeForm {
     pub email: String,
     pub name: String,
     pub topics: String,
+    /// The honeypot: hidden from people, filled in by naive bots.
+    pub website: String,
 }
 
 #[derive(Template)]

@@ -1,8 +1,7 @@
 //! `GET/POST /preferences/{token}`: name, topics, format, papers per digest
 //! and time zone, checked by the same parsers as the command line.
 
-use axum::{Form, extract::State, http::StatusCode, response::Response};
-use serde::Deserialize;
+use axum::{Form, extract::State, response::Response};
 
 use super::{
     Link, UserAgent, WebState,
@@ -18,21 +17,6 @@ use crate::{
         subscribers::{self as subs, Profile, Subscriber},
     },
 };
-
-/// The form as posted; every field is optional text until parsed.
-#[derive(Debug, Default, Deserialize)]
-pub struct Posted {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    topics: String,
-    #[serde(default)]
-    format: String,
-    #[serde(default)]
-    max_papers: String,
-    #[serde(default)]
-    timezone: String,
-}
 
 impl From<&Profile> for PreferencesForm {
     fn from(p: &Profile) -> Self {
@@ -60,7 +44,7 @@ pub fn field<T, E: std::fmt::Display>(
 }
 
 /// Parses every field, collecting each one's error.
-pub fn parse(p: &Posted) -> Result<Profile, FieldErrors> {
+pub fn parse(p: &PreferencesForm) -> Result<Profile, FieldErrors> {
     let mut e = FieldErrors::new();
     let name = field(&mut e, "name", SubscriberName::parse_optional(&p.name));
     let topics = field(&mut e, "topics", Topics::parse_separated(&p.topics, ','));
@@ -99,11 +83,7 @@ fn form_page(
     errors: FieldErrors,
     saved: bool,
 ) -> Response {
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = pages::form_status(&errors);
     let page = Preferences {
         page: Page::new(state, "Your preferences"),
         masked: s.email.masked(),
@@ -137,23 +117,16 @@ pub async fn save(
     State(state): State<WebState>,
     link: Link,
     UserAgent(ua): UserAgent,
-    Form(posted): Form<Posted>,
+    Form(posted): Form<PreferencesForm>,
 ) -> Result<Response, WebError> {
     let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
-    };
-    let typed = PreferencesForm {
-        name: posted.name.clone(),
-        topics: posted.topics.clone(),
-        format: posted.format.clone(),
-        max_papers: posted.max_papers.clone(),
-        timezone: posted.timezone.clone(),
     };
     let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let profile = match parse(&posted) {
         Ok(p) => p,
-        Err(errors) => return Ok(form_page(&state, &s, &token, typed, errors, false)),
+        Err(errors) => return Ok(form_page(&state, &s, &token, posted, errors, false)),
     };
     let changed = subs::update_profile(&mut tx, s.id, &profile).await?;
     if changed {

@@ -2,7 +2,6 @@
 //! `GET/POST /confirm/{token}`.
 
 use axum::{Form, extract::State, http::StatusCode, response::Response};
-use serde::Deserialize;
 
 use super::{
     ClientIp, Link, UserAgent, WebState,
@@ -24,28 +23,11 @@ use crate::{
 /// be used to flood someone's inbox.
 pub const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Posted {
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    topics: String,
-    /// The honeypot: hidden from people, filled in by naive bots.
-    #[serde(default)]
-    website: String,
-}
-
 fn form_page(state: &WebState, form: SubscribeForm, errors: FieldErrors) -> Response {
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = pages::form_status(&errors);
     let page = Subscribe {
         page: Page::new(state, format!("Subscribe to {}", state.look.title)),
-        action: format!("{}{}", state.look.base_url, links::SUBSCRIBE),
+        action: pages::url(state, links::SUBSCRIBE, ""),
         form,
         errors,
     };
@@ -70,7 +52,7 @@ fn check_inbox(state: &WebState, email: &SubscriberEmail) -> Response {
 pub async fn sign_up(
     State(state): State<WebState>,
     ClientIp(ip): ClientIp,
-    Form(posted): Form<Posted>,
+    Form(posted): Form<SubscribeForm>,
 ) -> Result<Response, WebError> {
     if state.subscribe_limit.check_key(&ip).is_err() {
         return Err(WebError::TooManyRequests);
@@ -88,12 +70,7 @@ pub async fn sign_up(
         Topics::parse_separated(&posted.topics, ','),
     );
     let (Some(email), Some(name), Some(topics)) = (email, name, topics) else {
-        let typed = SubscribeForm {
-            email: posted.email,
-            name: posted.name,
-            topics: posted.topics,
-        };
-        return Ok(form_page(&state, typed, errors));
+        return Ok(form_page(&state, posted, errors));
     };
     if !posted.website.is_empty() {
         tracing::info!(%ip, "subscribe form honeypot filled in; ignored");
@@ -160,10 +137,7 @@ pub async fn confirm(
         Confirmed::Expired => {
             let m = Message::new(Page::new(&state, "This link has expired"))
                 .para("Confirmation links work for a limited time. Sign up again to get a new one.")
-                .link(
-                    format!("{}{}", state.look.base_url, links::SUBSCRIBE),
-                    "Subscribe",
-                );
+                .link(pages::url(&state, links::SUBSCRIBE, ""), "Subscribe");
             Ok(pages::html(StatusCode::GONE, &m))
         }
     }

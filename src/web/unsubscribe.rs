@@ -148,10 +148,11 @@ pub async fn resubscribe(
         .await?;
     }
     tx.commit().await?;
-    let page = Page::new(&state, "You are subscribed");
-    let m = if by_link || s.status == SubscriberStatus::Active {
+    if by_link {
         tracing::info!(subscriber = s.id, "resubscribed by link");
-        Message::new(page).para(format!(
+    }
+    let m = if by_link || s.status == SubscriberStatus::Active {
+        Message::new(Page::new(&state, "You are subscribed")).para(format!(
             "{} goes to {} again, starting with the next edition.",
             state.look.title,
             s.email.masked()
@@ -159,7 +160,7 @@ pub async fn resubscribe(
     } else {
         Message::new(Page::new(&state, "Subscribe again"))
             .para("This address cannot be resubscribed from this link. Sign up again with the form; we will send a confirmation link first.")
-            .link(format!("{}{}", state.look.base_url, links::SUBSCRIBE), "Subscribe")
+            .link(pages::url(&state, links::SUBSCRIBE, ""), "Subscribe")
     };
     Ok(pages::html(
         StatusCode::OK,
