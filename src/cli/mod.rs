@@ -12,7 +12,6 @@ mod preview;
 mod send;
 mod subscribers;
 
-pub use preview::PREVIEW_TOKEN;
 pub use send::{SendSummary, send};
 
 use crate::{
@@ -256,6 +255,7 @@ pub enum PapersCmd {
         out: Option<PathBuf>,
     },
 }
+
 /// Exit code for configuration errors (EX_CONFIG from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
 

@@ -10,10 +10,9 @@ use crate::{
     app::App,
     digest::{Edition, Reader},
     domain::{Format, SubscriberEmail, Topics},
+    links::PREVIEW_TOKEN,
     store::{self, subscribers as subs},
 };
-
-pub use crate::links::PREVIEW_TOKEN;
 
 pub async fn preview(
     app: &App,
