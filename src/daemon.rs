@@ -138,38 +138,61 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
         tracing::info!(fire_time = %missed.to_rfc3339(), "catching up a fire time missed while stopped");
         fire(&schedule, pool, &engine, "catch-up").await?;
     }
+    schedule_loop(&schedule, pool, &engine, &liveness, &shutdown).await;
+    tracing::info!("stopping: finishing the messages in flight");
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Starts the due edition at each fire time until `shutdown`.
+async fn schedule_loop(
+    schedule: &Schedule,
+    pool: &SqlitePool,
+    engine: &Engine,
+    liveness: &Liveness,
+    shutdown: &CancellationToken,
+) {
     let mut after = Utc::now();
-    while !shutdown.is_cancelled() {
-        let Some(next) = schedule.next_after(after) else {
+    loop {
+        let next = schedule.next_after(after);
+        if next.is_none() {
             tracing::warn!(
                 "the cron expression never fires again; only resuming unfinished editions"
             );
-            shutdown.cancelled().await;
-            break;
-        };
-        // Sleep in short steps so a changed wall clock is noticed.
-        while Utc::now() < next && !shutdown.is_cancelled() {
-            liveness.scheduler_alive();
-            let left = (next - Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(SCHEDULER_TICK);
-            tokio::select! {
-                _ = tokio::time::sleep(left) => {}
-                _ = shutdown.cancelled() => {}
-            }
         }
-        if shutdown.is_cancelled() {
-            break;
+        if !wait_until(next, liveness, shutdown).await {
+            return;
         }
-        if let Err(e) = fire(&schedule, pool, &engine, "schedule").await {
+        let Some(next) = next else { return };
+        if let Err(e) = fire(schedule, pool, engine, "schedule").await {
             tracing::error!(error = %format!("{e:#}"), "cannot start the edition; the next fire time tries again");
         }
         after = next;
     }
-    tracing::info!("stopping: finishing the messages in flight");
-    tracker.wait().await;
-    Ok(())
+}
+
+/// Sleeps until `at` (for ever when `None`) in steps of at most
+/// [`SCHEDULER_TICK`], so a changed wall clock is noticed and /healthz sees
+/// the scheduler alive. False when `shutdown` came first.
+async fn wait_until(
+    at: Option<chrono::DateTime<Utc>>,
+    liveness: &Liveness,
+    shutdown: &CancellationToken,
+) -> bool {
+    while at.is_none_or(|t| Utc::now() < t) {
+        liveness.scheduler_alive();
+        let left = at.map_or(SCHEDULER_TICK, |t| {
+            (t - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(SCHEDULER_TICK)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+    !shutdown.is_cancelled()
 }
 
 /// `paperpost serve`: the web endpoint alone, until SIGTERM or SIGINT.
@@ -207,5 +230,27 @@ async fn signals(shutdown: CancellationToken, app: App) {
             }
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cron that never fires again leaves the daemon resuming editions:
+    /// the scheduler still ticks, so /healthz does not call it dead.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_no_fire_time_keeps_the_scheduler_alive() {
+        let liveness = Arc::new(Liveness::sending());
+        liveness.lock_held();
+        let shutdown = CancellationToken::new();
+        let waiter = {
+            let (l, s) = (Arc::clone(&liveness), shutdown.clone());
+            tokio::spawn(async move { wait_until(None, &l, &s).await })
+        };
+        tokio::time::sleep(SCHEDULER_TICK * 10).await;
+        assert_eq!(liveness.problem(store::now_ms()), None);
+        shutdown.cancel();
+        assert!(!waiter.await.unwrap(), "shutdown ends the wait");
     }
 }
