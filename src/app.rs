@@ -17,6 +17,8 @@ use crate::{
 pub struct App {
     pub settings: Settings,
     pub pool: SqlitePool,
+    /// The one connection this process writes through ([`store::writer`]).
+    pub writer: SqlitePool,
     pub keys: Keys,
     /// This process's Prometheus metrics.
     pub metrics: Arc<Metrics>,
@@ -29,6 +31,7 @@ impl App {
         let keys = Keys::load(&settings.security)?;
         Ok(Self {
             settings,
+            writer: store::writer(&pool),
             pool,
             keys,
             metrics: Arc::new(Metrics::new()),
@@ -50,6 +53,7 @@ impl App {
         Ok(crate::delivery::Engine::new(
             &self.settings,
             self.pool.clone(),
+            self.writer.clone(),
             self.composer()?,
             self.mailer()?,
             Arc::clone(&self.metrics),

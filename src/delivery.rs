@@ -172,8 +172,7 @@ struct Unrecorded {
 /// The engine. Build one per process; [`Engine::run`] drives it.
 pub struct Engine {
     pool: SqlitePool,
-    /// One connection for every write, so concurrent workers queue here
-    /// instead of in SQLite's busy handler, which sleeps for milliseconds.
+    /// The process's one writing connection ([`store::writer`]).
     writer: SqlitePool,
     composer: Composer,
     mailer: Arc<Mailer>,
@@ -192,14 +191,11 @@ impl Engine {
     pub fn new(
         settings: &Settings,
         pool: SqlitePool,
+        writer: SqlitePool,
         composer: Composer,
         mailer: Arc<Mailer>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
-        let writer = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_lazy_with((*pool.connect_options()).clone());
         let recorder = Recorder::start(
             pool.clone(),
             writer.clone(),

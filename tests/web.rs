@@ -17,7 +17,7 @@ use paperpost::{
     config::Settings,
     domain::{SubscriberEmail, SubscriberSource, SubscriberStatus},
     store::{self, subscribers as subs},
-    web::{ConfirmationMailer, Liveness, WebState, router},
+    web::{ConfirmationMailer, Liveness, Unsubscriber, WebState, router},
 };
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -68,7 +68,9 @@ impl Site {
         let app = App::open(settings(dir.path(), extra)).await.unwrap();
         let tracker = TaskTracker::new();
         let mailer = ConfirmationMailer::start(&app, &tracker).unwrap();
-        let state = WebState::new(app.clone(), mailer, Arc::new(Liveness::default()), None);
+        let unsubscriber = Unsubscriber::start(&app, &tracker);
+        let live = Arc::new(Liveness::default());
+        let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
         Site {
             dir,
             router: router(state),
@@ -241,6 +243,76 @@ async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempote
         SubscriberStatus::Active,
         "nobody else's token can: {other}"
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_one_clicks_is_written_together_and_each_gets_its_answer() {
+    let site = Site::new().await;
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        tokens.push(site.subscriber(&format!("r{i}@example.org")).await);
+    }
+    let unknown = "0".repeat(64);
+    let mut uris: Vec<String> = tokens
+        .iter()
+        .chain(&tokens)
+        .map(|t| format!("/unsubscribe/{t}"))
+        .collect();
+    uris.push(format!("/unsubscribe/{unknown}"));
+    let replies = futures_util::future::join_all(
+        uris.iter()
+            .map(|u| site.post_form(u, "List-Unsubscribe=One-Click")),
+    )
+    .await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses[..20], [200; 20]);
+    assert_eq!(statuses[20], 404);
+    for i in 0..10 {
+        let s = site.get_subscriber(&format!("r{i}@example.org")).await;
+        assert_eq!(s.status, SubscriberStatus::Unsubscribed);
+    }
+    assert_eq!(site.events().await.len(), 20, "every use is recorded");
+    let metrics = site.get("/metrics").await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "paperpost_unsubscribes_total{channel=\"one-click\"} 10"),
+        "each subscription ends once:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_batch_with_the_same_link_twice_ends_the_subscription_once() {
+    let site = Site::new().await;
+    let a = site.subscriber("a@example.org").await;
+    let b = site.subscriber("b@example.org").await;
+    let use_of = |token: &str| subs::LinkUse {
+        token: token.to_string(),
+        channel: store::events::Channel::OneClick,
+        user_agent: None,
+    };
+    let mut tx = site.app.writer.begin().await.unwrap();
+    let done = subs::unsubscribe_by_links(
+        &mut tx,
+        &[use_of(&a), use_of(&"f".repeat(64)), use_of(&a), use_of(&b)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let ended: Vec<Option<(String, bool)>> = done
+        .into_iter()
+        .map(|d| d.map(|u| (u.subscriber.email.to_string(), u.ended)))
+        .collect();
+    assert_eq!(
+        ended,
+        vec![
+            Some(("a@example.org".to_string(), true)),
+            None,
+            Some(("a@example.org".to_string(), false)),
+            Some(("b@example.org".to_string(), true)),
+        ]
+    );
+    assert_eq!(site.events().await.len(), 3);
 }
 
 #[tokio::test]

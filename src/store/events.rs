@@ -58,21 +58,38 @@ pub async fn record(
     channel: Channel,
     user_agent: Option<&str>,
 ) -> Result<(), StoreError> {
-    let ua = user_agent.map(|u| {
-        let cut = u
-            .char_indices()
-            .nth(MAX_USER_AGENT)
-            .map_or(u.len(), |(i, _)| i);
-        &u[..cut]
-    });
+    record_many(conn, action, &[(subscriber_id, channel, user_agent)]).await
+}
+
+/// Records `action` for each (subscriber, channel, user agent), in one statement.
+pub async fn record_many(
+    conn: &mut SqliteConnection,
+    action: Action,
+    uses: &[(i64, Channel, Option<&str>)],
+) -> Result<(), StoreError> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = uses
+        .iter()
+        .map(|(id, channel, ua)| {
+            let ua = ua.map(|u| {
+                let cut = u
+                    .char_indices()
+                    .nth(MAX_USER_AGENT)
+                    .map_or(u.len(), |(i, _)| i);
+                &u[..cut]
+            });
+            serde_json::json!([id, channel.as_str(), ua])
+        })
+        .collect();
     sqlx::query(
-        "INSERT INTO token_events (subscriber_id, kind, at, channel, user_agent) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO token_events (subscriber_id, kind, at, channel, user_agent) \
+         SELECT value ->> 0, ?1, ?2, value ->> 1, value ->> 2 FROM json_each(?3)",
     )
-    .bind(subscriber_id)
     .bind(action.as_str())
     .bind(now_ms())
-    .bind(channel.as_str())
-    .bind(ua)
+    .bind(serde_json::Value::Array(rows).to_string())
     .execute(conn)
     .await?;
     Ok(())

@@ -69,6 +69,17 @@ pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
+/// One connection for every write a process makes (the delivery engine's
+/// outcomes and claims, the web endpoint's unsubscribes and sign-ups), so
+/// concurrent writers queue here, in order, instead of in SQLite's busy
+/// handler, which sleeps for milliseconds at a time.
+pub fn writer(pool: &SqlitePool) -> SqlitePool {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)

@@ -4,7 +4,11 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection, SqlitePool, sqlite::SqliteRow};
 
-use super::{StoreError, is_unique_violation, now_ms};
+use super::{
+    StoreError,
+    events::{Action, Channel},
+    is_unique_violation, now_ms,
+};
 use crate::{
     domain::{
         Format, MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource, SubscriberStatus,
@@ -257,31 +261,118 @@ pub async fn end_subscription(
     status: SubscriberStatus,
     by: &str,
 ) -> Result<(), StoreError> {
+    end_subscriptions(conn, &[id], status, by).await
+}
+
+/// [`end_subscription`] for many subscribers, in two statements.
+pub async fn end_subscriptions(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    status: SubscriberStatus,
+    by: &str,
+) -> Result<(), StoreError> {
     debug_assert!(matches!(
         status,
         SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced
     ));
     let now = now_ms();
+    let ids = serde_json::to_string(ids).expect("integers serialize");
     sqlx::query(
-        "UPDATE subscribers SET status = ?, unsubscribed_by = ?, unsubscribed_at = ?, updated_at = ? WHERE id = ?",
+        "UPDATE subscribers SET status = ?1, unsubscribed_by = ?2, unsubscribed_at = ?3, updated_at = ?3 \
+         WHERE id IN (SELECT value FROM json_each(?4))",
     )
     .bind(status.as_str())
     .bind(by)
     .bind(now)
-    .bind(now)
-    .bind(id)
+    .bind(&ids)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE deliveries SET status = 'cancelled', last_error = ?, updated_at = ? \
-         WHERE subscriber_id = ? AND status = 'queued'",
+        "UPDATE deliveries SET status = 'cancelled', last_error = ?1, updated_at = ?2 \
+         WHERE subscriber_id IN (SELECT value FROM json_each(?3)) AND status = 'queued'",
     )
     .bind(format!("subscriber {}", status.as_str()))
     .bind(now)
-    .bind(id)
+    .bind(&ids)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// One use of an unsubscribe link.
+#[derive(Debug, Clone)]
+pub struct LinkUse {
+    pub token: String,
+    pub channel: Channel,
+    pub user_agent: Option<String>,
+}
+
+/// What an unsubscribe link did: whose it is, and whether this use ended
+/// their subscription (false: it had ended before).
+#[derive(Debug, Clone)]
+pub struct Unsubscribed {
+    pub subscriber: Subscriber,
+    pub ended: bool,
+}
+
+/// Unsubscribes the owners of these links (in order; `None` for an unknown
+/// token) and records each use, with a handful of statements for the whole
+/// batch. Run inside a `BEGIN IMMEDIATE` transaction.
+pub async fn unsubscribe_by_links(
+    conn: &mut SqliteConnection,
+    uses: &[LinkUse],
+) -> Result<Vec<Option<Unsubscribed>>, StoreError> {
+    let hashes: Vec<String> = uses
+        .iter()
+        .map(|u| crate::security::token_hash(&u.token))
+        .collect();
+    let sql = format!(
+        "SELECT {COLUMNS}, token_hash FROM subscribers \
+         WHERE token_hash IN (SELECT value FROM json_each(?))"
+    );
+    let mut owners = std::collections::HashMap::new();
+    for row in sqlx::query(&sql)
+        .bind(serde_json::to_string(&hashes).expect("strings serialize"))
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let hash: String = row.try_get("token_hash")?;
+        owners.insert(hash, <Subscriber as sqlx::FromRow<_>>::from_row(&row)?);
+    }
+    let receiving = |s: &Subscriber| {
+        matches!(
+            s.status,
+            SubscriberStatus::Active | SubscriberStatus::Pending
+        )
+    };
+    let mut ending: Vec<i64> = owners
+        .values()
+        .filter(|s| receiving(s))
+        .map(|s| s.id)
+        .collect();
+    ending.sort_unstable();
+    end_subscriptions(conn, &ending, SubscriberStatus::Unsubscribed, "link").await?;
+    let used: Vec<_> = uses
+        .iter()
+        .zip(&hashes)
+        .filter_map(|(u, h)| {
+            owners
+                .get(h)
+                .map(|s| (s.id, u.channel, u.user_agent.as_deref()))
+        })
+        .collect();
+    super::events::record_many(conn, Action::Unsubscribe, &used).await?;
+    let mut first_use = std::collections::HashSet::new();
+    Ok(hashes
+        .iter()
+        .map(|h| {
+            owners.get(h).map(|s| Unsubscribed {
+                subscriber: s.clone(),
+                // A token twice in one batch ends the subscription once.
+                ended: receiving(s) && first_use.insert(s.id),
+            })
+        })
+        .collect())
 }
 
 /// Makes an unsubscribed (or bounced) subscriber active again.

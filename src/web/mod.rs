@@ -11,6 +11,7 @@ mod preferences;
 mod server;
 mod subscribe;
 mod unsubscribe;
+mod unsubscriber;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -28,6 +29,7 @@ use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 pub use confirm_mail::ConfirmationMailer;
 pub use health::Liveness;
 pub use server::{serve, start};
+pub use unsubscriber::Unsubscriber;
 
 use crate::{app::App, delivery::Engine, digest::Look, links, metrics::HttpLabels};
 use error::WebError;
@@ -43,6 +45,7 @@ pub struct Inner {
     pub app: App,
     pub look: Look,
     pub confirmations: ConfirmationMailer,
+    pub unsubscriber: Unsubscriber,
     pub liveness: Arc<Liveness>,
     /// The engine, when this process sends (for /metrics).
     pub engine: Option<Arc<Engine>>,
@@ -60,6 +63,7 @@ impl WebState {
     pub fn new(
         app: App,
         confirmations: ConfirmationMailer,
+        unsubscriber: Unsubscriber,
         liveness: Arc<Liveness>,
         engine: Option<Arc<Engine>>,
     ) -> Self {
@@ -70,6 +74,7 @@ impl WebState {
             subscribe_limit: RateLimiter::keyed(Quota::per_minute(per_minute)),
             app,
             confirmations,
+            unsubscriber,
             liveness,
             engine,
         }))

@@ -122,7 +122,7 @@ pub async fn save(
     let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
     };
-    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let profile = match parse(&posted) {
         Ok(p) => p,

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use super::{ConfirmationMailer, Liveness, WebState, router};
+use super::{ConfirmationMailer, Liveness, Unsubscriber, WebState, router};
 use crate::{app::App, delivery::Engine, store};
 
 /// A client must send its request line and headers within this.
@@ -40,7 +40,8 @@ pub async fn start(
     let addr = listener.local_addr()?;
     warn_if_not_https(app);
     let confirmations = ConfirmationMailer::start(app, tracker)?;
-    let state = WebState::new(app.clone(), confirmations, liveness, engine);
+    let unsubscriber = Unsubscriber::start(app, tracker);
+    let state = WebState::new(app.clone(), confirmations, unsubscriber, liveness, engine);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
     tracker.spawn(async move {
         if let Err(e) = serve(listener, router(state), shutdown).await {

@@ -81,7 +81,7 @@ pub async fn sign_up(
         topics,
         ..state.app.defaults()
     };
-    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let outcome = subs::sign_up(&mut tx, &state.app.keys, &email, &profile, RESEND_AFTER).await?;
     tx.commit().await?;
     state.app.metrics.subscriptions.inc();
@@ -120,7 +120,7 @@ pub async fn confirm(
         return Ok(pages::preview_link(&state));
     };
     let ttl = state.app.settings.subscribers.pending_ttl;
-    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let outcome = subs::confirm(&mut tx, &s, ttl).await?;
     if outcome == Confirmed::Activated {

@@ -15,7 +15,7 @@ use crate::{
     metrics::ChannelLabel,
     store::{
         events::{self, Action, Channel},
-        subscribers::{self as subs, Subscriber},
+        subscribers::{self as subs, LinkUse, Subscriber},
     },
 };
 
@@ -71,23 +71,20 @@ pub async fn unsubscribe(
     } else {
         Channel::Page
     };
-    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
-    let s = subscriber_for(&mut tx, &token).await?;
-    let ends = is_receiving(&s);
-    if ends {
-        subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "link").await?;
-    }
-    events::record(&mut tx, s.id, Action::Unsubscribe, channel, ua.as_deref()).await?;
-    tx.commit().await?;
-    if ends {
-        state
-            .app
-            .metrics
-            .unsubscribes
-            .get_or_create(&ChannelLabel {
-                channel: channel.as_str(),
-            })
-            .inc();
+    let link = LinkUse {
+        token: token.clone(),
+        channel,
+        user_agent: ua,
+    };
+    let Some(done) = state.unsubscriber.unsubscribe(link).await? else {
+        return Err(WebError::NotFound);
+    };
+    let s = done.subscriber;
+    if done.ended {
+        let label = ChannelLabel {
+            channel: channel.as_str(),
+        };
+        state.app.metrics.unsubscribes.get_or_create(&label).inc();
         tracing::info!(
             subscriber = s.id,
             channel = channel.as_str(),
@@ -132,7 +129,7 @@ pub async fn resubscribe(
     let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
     };
-    let mut tx = state.app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let by_link =
         s.status == SubscriberStatus::Unsubscribed && s.unsubscribed_by.as_deref() == Some("link");

@@ -1,0 +1,475 @@
+//! Load on the web endpoint: `cargo bench --bench web`.
+//!
+//! A Rust load generator on loopback (keep-alive HTTP/1.1 connections, one
+//! request in flight per connection) drives `GET /unsubscribe/TOKEN` and
+//! one-click `POST /unsubscribe/TOKEN` over many subscribers' tokens, and
+//! prints requests/s and latency percentiles:
+//!   (a) against `paperpost serve` alone, as fast as it answers
+//!       (target: at least 5,000 requests/s with p99 under 50 ms);
+//!   (b) at a steady 1,000 requests/s (90% GET, 10% one-click POST, each POST
+//!       to a different subscriber) against `paperpost run` while it sends an
+//!       edition of 20,000 to smtp-sink, compared with the same edition sent
+//!       without the load (targets: p99 under 50 ms, every POST honoured, the
+//!       send rate at least 90% of the rate without load).
+//!
+//! Needs Postfix's smtp-sink for (b) (`bash .ci/postfix.sh` installs it).
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::TryStreamExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
+const SESSIONS: u16 = 4;
+
+fn base_cmd(dir: &Path, smtp_port: u16, web: &str) -> Command {
+    let mut c = support::paperpost(dir, smtp_port, SESSIONS);
+    c.env("PAPERPOST__SECURITY__SECRET", SECRET)
+        .env("PAPERPOST__HTTP__BIND", web)
+        .env("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{web}"))
+        // Every minute: the fire time just passed is caught up at start, so
+        // `run` starts today's edition at once.
+        .env("PAPERPOST__SCHEDULE__CRON", "0 * * * * *");
+    c
+}
+
+/// Every subscriber's link token, by reading the database as the daemon would.
+async fn tokens(db: &Path) -> Vec<String> {
+    let settings = paperpost::config::Settings::load_from(
+        None,
+        Some(
+            [(
+                "PAPERPOST__DATABASE__PATH".to_string(),
+                db.display().to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        ),
+    )
+    .unwrap();
+    let pool = paperpost::store::connect(&settings.database).await.unwrap();
+    let keys = paperpost::security::Keys::from_bytes(SECRET.as_bytes());
+    let all: Vec<_> = paperpost::store::subscribers::stream(&pool, None)
+        .map_ok(|s| keys.subscriber_token(&s.uuid))
+        .try_collect()
+        .await
+        .unwrap();
+    pool.close().await;
+    all
+}
+
+fn get(token: &str) -> Vec<u8> {
+    format!("GET /unsubscribe/{token} HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n")
+        .into_bytes()
+}
+
+fn one_click(token: &str) -> Vec<u8> {
+    let body = "List-Unsubscribe=One-Click";
+    format!(
+        "POST /unsubscribe/{token} HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One request on a kept-alive connection; returns the status code.
+async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    conn.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            return Ok(status);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    seconds: f64,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+    }
+
+    fn pct(&mut self, p: f64) -> f64 {
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize).max(1) - 1;
+        self.latencies_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    fn line(&mut self, what: &str) -> (f64, f64) {
+        let rps = self.latencies_us.len() as f64 / self.seconds;
+        let (p50, p99, max) = (self.pct(0.50), self.pct(0.99), self.pct(1.0));
+        println!(
+            "{what}: {} requests in {:.1} s: {rps:.0} requests/s, p50 {p50:.2} ms, p99 {p99:.2} ms, \
+             max {max:.1} ms, {} errors",
+            self.latencies_us.len(),
+            self.seconds,
+            self.errors
+        );
+        (rps, p99)
+    }
+}
+
+/// How each connection paces its requests.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// The next request as soon as the answer is in.
+    Closed,
+    /// One request every `interval`; latency counts from when it was due, so
+    /// a slow answer is not hidden by the requests it delayed.
+    Every(Duration),
+}
+
+/// Runs `conns` connections for `length` (or until `stop`); request number `i`
+/// (across all connections) is `make(i)`.
+async fn drive(
+    addr: &str,
+    conns: usize,
+    length: Duration,
+    pace: Pace,
+    stop: Arc<tokio::sync::Notify>,
+    make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+) -> Stats {
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (addr, make, counter, stop) = (
+            addr.to_string(),
+            make.clone(),
+            counter.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut conn = TcpStream::connect(&addr).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut buf = Vec::with_capacity(16 * 1024);
+            // Spread paced connections over the interval.
+            let mut due = match pace {
+                Pace::Every(d) => Instant::now() + d.mul_f64(c as f64 / conns as f64),
+                Pace::Closed => Instant::now(),
+            };
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            while start.elapsed() < length {
+                // When this request is due: latency counts from then.
+                let at = match pace {
+                    Pace::Every(d) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(due.into()) => {}
+                            _ = &mut stopped => break,
+                        }
+                        due += d;
+                        due - d
+                    }
+                    Pace::Closed => Instant::now(),
+                };
+                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match exchange(&mut conn, &make(i), &mut buf).await {
+                    Ok(200) => stats.latencies_us.push(at.elapsed().as_micros() as u32),
+                    Ok(_) => stats.errors += 1,
+                    Err(_) => {
+                        stats.errors += 1;
+                        conn = TcpStream::connect(&addr).await.unwrap();
+                        conn.set_nodelay(true).unwrap();
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut all = Stats::default();
+    for t in tasks {
+        all.merge(t.await.unwrap());
+    }
+    all.seconds = start.elapsed().as_secs_f64();
+    all
+}
+
+fn wait_healthy(addr: &str) {
+    for _ in 0..600 {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} did not become healthy");
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// (a): `paperpost serve` alone, 50,000 subscribers.
+async fn alone(quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let web = format!("127.0.0.1:{}", support::free_port());
+    let n = if quick { 2_000 } else { 50_000 };
+    support::prepare(dir.path(), "2024-03-11", n, || {
+        base_cmd(dir.path(), 1, &web)
+    });
+    let tokens = Arc::new(tokens(&dir.path().join("data/paperpost.db")).await);
+    let server = base_cmd(dir.path(), 1, &web)
+        .arg("serve")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(&web);
+    let length = Duration::from_secs(if quick { 1 } else { 8 });
+    let never = Arc::new(tokio::sync::Notify::new());
+    let t = tokens.clone();
+    let mut gets = drive(
+        &web,
+        32,
+        length,
+        Pace::Closed,
+        never.clone(),
+        Arc::new(move |i| get(&t[(i.wrapping_mul(7919) % t.len() as u64) as usize])),
+    )
+    .await;
+    let (rps, p99) = gets.line("(a) GET /unsubscribe/TOKEN, 32 connections");
+    println!(
+        "    target 5,000 requests/s with p99 < 50 ms: {}",
+        verdict(rps >= 5000.0 && p99 < 50.0)
+    );
+    let t = tokens.clone();
+    let mut posts = drive(
+        &web,
+        32,
+        length,
+        Pace::Closed,
+        never,
+        Arc::new(move |i| one_click(&t[(i % t.len() as u64) as usize])),
+    )
+    .await;
+    let (rps, p99) = posts.line("(a) one-click POST /unsubscribe/TOKEN, 32 connections");
+    println!(
+        "    target 5,000 requests/s with p99 < 50 ms: {}",
+        verdict(rps >= 5000.0 && p99 < 50.0)
+    );
+    stop(server);
+}
+
+/// What one edition run measured.
+struct EditionRun {
+    rate: f64,
+    load: Option<Stats>,
+    db: sqlx::SqlitePool,
+    _dir: tempfile::TempDir,
+}
+
+async fn open(db: &Path) -> sqlx::SqlitePool {
+    let settings = paperpost::config::Settings::load_from(
+        None,
+        Some(
+            [(
+                "PAPERPOST__DATABASE__PATH".to_string(),
+                db.display().to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        ),
+    )
+    .unwrap();
+    paperpost::store::open(&settings.database).await.unwrap()
+}
+
+/// `paperpost run` on a copy of the database in `template` until today's
+/// edition is finished, with `load` (the tokens) driven at 1,000 requests/s.
+async fn edition(template: &Path, smtp: u16, load: Option<Arc<Vec<String>>>) -> EditionRun {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let db_path = dir.path().join("data/paperpost.db");
+    std::fs::copy(template.join("data/paperpost.db"), &db_path).unwrap();
+    let web = format!("127.0.0.1:{}", support::free_port());
+    let daemon = base_cmd(dir.path(), smtp, &web)
+        .arg("run")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(&web);
+    let stop_load = Arc::new(tokio::sync::Notify::new());
+    let load_task = load.map(|t| {
+        // 20 connections, one request each every 20 ms: 1,000 requests/s.
+        // Every tenth is a one-click POST to a subscriber not posted before.
+        let make = Arc::new(move |i: u64| {
+            if i % 10 == 9 {
+                one_click(&t[(i / 10) as usize % t.len()])
+            } else {
+                get(&t[(i.wrapping_mul(7919) % t.len() as u64) as usize])
+            }
+        });
+        let (web, stop) = (web.clone(), stop_load.clone());
+        tokio::spawn(async move {
+            let pace = Pace::Every(Duration::from_millis(20));
+            drive(&web, 20, Duration::from_secs(600), pace, stop, make).await
+        })
+    });
+    let db = open(&db_path).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (total, open_rows): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status IN ('queued', 'sending')) FROM deliveries",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if total > 0 && open_rows == 0 {
+            break;
+        }
+    }
+    stop_load.notify_waiters();
+    let load = match load_task {
+        Some(t) => Some(t.await.unwrap()),
+        None => None,
+    };
+    stop(daemon);
+    let (sent, first, last): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), min(sent_at), max(sent_at) FROM deliveries WHERE status = 'sent'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    EditionRun {
+        rate: sent as f64 / ((last - first).max(1) as f64 / 1000.0),
+        load,
+        db,
+        _dir: dir,
+    }
+}
+
+/// (b): the load during an edition, against the same edition without it.
+async fn during_an_edition(quick: bool) {
+    let Some(sink_bin) = support::which("smtp-sink") else {
+        println!("(b) SKIPPED: needs Postfix's smtp-sink (bash .ci/postfix.sh installs it)");
+        return;
+    };
+    let smtp = support::free_port();
+    let mut sink = Command::new(sink_bin)
+        .args(["-u", "nobody", &format!("127.0.0.1:{smtp}"), "1024"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let template = tempfile::tempdir().unwrap();
+    let n = if quick { 2_000 } else { 20_000 };
+    let today = chrono::Utc::now().date_naive().to_string();
+    support::prepare(template.path(), &today, n, || {
+        base_cmd(template.path(), smtp, "127.0.0.1:0")
+    });
+    let tokens = Arc::new(tokens(&template.path().join("data/paperpost.db")).await);
+
+    let quiet = edition(template.path(), smtp, None).await;
+    println!(
+        "(b) an edition of {n} to smtp-sink without load: {:.0} messages/s",
+        quiet.rate
+    );
+    let loaded = edition(template.path(), smtp, Some(tokens)).await;
+    let mut stats = loaded.load.unwrap();
+    let share = 100.0 * loaded.rate / quiet.rate;
+    println!(
+        "(b) the same edition during the load: {:.0} messages/s ({share:.0}% of without)",
+        loaded.rate
+    );
+    let (_, p99) = stats
+        .line("(b) requests during the edition (1,000/s planned; 90% GET, 10% one-click POST)");
+    honoured(&loaded.db).await;
+    println!(
+        "    targets: p99 < 50 ms: {}; send rate at least 90% of without: {}",
+        verdict(p99 < 50.0),
+        verdict(share >= 90.0)
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+}
+
+/// Every one-click POST is honoured: its subscriber is unsubscribed and their
+/// digest was either cancelled or had gone out before the unsubscribe (or was
+/// already past its send-time check: the in-flight window).
+async fn honoured(db: &sqlx::SqlitePool) {
+    let (posted, unsubscribed, cancelled, before, after): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*), \
+           count(*) FILTER (WHERE s.status = 'unsubscribed'), \
+           count(*) FILTER (WHERE d.status = 'cancelled'), \
+           count(*) FILTER (WHERE d.status = 'sent' AND d.sent_at <= s.unsubscribed_at), \
+           count(*) FILTER (WHERE d.status = 'sent' AND d.sent_at > s.unsubscribed_at) \
+         FROM token_events e JOIN subscribers s ON s.id = e.subscriber_id \
+         LEFT JOIN deliveries d ON d.subscriber_id = s.id \
+         WHERE e.channel = 'one-click'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+    println!(
+        "(b) one-click POSTs: {posted} subscribers, {unsubscribed} unsubscribed ({}); their digests: \
+         {cancelled} cancelled, {before} sent before the unsubscribe, {after} already in flight",
+        verdict(posted > 0 && unsubscribed == posted)
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        alone(quick).await;
+        during_an_edition(quick).await;
+    });
+}
