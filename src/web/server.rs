@@ -43,8 +43,21 @@ pub async fn start(
     let unsubscriber = Unsubscriber::start(app, tracker);
     let state = WebState::new(app.clone(), confirmations, unsubscriber, liveness, engine);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
-    tracker.spawn(async move {
-        if let Err(e) = serve(listener, router(state), shutdown).await {
+    // Requests are served on a thread of their own, so answering them never
+    // waits for (or delays) the delivery engine on the main thread.
+    let listener = listener.into_std()?;
+    tracker.spawn_blocking(move || {
+        let served = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve(listener, router(state), shutdown).await
+                })
+            });
+        if let Err(e) = served {
             tracing::error!(error = %format!("{e:#}"), "the web endpoint stopped");
         }
     });
