@@ -40,6 +40,9 @@ const STATUS_MAX_AGE: Duration = Duration::from_millis(50);
 /// How long a claimed row stays leased to this process.
 pub const LEASE: Duration = Duration::from_secs(300);
 
+/// How often an idle claimer looks for rows whose lease ran out.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Running totals, for progress displays and summaries.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -324,6 +327,7 @@ impl Engine {
         until_done: bool,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut swept = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -384,6 +388,10 @@ impl Engine {
             let mut conn = self.pool.acquire().await?;
             if claimed.is_empty() {
                 drop(permit);
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = Instant::now();
+                    self.release_expired().await;
+                }
                 if until_done && in_flight.load(Ordering::SeqCst) == 0 {
                     let pending = match only {
                         Some(d) => !deliveries::counts(&mut conn, d).await?.finished(),
@@ -406,7 +414,7 @@ impl Engine {
                 continue;
             }
             let ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
-            let mut subs: HashMap<i64, Subscriber> = subscribers::get_many(&mut conn, &ids)
+            let subs: HashMap<i64, Subscriber> = subscribers::get_many(&mut conn, &ids)
                 .await?
                 .into_iter()
                 .map(|s| (s.id, s))
@@ -414,7 +422,9 @@ impl Engine {
             drop(conn);
             let mut permit = Some(permit);
             for c in claimed {
-                let Some(subscriber) = subs.remove(&c.subscriber_id) else {
+                // One subscriber can have rows of several editions in a batch.
+                let Some(subscriber) = subs.get(&c.subscriber_id).cloned() else {
+                    // Deleted since the claim (their rows go with them).
                     continue;
                 };
                 let job = Job {
@@ -472,6 +482,23 @@ impl Engine {
                 tracing::error!(delivery = u.id, error = %e, "cannot record a delivery outcome");
                 false
             }
+        }
+    }
+
+    /// Puts rows whose lease ran out back in the queue.
+    async fn release_expired(&self) {
+        let released = async {
+            let mut w = self.writer.acquire().await?;
+            anyhow::Ok(deliveries::release_expired(&mut w).await?)
+        }
+        .await;
+        match released {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                messages = n,
+                "claimed messages whose lease ran out go back to the queue (a recipient may get one twice)"
+            ),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot release expired claims"),
         }
     }
 

@@ -571,3 +571,95 @@ async fn the_daemon_sends_todays_edition_on_schedule_once() {
         "{subjects:?}"
     );
 }
+
+/// Issue 8, reproduction 3: two editions queued for the same subscribers (after
+/// an outage, say). A claim batch then holds two rows of one subscriber; both
+/// must be sent, not one left `sending` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_queued_editions_for_the_same_subscribers_are_both_sent() {
+    let server = SmtpServer::start().await;
+    let s = setup(20);
+    s.run(&[
+        "papers",
+        "select",
+        "--date",
+        "2024-03-12",
+        "2403.06410",
+        "2406.05981",
+    ])
+    .ok();
+    let pool = s.pool().await;
+    for date in ["2024-03-11", "2024-03-12"] {
+        let date = date.parse().unwrap();
+        paperpost::store::deliveries::start_edition(&pool, date, "send", |_| {
+            paperpost::store::now_ms()
+        })
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let mut env = smtp_env(server.port(), 2);
+    // Never fires: the daemon only sends what is queued.
+    env.push((
+        "PAPERPOST__SCHEDULE__CRON".into(),
+        "0 0 0 1 1 * 2099".into(),
+    ));
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("both editions", || server.accepted().len() >= 40).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    for date in ["2024-03-11", "2024-03-12"] {
+        let status = s.run(&["status", "--date", date]);
+        assert!(
+            status.ok().contains("finished"),
+            "{date}: {}",
+            status.stdout
+        );
+    }
+    assert!(
+        server.counts().values().all(|&n| n == 2),
+        "each reader got both"
+    );
+}
+
+/// Issue 8, reproduction 3: rows left `sending` with an expired lease (an
+/// outcome that could not be written) are sent by the running daemon, not only
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let mut env = smtp_env(server.port(), 2);
+    env.push((
+        "PAPERPOST__SCHEDULE__CRON".into(),
+        "0 0 0 1 1 * 2099".into(),
+    ));
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    // Running, with nothing to do; then three rows appear stranded.
+    let pool = s.pool().await;
+    for _ in 0..600 {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler_lock")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if held > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = paperpost::store::now_ms() + 3_600_000;
+    paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "send", |_| later)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE deliveries SET status = 'sending', lease_until = ?")
+        .bind(paperpost::store::now_ms() - 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_for("the stranded rows", || server.accepted().len() >= 3).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    let out = finish(daemon).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("lease ran out"), "{}", out.stderr);
+    assert_eq!(server.accepted().len(), 3);
+}

@@ -218,6 +218,23 @@ pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, Store
     .rows_affected())
 }
 
+/// Rows whose lease ran out while `sending` (an outcome that could not be
+/// written, an unclaim that failed) go back to the queue, for the running
+/// sender to send again. Only the newest editions are looked at, through their
+/// index: older ones have nothing in flight.
+pub async fn release_expired(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'queued', lease_until = NULL, \
+           next_attempt_at = min(next_attempt_at, ?1), updated_at = ?1 \
+         WHERE edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
+           AND status = 'sending' AND lease_until < ?1",
+    )
+    .bind(now_ms())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Failed rows of an edition go back to the queue with fresh attempts.
 pub async fn requeue_failed(
     conn: &mut SqliteConnection,
