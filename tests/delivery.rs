@@ -663,3 +663,65 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     assert!(out.stderr.contains("lease ran out"), "{}", out.stderr);
     assert_eq!(server.accepted().len(), 3);
 }
+
+/// Issue 8, reproduction 1: a relay that refuses to relay answers every RCPT
+/// with the same 5.7.1. Nobody is marked bounced: the refusals are not about
+/// mailboxes, and once many recipients in a row get the same reply, sending
+/// pauses with an alert instead of failing the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_refuses_everyone_bounces_nobody_and_pauses() {
+    let server = SmtpServer::start().await;
+    server.script(|to, _| {
+        let _ = to;
+        Plan::at_rcpt(Action::Reply(550, "5.7.1 Relaying denied"))
+    });
+    let s = setup(20);
+    let env = smtp_env(server.port(), 2);
+    let mut send = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the alert", || s.run(&["status"]).ok().contains("ALERT")).await;
+    let status = s.run(&["status"]);
+    assert!(status.ok().contains("Relaying denied"), "{}", status.stdout);
+    let _ = send.start_kill();
+    let _ = send.wait().await;
+    let subscribers = s.subscribers();
+    assert!(
+        subscribers.iter().all(|x| x["status"] == "active"),
+        "{subscribers:?}"
+    );
+    let rows = deliveries(&s);
+    assert!(
+        rows.values().all(|r| r["status"] != "failed"),
+        "nothing failed for good: {rows:?}"
+    );
+
+    // The relay is fixed: the same edition goes out to everyone.
+    server.script(|_, _| Plan::accept());
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(out.ok().contains("20 sent, 0 failed"), "{}", out.stdout);
+    assert!(!s.run(&["status"]).ok().contains("ALERT"));
+}
+
+/// Without an enhanced status code a 550 to RCPT is still a bounce, but the
+/// same reply to many recipients in a row is the server's: the ones already
+/// bounced are taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_plain_550_to_everyone_takes_back_the_bounces() {
+    let server = SmtpServer::start().await;
+    server.script(|_, _| Plan::at_rcpt(Action::Reply(550, "Relay access denied")));
+    let s = setup(12);
+    let env = smtp_env(server.port(), 1);
+    let mut send = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the alert", || s.run(&["status"]).ok().contains("ALERT")).await;
+    // The undo is written by the recorder just after the alert.
+    wait_for("the bounces taken back", || {
+        s.subscribers().iter().all(|x| x["status"] == "active")
+    })
+    .await;
+    let _ = send.start_kill();
+    let _ = send.wait().await;
+    assert!(deliveries(&s).values().all(|r| r["status"] != "failed"));
+}

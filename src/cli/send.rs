@@ -138,6 +138,9 @@ async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> 
 
 pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
     let mut conn = app.pool.acquire().await?;
+    if let Some((message, at)) = store::deliveries::alert(&mut conn).await? {
+        println!("ALERT since {}: {message}", store::format_ms(at));
+    }
     let editions = store::deliveries::editions(&mut conn).await?;
     let editions: Vec<_> = editions
         .into_iter()

@@ -235,6 +235,52 @@ pub async fn release_expired(conn: &mut SqliteConnection) -> Result<u64, StoreEr
     .rows_affected())
 }
 
+/// A failed row goes back to the queue, the attempt uncounted: its refusal
+/// was the server's doing. False if the row was not failed.
+pub async fn undo_refusal(conn: &mut SqliteConnection, id: i64) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), \
+           next_attempt_at = ?1, lease_until = NULL, updated_at = ?1, \
+           last_error = 'the mail server refused every recipient; not counted' \
+         WHERE id = ?2 AND status = 'failed'",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Sets (or with `None` clears) the alert `paperpost status` shows.
+pub async fn set_alert(
+    conn: &mut SqliteConnection,
+    message: Option<&str>,
+) -> Result<(), StoreError> {
+    match message {
+        Some(m) => {
+            sqlx::query(
+                "INSERT INTO alerts (id, message, at) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET message = ?1, at = ?2",
+            )
+            .bind(m)
+            .bind(now_ms())
+            .execute(conn)
+            .await?
+        }
+        None => sqlx::query("DELETE FROM alerts").execute(conn).await?,
+    };
+    Ok(())
+}
+
+/// The current alert and when it was raised.
+pub async fn alert(conn: &mut SqliteConnection) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT message, at FROM alerts WHERE id = 1")
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
 /// Failed rows of an edition go back to the queue with fresh attempts.
 pub async fn requeue_failed(
     conn: &mut SqliteConnection,

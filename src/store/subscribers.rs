@@ -388,6 +388,33 @@ pub async fn reactivate(conn: &mut SqliteConnection, id: i64) -> Result<(), Stor
     Ok(())
 }
 
+/// Takes back one hard bounce of a subscriber (the server, not their mailbox,
+/// refused): below `threshold` again, a subscriber the bounces suppressed is
+/// active again.
+pub async fn undo_bounce(
+    conn: &mut SqliteConnection,
+    id: i64,
+    threshold: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE subscribers SET hard_bounces = max(hard_bounces - 1, 0), \
+           status = CASE WHEN status = 'bounced' AND unsubscribed_by = 'bounce' \
+                          AND hard_bounces - 1 < ?1 THEN 'active' ELSE status END, \
+           unsubscribed_by = CASE WHEN status = 'bounced' AND unsubscribed_by = 'bounce' \
+                          AND hard_bounces - 1 < ?1 THEN NULL ELSE unsubscribed_by END, \
+           unsubscribed_at = CASE WHEN status = 'bounced' AND unsubscribed_by = 'bounce' \
+                          AND hard_bounces - 1 < ?1 THEN NULL ELSE unsubscribed_at END, \
+           updated_at = ?2 \
+         WHERE id = ?3",
+    )
+    .bind(threshold)
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Deletes a subscriber with their deliveries and link history.
 pub async fn purge(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM subscribers WHERE id = ?")

@@ -37,6 +37,8 @@ use crate::{
 /// sent; when that took longer than this, it is asked again before sending.
 const STATUS_MAX_AGE: Duration = Duration::from_millis(50);
 
+mod guard;
+
 /// How long a claimed row stays leased to this process.
 pub const LEASE: Duration = Duration::from_secs(300);
 
@@ -131,12 +133,25 @@ impl Breaker {
         let mut s = self.state.lock().expect("breaker lock");
         s.failures += 1;
         if s.probing || (s.open_until.is_none() && s.failures >= Self::TRIP_AFTER) {
-            let cooldown = s.cooldown;
-            tracing::warn!(pause = ?cooldown, %reason, "the mail server cannot be reached; pausing sending");
-            s.open_until = Some(Instant::now() + cooldown);
-            s.cooldown = (cooldown * 2).min(Self::MAX_COOLDOWN);
-            s.probing = false;
+            tracing::warn!(pause = ?s.cooldown, %reason, "the mail server cannot be reached; pausing sending");
+            Self::open(&mut s);
         }
+    }
+
+    /// Opens at once (the server refuses every recipient), unless already
+    /// open; a failed probe opens it again for longer.
+    pub fn trip(&self, reason: &str) {
+        let mut s = self.state.lock().expect("breaker lock");
+        if s.probing || s.open_until.is_none() {
+            tracing::warn!(pause = ?s.cooldown, %reason, "pausing sending");
+            Self::open(&mut s);
+        }
+    }
+
+    fn open(s: &mut BreakerState) {
+        s.open_until = Some(Instant::now() + s.cooldown);
+        s.cooldown = (s.cooldown * 2).min(Self::MAX_COOLDOWN);
+        s.probing = false;
     }
 
     pub fn is_open(&self) -> bool {
@@ -186,6 +201,13 @@ pub struct Engine {
     pub breaker: Breaker,
     pub progress: Progress,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the server is refusing everyone ([`guard`]).
+    guard: Mutex<guard::Guard>,
+    /// Refusals the guard took back before their outcome was recorded.
+    undone: Mutex<std::collections::HashSet<i64>>,
+    /// An alert may be showing (one from an earlier run, until a message is
+    /// accepted): the first accepted message clears it.
+    alerted: std::sync::atomic::AtomicBool,
     wake: Notify,
     recorder: Recorder,
 }
@@ -217,6 +239,9 @@ impl Engine {
             breaker: Breaker::default(),
             progress: Progress::default(),
             metrics,
+            guard: Mutex::default(),
+            undone: Mutex::default(),
+            alerted: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
         })
     }
@@ -300,6 +325,7 @@ impl Engine {
                     let (outcome, tally) = engine.attempt(&mut sender, &job, status, gate).await;
                     // When nothing was sent the gate was never reached.
                     engine.settle(&mut unrecorded, &in_flight).await;
+                    let (outcome, tally) = engine.reconsider(outcome, tally);
                     unrecorded = Some(Unrecorded {
                         id: job.claimed.id,
                         tally,
@@ -600,67 +626,203 @@ impl Engine {
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(reply) => {
-                self.breaker.success();
-                tracing::debug!(to = %subscriber.email, %date, %reply, "sent");
-                (
-                    Outcome::Sent {
-                        id: c.id,
-                        reply,
-                        message_id,
-                    },
-                    Tally::Sent,
-                )
-            }
+            Ok(reply) => self.sent(job, date, reply, message_id),
             Err(Failure::Permanent {
                 reason,
                 hard_bounce,
-            }) => {
-                self.breaker.success();
-                tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
-                let bounce = hard_bounce.then_some(subscriber.id);
+            }) => self.refused(job, date, reason, hard_bounce),
+            Err(Failure::Transient { reason, connection }) => {
+                self.transient(job, date, reason, connection)
+            }
+        }
+    }
+
+    fn sent(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reply: String,
+        message_id: String,
+    ) -> (Outcome, Tally) {
+        self.breaker.success();
+        if self.guard.lock().expect("guard lock").accepted() {
+            tracing::info!("the mail server accepts recipients again");
+        }
+        // An alert raised by this process or an earlier one is over.
+        if self.alerted.swap(false, Ordering::Relaxed) {
+            self.alert(None);
+        }
+        tracing::debug!(to = %job.subscriber.email, %date, %reply, "sent");
+        let id = job.claimed.id;
+        (
+            Outcome::Sent {
+                id,
+                reply,
+                message_id,
+            },
+            Tally::Sent,
+        )
+    }
+
+    /// A permanent refusal: about the recipient, unless the guard finds the
+    /// server refusing everyone with the same reply.
+    fn refused(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reason: String,
+        bounce: bool,
+    ) -> (Outcome, Tally) {
+        let (id, subscriber) = (job.claimed.id, &job.subscriber);
+        let refusal = guard::Refusal {
+            delivery: id,
+            subscriber: subscriber.id,
+            bounce,
+        };
+        let key = guard::reply_key(&reason, subscriber.email.as_str());
+        let judgement = self.guard.lock().expect("guard lock").refused(key, refusal);
+        let guard::Judgement::Server { undo } = judgement else {
+            self.breaker.success();
+            tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
+            let bounce = bounce.then_some(subscriber.id);
+            return (Outcome::Failed { id, reason, bounce }, Tally::Failed);
+        };
+        if !undo.is_empty() {
+            tracing::error!(
+                reply = %reason,
+                recipients = undo.len() + 1,
+                "the mail server refuses every recipient with the same reply: the fault is the \
+                 server's (relaying, policy, credentials), not the recipients'; sending pauses, \
+                 nobody is suppressed, and the refusals so far are taken back"
+            );
+            self.alerted.store(true, Ordering::Relaxed);
+            self.alert(Some(&reason));
+            self.undo(undo);
+        }
+        self.breaker.trip(&reason);
+        let next_at = store::now_ms();
+        (
+            Outcome::Retry {
+                id,
+                reason,
+                next_at,
+                counted: false,
+            },
+            Tally::Retried,
+        )
+    }
+
+    /// Takes back refusals the guard found to be the server's doing: rows
+    /// already recorded as failed go back to the queue (and a bounce they
+    /// counted is taken back); a row not yet recorded is retried, uncounted,
+    /// when its worker records it ([`Engine::reconsider`]).
+    fn undo(&self, refusals: Vec<guard::Refusal>) {
+        let mut pending = self.undone.lock().expect("undone lock");
+        for r in refusals {
+            pending.insert(r.delivery);
+            let bounce = r.bounce.then_some(r.subscriber);
+            drop(self.recorder.ask_record(Outcome::Undo {
+                id: r.delivery,
+                bounce,
+            }));
+        }
+    }
+
+    /// A worker's outcome just before it is recorded: a refusal taken back by
+    /// the guard meanwhile becomes an uncounted retry.
+    fn reconsider(&self, outcome: Outcome, tally: Tally) -> (Outcome, Tally) {
+        match outcome {
+            Outcome::Failed { id, reason, .. }
+                if self.undone.lock().expect("undone lock").remove(&id) =>
+            {
+                let next_at = store::now_ms();
                 (
-                    Outcome::Failed {
-                        id: c.id,
+                    Outcome::Retry {
+                        id,
                         reason,
-                        bounce,
+                        next_at,
+                        counted: false,
                     },
-                    Tally::Failed,
+                    Tally::Retried,
                 )
             }
-            Err(Failure::Transient { reason, connection }) => {
-                if connection {
-                    self.breaker.connection_failure(&reason);
-                    if self.breaker.is_open() {
-                        // The server is down: this says nothing about the
-                        // message, so the attempt is not counted.
-                        return uncounted(reason, store::now_ms());
-                    }
-                } else {
-                    self.breaker.success();
-                }
-                let attempts = c.attempts.max(1) as u32;
-                let age =
-                    Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
-                if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
-                    let reason = format!("gave up after {attempts} attempts: {reason}");
-                    tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
-                    failed(reason)
-                } else {
-                    let delay = backoff(&self.retry, attempts);
-                    tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
-                    let next_at = store::now_ms() + delay.as_millis() as i64;
-                    (
-                        Outcome::Retry {
-                            id: c.id,
-                            reason,
-                            next_at,
-                            counted: true,
-                        },
-                        Tally::Retried,
-                    )
-                }
+            other => (other, tally),
+        }
+    }
+
+    /// Records (or, with `None`, clears) the alert `paperpost status` shows.
+    fn alert(&self, reply: Option<&str>) {
+        let (writer, message) = (
+            self.writer.clone(),
+            reply.map(|r| {
+                format!("sending paused: the mail server refuses every recipient with \"{r}\"")
+            }),
+        );
+        tokio::spawn(async move {
+            let r = async {
+                let mut w = writer.acquire().await?;
+                anyhow::Ok(deliveries::set_alert(&mut w, message.as_deref()).await?)
+            };
+            if let Err(e) = r.await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot record the alert for `paperpost status`");
             }
+        });
+    }
+
+    /// A failure worth another try.
+    fn transient(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reason: String,
+        connection: bool,
+    ) -> (Outcome, Tally) {
+        let (c, subscriber) = (&job.claimed, &job.subscriber);
+        if connection {
+            self.breaker.connection_failure(&reason);
+            if self.breaker.is_open() {
+                // The server is down: this says nothing about the
+                // message, so the attempt is not counted.
+                let next_at = store::now_ms();
+                return (
+                    Outcome::Retry {
+                        id: c.id,
+                        reason,
+                        next_at,
+                        counted: false,
+                    },
+                    Tally::Retried,
+                );
+            }
+        } else {
+            self.breaker.success();
+        }
+        let attempts = c.attempts.max(1) as u32;
+        let age = Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
+        if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
+            let reason = format!("gave up after {attempts} attempts: {reason}");
+            tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
+            (
+                Outcome::Failed {
+                    id: c.id,
+                    reason,
+                    bounce: None,
+                },
+                Tally::Failed,
+            )
+        } else {
+            let delay = backoff(&self.retry, attempts);
+            tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
+            let next_at = store::now_ms() + delay.as_millis() as i64;
+            (
+                Outcome::Retry {
+                    id: c.id,
+                    reason,
+                    next_at,
+                    counted: true,
+                },
+                Tally::Retried,
+            )
         }
     }
 
@@ -711,6 +873,9 @@ enum Outcome {
         status: &'static str,
         reason: String,
     },
+    /// A refusal taken back (the server refused everyone): a failed row goes
+    /// back to the queue, uncounted, and a bounce it counted is taken back.
+    Undo { id: i64, bounce: Option<i64> },
 }
 
 /// A subscriber's standing, re-checked just before sending.
@@ -897,6 +1062,12 @@ async fn write_outcomes(
             }
             Outcome::Final { id, status, reason } => {
                 deliveries::mark_final(&mut tx, *id, status, reason).await?;
+            }
+            Outcome::Undo { id, bounce } => {
+                let undone = deliveries::undo_refusal(&mut tx, *id).await?;
+                if let (true, Some(subscriber_id)) = (undone, bounce) {
+                    subscribers::undo_bounce(&mut tx, *subscriber_id, bounce_threshold).await?;
+                }
             }
             Outcome::Failed { id, reason, bounce } => {
                 deliveries::mark_final(&mut tx, *id, "failed", reason).await?;

@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 use crate::config::{MailSettings, TlsMode, TransportKind};
 
+pub mod reply;
+
 /// Why a message was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -179,38 +181,44 @@ fn code_of(e: &lettre::transport::smtp::Error) -> Option<u16> {
 pub type Gate<'g> = Pin<Box<dyn Future<Output = bool> + Send + 'g>>;
 
 /// How one step of a transaction failed, and whether the connection is still
-/// in a known state (a reply was read) and may be kept after RSET.
+/// in a known state (a reply was read) and may be kept after RSET. What a
+/// refusal means is decided by [`reply::judge`].
 fn classify(stage: &'static str, e: lettre::transport::smtp::Error) -> (Failure, bool) {
-    match code_of(&e) {
-        // The server refuses our sender: not the recipient's fault.
-        Some(_) if e.is_permanent() && stage == "MAIL" => (
+    let reason = format!("{stage}: {e}");
+    let Some(code) = code_of(&e) else {
+        return (
             Failure::Transient {
-                reason: format!("{stage}: {e}"),
-                connection: false,
-            },
-            true,
-        ),
-        Some(code) if e.is_permanent() => (
-            Failure::Permanent {
-                reason: format!("{stage}: {e}"),
-                hard_bounce: stage == "RCPT" && matches!(code, 550 | 551 | 553),
-            },
-            true,
-        ),
-        Some(_) if e.is_transient() => (
-            Failure::Transient {
-                reason: format!("{stage}: {e}"),
-                connection: false,
-            },
-            true,
-        ),
-        _ => (
-            Failure::Transient {
-                reason: format!("{stage}: {e}"),
+                reason,
                 connection: true,
             },
             false,
-        ),
+        );
+    };
+    let step = match stage {
+        "MAIL" => reply::Step::Mail,
+        "RCPT" => reply::Step::Rcpt,
+        _ => reply::Step::Data,
+    };
+    let failure = match reply::judge(step, code, &reply_text(&e)) {
+        reply::Verdict::Retry => Failure::Transient {
+            reason,
+            connection: false,
+        },
+        verdict => Failure::Permanent {
+            reason,
+            hard_bounce: verdict == reply::Verdict::Bounce,
+        },
+    };
+    (failure, true)
+}
+
+/// The text of a server's reply, after its code: lettre shows an error as
+/// "permanent error (550): 5.1.1 User unknown".
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let shown = e.to_string();
+    match shown.split_once("): ") {
+        Some((_, text)) => text.to_string(),
+        None => shown,
     }
 }
 
