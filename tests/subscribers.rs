@@ -579,3 +579,69 @@ fn the_database_holds_no_usable_token() {
         "the stored hash is not a token"
     );
 }
+
+#[tokio::test]
+async fn unbounce_brings_back_subscribers_bounced_since_a_time_or_by_address() {
+    let s = Sandbox::new();
+    for e in ["recent@example.org", "old@example.org", "gone@example.org"] {
+        s.run(&["subscribers", "add", e]).ok();
+    }
+    let pool = s.pool().await;
+    for e in ["recent@example.org", "old@example.org"] {
+        let mut conn = pool.acquire().await.unwrap();
+        let sub = paperpost::store::subscribers::get_by_email(&mut conn, e)
+            .await
+            .unwrap();
+        paperpost::store::subscribers::end_subscription(
+            &mut conn,
+            sub.id,
+            paperpost::domain::SubscriberStatus::Bounced,
+            "bounce",
+        )
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE subscribers SET unsubscribed_at = unsubscribed_at - 3 * 86400000 WHERE email = 'old@example.org'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    s.run(&["subscribers", "remove", "gone@example.org"]).ok();
+
+    let out = s.run(&["subscribers", "unbounce", "--since", "1day"]);
+    assert!(
+        out.ok().contains("1 subscriber is active again"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("recent@example.org"));
+    assert_eq!(
+        s.subscriber("recent@example.org").unwrap()["status"],
+        "active"
+    );
+    assert_eq!(
+        s.subscriber("old@example.org").unwrap()["status"],
+        "bounced"
+    );
+
+    let out = s.run(&[
+        "subscribers",
+        "unbounce",
+        "old@example.org",
+        "gone@example.org",
+    ]);
+    assert!(
+        out.ok().contains("1 subscriber is active again"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.subscriber("old@example.org").unwrap()["status"], "active");
+    assert_eq!(
+        s.subscriber("gone@example.org").unwrap()["status"],
+        "unsubscribed",
+        "an unsubscribe is never undone by unbounce"
+    );
+
+    assert_eq!(s.run(&["subscribers", "unbounce"]).code, 2, "say whom");
+    let bad = s.run(&["subscribers", "unbounce", "--since", "last tuesday"]);
+    assert!(bad.fails().contains("--since"), "{}", bad.stderr);
+}

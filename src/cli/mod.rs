@@ -180,6 +180,18 @@ pub enum SubscribersCmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Make bounced subscribers active again (after a server, not their
+    /// mailbox, refused them): those bounced since TIME, or the given addresses.
+    #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["since", "emails"])))]
+    Unbounce {
+        /// Bounced at or after this: a date (2026-11-28), a time (RFC 3339)
+        /// or a span back from now ("2h", "3days").
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// These addresses.
+        #[arg(value_name = "EMAIL")]
+        emails: Vec<String>,
+    },
     /// Give a subscriber a new link token: the unsubscribe and preferences
     /// links in mail already sent to them stop working (for a leaked link).
     RotateToken { email: String },

@@ -134,6 +134,27 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        SubscribersCmd::Unbounce { since, emails } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let emails = emails
+                .iter()
+                .map(|e| SubscriberEmail::parse(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut conn = pool.acquire().await?;
+            let back = subs::unbounce(&mut conn, since, &emails).await?;
+            println!(
+                "{} active again",
+                output::plural(back.len(), "subscriber is", "subscribers are")
+            );
+            for e in &back {
+                println!("  {e}");
+            }
+            if !back.is_empty() {
+                println!(
+                    "Their failed digests stay failed: `paperpost resend --date D --failed` queues them again"
+                );
+            }
+        }
         SubscribersCmd::RotateToken { email } => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let s = subs::get_by_email(&mut tx, &email).await?;
@@ -275,4 +296,23 @@ pub fn print_sync(path: &Path, r: &subscriber_file::SyncReport, dry_run: bool) {
     for (email, why) in &r.unused_resubscribe {
         println!("  note: --resubscribe {email} was not used: {why}");
     }
+}
+
+/// `--since`: a span back from now ("2h"), an RFC 3339 time, or a date (its
+/// midnight UTC), as Unix ms.
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    let now = chrono::Utc::now();
+    if let Ok(span) = humantime::parse_duration(text) {
+        return Ok((now - chrono::Duration::from_std(span)?).timestamp_millis());
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = text.parse::<chrono::NaiveDate>() {
+        return Ok(d
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
+    }
+    anyhow::bail!("--since: {text:?} is not a date, an RFC 3339 time or a span such as \"2h\"")
 }

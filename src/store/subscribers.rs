@@ -415,6 +415,29 @@ pub async fn undo_bounce(
     Ok(())
 }
 
+/// Makes bounced subscribers active again (an operator's way back after a
+/// server's fault): those bounced since `since` (Unix ms), or the given
+/// addresses, or both conditions together. Returns their addresses.
+pub async fn unbounce(
+    conn: &mut SqliteConnection,
+    since: Option<i64>,
+    emails: &[SubscriberEmail],
+) -> Result<Vec<String>, StoreError> {
+    let emails: Vec<&str> = emails.iter().map(SubscriberEmail::as_str).collect();
+    Ok(sqlx::query_scalar(
+        "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
+           hard_bounces = 0, updated_at = ?1 \
+         WHERE status = 'bounced' AND (?2 IS NULL OR unsubscribed_at >= ?2) \
+           AND (?3 = '[]' OR email IN (SELECT value FROM json_each(?3))) \
+         RETURNING email",
+    )
+    .bind(now_ms())
+    .bind(since)
+    .bind(serde_json::to_string(&emails).expect("strings serialize"))
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Deletes a subscriber with their deliveries and link history.
 pub async fn purge(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM subscribers WHERE id = ?")
