@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -50,16 +50,22 @@ pub async fn sync_subscriber_file(app: &App) {
     }
 }
 
-/// Starts the due edition for a fire time, if there is one.
+/// Starts the edition due at `fire_time`, if there is one, unless that fire
+/// time was handled already (by this process or one before a restart). The
+/// fire time is recorded once handled, so a failure is tried again.
 pub async fn fire(
     schedule: &Schedule,
     pool: &SqlitePool,
     engine: &Engine,
+    fire_time: DateTime<Utc>,
     by: &str,
 ) -> anyhow::Result<()> {
-    let now = Utc::now();
-    let today = schedule.today(now);
+    let at = fire_time.timestamp_millis();
     let mut conn = pool.acquire().await?;
+    if deliveries::fire_handled(&mut conn, at).await? {
+        tracing::info!(fire_time = %fire_time.to_rfc3339(), started_by = by, "fire time already handled; nothing to do");
+        return Ok(());
+    }
     let selected: Vec<_> = store::papers::selected_dates(&mut conn)
         .await?
         .into_iter()
@@ -67,9 +73,12 @@ pub async fn fire(
         .collect();
     let started = deliveries::started_dates(&mut conn).await?;
     drop(conn);
-    match schedule.due_edition(today, &selected, &started) {
+    match schedule.due_edition(schedule.today(fire_time), &selected, &started) {
         Ok(date) => {
-            match deliveries::start_edition(pool, date, by, |tz| schedule.send_at(tz, now)).await? {
+            // From the fire time: after a catch-up, zones whose hour has
+            // passed get it now, not tomorrow.
+            let send_at = |tz: &str| schedule.send_at(tz, fire_time);
+            match deliveries::start_edition(pool, date, by, send_at).await? {
                 deliveries::Started::Now(n) => {
                     tracing::info!(edition = %date, subscribers = n, started_by = by, "edition started");
                     engine.wake();
@@ -81,6 +90,8 @@ pub async fn fire(
         }
         Err(why) => tracing::info!(reason = %why, started_by = by, "no edition to send"),
     }
+    let mut conn = pool.acquire().await?;
+    deliveries::record_fire(&mut conn, at, by).await?;
     Ok(())
 }
 
@@ -136,7 +147,7 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
     );
     if let Some(missed) = schedule.missed(Utc::now()) {
         tracing::info!(fire_time = %missed.to_rfc3339(), "catching up a fire time missed while stopped");
-        fire(&schedule, pool, &engine, "catch-up").await?;
+        fire(&schedule, pool, &engine, missed, "catch-up").await?;
     }
     schedule_loop(&schedule, pool, &engine, &liveness, &shutdown).await;
     tracing::info!("stopping: finishing the messages in flight");
@@ -164,7 +175,7 @@ async fn schedule_loop(
             return;
         }
         let Some(next) = next else { return };
-        if let Err(e) = fire(schedule, pool, engine, "schedule").await {
+        if let Err(e) = fire(schedule, pool, engine, next, "schedule").await {
             tracing::error!(error = %format!("{e:#}"), "cannot start the edition; the next fire time tries again");
         }
         after = next;

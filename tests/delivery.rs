@@ -725,3 +725,121 @@ async fn the_same_plain_550_to_everyone_takes_back_the_bounces() {
     let _ = send.wait().await;
     assert!(deliveries(&s).values().all(|r| r["status"] != "failed"));
 }
+
+/// Reads a child's standard error until a line contains `marker` (30 s at
+/// most); returns everything read.
+async fn wait_for_log(child: &mut Child, marker: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = child.stderr.as_mut().expect("stderr piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(marker) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(found, Ok(true)), "no {marker:?} in:\n{seen}");
+    seen
+}
+
+/// Issue 8, reproduction 2: a restart after a caught-up fire time must not
+/// fire it again and send the papers meant for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_fire_a_handled_fire_time_again() {
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let now = chrono::Utc::now();
+    let yesterday = (now - chrono::Duration::days(1)).date_naive().to_string();
+    let today = now.date_naive().to_string();
+    s.run(&["papers", "select", "--date", &yesterday, "2403.06410"])
+        .ok();
+    // Daily, an hour ago: caught up at start.
+    let fire = now - chrono::Duration::hours(1);
+    let cron = format!("0 {} {} * * *", fire.format("%M"), fire.format("%H"));
+    let mut env = smtp_env(server.port(), 2);
+    env.push(("PAPERPOST__SCHEDULE__CRON".into(), cron));
+
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for_log(&mut daemon, "edition started").await;
+    wait_for("yesterday's edition", || server.accepted().len() >= 3).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+
+    // Today's papers arrive, meant for the next fire time; then a restart.
+    s.run(&["papers", "select", "--date", &today, "2406.05981"])
+        .ok();
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for_log(&mut daemon, "fire time already handled").await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(server.accepted().len(), 3);
+    let status = s.run(&["status", "--date", &today]);
+    assert!(status.ok().contains("has not started"), "{}", status.stdout);
+}
+
+/// Issue 8, reproduction 2, per-subscriber time zones: a caught-up fire time
+/// sends now to zones whose hour has passed since it, and at their hour to
+/// zones still before it, not tomorrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
+    let server = SmtpServer::start().await;
+    let s = Sandbox::with_sample_papers();
+    // UTC-2 all year: their hour was an hour ago. UTC-5 all year: two hours ahead.
+    s.run(&[
+        "subscribers",
+        "add",
+        "passed@example.org",
+        "--timezone",
+        "America/Noronha",
+    ])
+    .ok();
+    s.run(&[
+        "subscribers",
+        "add",
+        "ahead@example.org",
+        "--timezone",
+        "America/Bogota",
+    ])
+    .ok();
+    let fire = chrono::Utc::now() - chrono::Duration::hours(3);
+    let date = fire.date_naive().to_string();
+    s.run(&["papers", "select", "--date", &date, "2403.06410"])
+        .ok();
+    let cron = format!("0 {} {} * * *", fire.format("%M"), fire.format("%H"));
+    let mut env = smtp_env(server.port(), 2);
+    env.push(("PAPERPOST__SCHEDULE__CRON".into(), cron));
+    env.push((
+        "PAPERPOST__SCHEDULE__PER_SUBSCRIBER_TIMEZONE".into(),
+        "true".into(),
+    ));
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("the zone whose hour has passed", || {
+        !server.accepted().is_empty()
+    })
+    .await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(
+        server.counts().keys().collect::<Vec<_>>(),
+        vec!["passed@example.org"]
+    );
+    let pool = s.pool().await;
+    let (due,): (i64,) = sqlx::query_as(
+        "SELECT d.next_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+         WHERE s.email = 'ahead@example.org'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let in_two_hours = (fire + chrono::Duration::hours(5)).timestamp_millis();
+    assert!(
+        (due - in_two_hours).abs() < 60_000,
+        "at their hour today: {due} vs {in_two_hours}"
+    );
+}

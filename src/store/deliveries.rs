@@ -251,6 +251,27 @@ pub async fn undo_refusal(conn: &mut SqliteConnection, id: i64) -> Result<bool, 
     Ok(r.rows_affected() == 1)
 }
 
+/// True if the fire time `at` (Unix ms) was handled already.
+pub async fn fire_handled(conn: &mut SqliteConnection, at: i64) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) > 0 FROM fires WHERE fire_time = ?")
+            .bind(at)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Records that the fire time `at` was handled (`by`: schedule or catch-up).
+pub async fn record_fire(conn: &mut SqliteConnection, at: i64, by: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT OR IGNORE INTO fires (fire_time, handled_at, handled_by) VALUES (?, ?, ?)")
+        .bind(at)
+        .bind(now_ms())
+        .bind(by)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Sets (or with `None` clears) the alert `paperpost status` shows.
 pub async fn set_alert(
     conn: &mut SqliteConnection,
