@@ -645,3 +645,47 @@ async fn unbounce_brings_back_subscribers_bounced_since_a_time_or_by_address() {
     let bad = s.run(&["subscribers", "unbounce", "--since", "last tuesday"]);
     assert!(bad.fails().contains("--since"), "{}", bad.stderr);
 }
+
+/// Issue 8, item 7: removing someone a sync had deactivated sticks: a later
+/// sync that lists them again does not bring them back.
+#[test]
+fn remove_sticks_for_someone_a_sync_had_deactivated() {
+    let s = Sandbox::new();
+    s.write(
+        "config/subscribers.toml",
+        "[[subscriber]]\nemail = \"bob@example.org\"\n",
+    );
+    s.run(&["subscribers", "sync"]).ok();
+    s.write("config/subscribers.toml", "");
+    s.run(&["subscribers", "sync"]).ok();
+    assert_eq!(
+        s.subscriber("bob@example.org").unwrap()["unsubscribed_by"],
+        "sync"
+    );
+
+    let out = s.run(&["subscribers", "remove", "bob@example.org"]);
+    assert!(
+        out.ok().contains("Unsubscribed bob@example.org"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        s.subscriber("bob@example.org").unwrap()["unsubscribed_by"],
+        "cli"
+    );
+
+    s.write(
+        "config/subscribers.toml",
+        "[[subscriber]]\nemail = \"bob@example.org\"\n",
+    );
+    let out = s.run(&["subscribers", "sync"]);
+    assert!(
+        out.ok().contains("removed on the command line"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        s.subscriber("bob@example.org").unwrap()["status"],
+        "unsubscribed"
+    );
+}

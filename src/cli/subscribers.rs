@@ -122,9 +122,13 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
                 subs::purge(&mut tx, s.id).await?;
                 tx.commit().await?;
                 println!("Deleted {} and every record of mail sent to them", s.email);
-            } else if s.status == SubscriberStatus::Unsubscribed {
+            } else if s.status == SubscriberStatus::Unsubscribed
+                && s.unsubscribed_by.as_deref() != Some("sync")
+            {
                 println!("{} is already unsubscribed", s.email);
             } else {
+                // Including someone a sync deactivated: now the removal is the
+                // operator's, and a later sync does not bring them back.
                 subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "cli")
                     .await?;
                 tx.commit().await?;
