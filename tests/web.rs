@@ -316,6 +316,25 @@ async fn one_batch_with_the_same_link_twice_ends_the_subscription_once() {
 }
 
 #[tokio::test]
+async fn a_link_unsubscribe_after_a_sync_deactivated_them_is_theirs() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let s = site.get_subscriber("ada@example.org").await;
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    subs::end_subscription(&mut conn, s.id, SubscriberStatus::Unsubscribed, "sync")
+        .await
+        .unwrap();
+    let r = site.post_form(&format!("/unsubscribe/{token}"), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let s = site.get_subscriber("ada@example.org").await;
+    assert_eq!(
+        s.unsubscribed_by.as_deref(),
+        Some("link"),
+        "a later sync leaves them out"
+    );
+}
+
+#[tokio::test]
 async fn one_click_works_as_multipart_and_without_a_body() {
     let site = Site::new().await;
     let a = site.subscriber("a@example.org").await;

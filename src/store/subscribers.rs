@@ -339,11 +339,14 @@ pub async fn unsubscribe_by_links(
         let hash: String = row.try_get("token_hash")?;
         owners.insert(hash, <Subscriber as sqlx::FromRow<_>>::from_row(&row)?);
     }
+    // Who this use ends: those still receiving, and those a sync deactivated
+    // (the subscriber's own word now, so a later sync does not bring them back).
     let receiving = |s: &Subscriber| {
         matches!(
             s.status,
             SubscriberStatus::Active | SubscriberStatus::Pending
-        )
+        ) || (s.status == SubscriberStatus::Unsubscribed
+            && s.unsubscribed_by.as_deref() == Some("sync"))
     };
     let mut ending: Vec<i64> = owners
         .values()
