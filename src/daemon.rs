@@ -97,6 +97,7 @@ pub async fn fire(
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(app: App) -> anyhow::Result<()> {
+    crate::security::report_new_secret();
     let lock = Lock::acquire(&app.pool).await?;
     let result = serve(&app, &lock).await;
     lock.release().await;
@@ -208,6 +209,7 @@ async fn wait_until(
 
 /// `paperpost serve`: the web endpoint alone, until SIGTERM or SIGINT.
 pub async fn serve_web(app: App) -> anyhow::Result<()> {
+    crate::security::report_new_secret();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());

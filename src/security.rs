@@ -13,6 +13,18 @@ use sha2::{Digest, Sha256};
 
 use crate::config::SecuritySettings;
 
+/// A secret file this process created, not yet reported: the command line
+/// reports it after its own outcome (so an error stays the first line of
+/// standard error), a daemon when it starts.
+static NEW_SECRET: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// Logs (once) that a new secret file was created.
+pub fn report_new_secret() {
+    if let Some(path) = NEW_SECRET.lock().expect("new secret lock").take() {
+        tracing::info!(path = %path.display(), "created a new secret for subscriber links; keep it with your backups");
+    }
+}
+
 /// The key that all link tokens are derived from.
 #[derive(Clone)]
 pub struct Keys {
@@ -77,7 +89,7 @@ impl Keys {
                 f.write_all(text.as_bytes())
                     .and_then(|_| f.sync_all())
                     .with_context(|| format!("cannot write secret file {}", path.display()))?;
-                tracing::info!(path = %path.display(), "created a new secret for subscriber links");
+                *NEW_SECRET.lock().expect("new secret lock") = Some(path.to_path_buf());
                 Ok(Self::from_bytes(text.as_bytes()))
             }
             // Another process created it first: use theirs.

@@ -689,3 +689,64 @@ fn remove_sticks_for_someone_a_sync_had_deactivated() {
         "unsubscribed"
     );
 }
+
+/// Issue 8, item 13: a CRLF file (what spreadsheets export) reports the bad
+/// row's own line, as an LF file does.
+#[test]
+fn crlf_files_report_the_right_line() {
+    let s = Sandbox::new();
+    for (name, eol) in [("lf.csv", "\n"), ("crlf.csv", "\r\n")] {
+        let body = [
+            "email,name",
+            "a@example.org,A",
+            "b@example.org,\"Smith, B\"",
+            "c@example.org,C",
+            "not-an-email,D",
+            "",
+        ]
+        .join(eol);
+        let f = s.write(name, body);
+        let out = s.run(&["subscribers", "import", f.to_str().unwrap()]);
+        let first = out.first_error_line().to_string();
+        assert!(
+            first.ends_with(&format!(
+                "{name}:5: email: invalid email address \"not-an-email\": Missing domain or user"
+            )),
+            "{first}"
+        );
+    }
+    let f = s.write("ok.csv", "email,name\r\nok@example.org,\"Smith, J\"\r\n");
+    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
+    assert_eq!(
+        s.subscriber("ok@example.org").unwrap()["name"],
+        "Smith, J",
+        "no CR kept"
+    );
+}
+
+/// Issue 8, item 13: on a first run the error is the first line of standard
+/// error; the note about the new secret comes after it.
+#[test]
+fn on_a_first_run_the_error_comes_first() {
+    let s = Sandbox::new();
+    let f = s.write("bad.csv", "email\nnot-an-email\n");
+    let out: support::Run = s
+        .command()
+        .env_remove("PAPERPOST__SECURITY__SECRET")
+        .env("PAPERPOST__LOG__LEVEL", "info")
+        .args(["subscribers", "import", f.to_str().unwrap()])
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        out.first_error_line().contains("bad.csv:2: email"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("created a new secret"),
+        "{}",
+        out.stderr
+    );
+    assert!(s.path("data/secret.key").exists());
+}

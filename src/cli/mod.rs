@@ -299,13 +299,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    let code = match runtime.block_on(run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report_error(&e);
             ExitCode::FAILURE
         }
-    }
+    };
+    crate::security::report_new_secret();
+    code
 }
 
 /// Bad input is shown as `FILE:LINE: reason` on the first line; anything else as `error: ...`.

@@ -163,6 +163,11 @@ pub async fn import(
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
+        // Records end at LF; the CR of a CRLF file (what spreadsheets export)
+        // is trimmed with the other whitespace. The csv crate's own CRLF
+        // handling reports the line before the right one.
+        .terminator(csv::Terminator::Any(b'\n'))
+        .trim(csv::Trim::All)
         .buffer_capacity(256 * 1024)
         .from_reader(LineLimit::new(file, MAX_LINE));
     let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
