@@ -843,3 +843,49 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         "at their hour today: {due} vs {in_two_hours}"
     );
 }
+
+/// Issue 8, item 9: the file transport names each message by its Message-ID,
+/// so sending a message again (an outcome lost in a crash) replaces its file
+/// instead of adding a second one; no temporary file is left behind.
+#[tokio::test]
+async fn the_file_transport_replaces_a_resent_message() {
+    let s = setup(3);
+    s.run(&["send", "--date", DATE]).ok();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(s.path("data/outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files();
+    assert_eq!(before.len(), 3);
+    assert!(
+        before
+            .iter()
+            .all(|n| n.starts_with("digest.2024-03-11.") && n.ends_with(".eml")),
+        "{before:?}"
+    );
+    let pool = s.pool().await;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'queued' WHERE id = (SELECT min(id) FROM deliveries)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let modified = || {
+        std::fs::read_dir(s.path("data/outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().modified().unwrap())
+            .max()
+            .unwrap()
+    };
+    let last = modified();
+    std::thread::sleep(Duration::from_millis(20));
+    let again = s.run(&["send", "--date", DATE]);
+    assert!(again.ok().contains("3 sent, 0 failed"), "{}", again.stdout);
+    assert!(modified() > last, "the message was written again");
+    assert_eq!(files(), before, "in place of the first");
+}

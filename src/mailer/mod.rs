@@ -13,7 +13,6 @@ use std::{future::Future, num::NonZeroU32, path::PathBuf, pin::Pin, sync::Arc, t
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lettre::{
-    AsyncFileTransport, AsyncTransport, Tokio1Executor,
     address::Envelope,
     transport::smtp::{
         authentication::{Credentials, Mechanism},
@@ -27,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::{MailSettings, TlsMode, TransportKind};
 
+mod file;
 pub mod reply;
 
 /// Why a message was not accepted.
@@ -68,7 +68,8 @@ pub struct Mailer {
 
 enum Transport {
     Smtp(SmtpTarget),
-    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+    /// `.eml` files in this folder ([`file`]).
+    File(PathBuf),
 }
 
 impl Mailer {
@@ -81,7 +82,7 @@ impl Mailer {
                         m.outbox_dir.display()
                     )
                 })?;
-                Transport::File(AsyncFileTransport::new(&m.outbox_dir), m.outbox_dir.clone())
+                Transport::File(m.outbox_dir.clone())
             }
             TransportKind::Smtp => {
                 let s = &m.smtp;
@@ -122,7 +123,7 @@ impl Mailer {
     pub fn describe(&self) -> String {
         match &self.transport {
             Transport::Smtp(t) => format!("smtp://{}:{} (tls: {:?})", t.host, t.port, t.tls),
-            Transport::File(_, dir) => format!("files in {}", dir.display()),
+            Transport::File(dir) => format!("files in {}", dir.display()),
         }
     }
 
@@ -239,20 +240,25 @@ impl Sender {
         }
         let mut gate = Some(gate);
         let target = match &self.mailer.transport {
-            Transport::File(t, _) => {
+            Transport::File(dir) => {
                 if let Some(g) = gate.take()
                     && !g.await
                 {
                     return Err(not_sent());
                 }
-                return t
-                    .send_raw(envelope, raw)
-                    .await
-                    .map(|id| format!("written as {id}.eml"))
-                    .map_err(|e| Failure::Transient {
+                let (dir, raw) = (dir.clone(), raw.to_vec());
+                let written = tokio::task::spawn_blocking(move || file::write(&dir, &raw)).await;
+                return match written {
+                    Ok(Ok(name)) => Ok(format!("written as {name}")),
+                    Ok(Err(e)) => Err(Failure::Transient {
                         reason: format!("cannot write the message: {e}"),
                         connection: true,
-                    });
+                    }),
+                    Err(e) => Err(Failure::Transient {
+                        reason: format!("cannot write the message: {e}"),
+                        connection: true,
+                    }),
+                };
             }
             Transport::Smtp(t) => t.clone(),
         };
