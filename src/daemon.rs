@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -125,16 +126,20 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
         let liveness = Arc::clone(&liveness);
         tracker.spawn(lock.heartbeat(shutdown.clone(), move || liveness.lock_held()));
     }
-    {
+    // The engine's error, if it stops on one, is the daemon's: it exits
+    // non-zero, so systemd's Restart=on-failure restarts it.
+    let engine_task = {
         let engine = Arc::clone(&engine);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = engine.run(None, false, shutdown.clone()).await {
+            let result = engine.run(None, false, shutdown.clone()).await;
+            if let Err(e) = &result {
                 tracing::error!(error = %format!("{e:#}"), "the delivery engine stopped");
                 shutdown.cancel();
             }
-        });
-    }
+            result
+        })
+    };
     tracker.close();
 
     let next = schedule.next_after(Utc::now());
@@ -148,12 +153,56 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
     );
     if let Some(missed) = schedule.missed(Utc::now()) {
         tracing::info!(fire_time = %missed.to_rfc3339(), "catching up a fire time missed while stopped");
-        fire(&schedule, pool, &engine, missed, "catch-up").await?;
+        let firing = Firing {
+            schedule: &schedule,
+            pool,
+            engine: &engine,
+            liveness: &liveness,
+            shutdown: &shutdown,
+        };
+        firing.fire(missed, "catch-up").await;
     }
     schedule_loop(&schedule, pool, &engine, &liveness, &shutdown).await;
     tracing::info!("stopping: finishing the messages in flight");
     tracker.wait().await;
-    Ok(())
+    engine_task
+        .await
+        .map_err(|e| anyhow::anyhow!("the delivery engine panicked: {e}"))?
+        .context("the delivery engine stopped")
+}
+
+/// What firing a fire time needs.
+struct Firing<'a> {
+    schedule: &'a Schedule,
+    pool: &'a SqlitePool,
+    engine: &'a Engine,
+    liveness: &'a Liveness,
+    shutdown: &'a CancellationToken,
+}
+
+/// How long a fire time whose edition could not be started waits before it
+/// is tried again.
+const FIRE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Firing<'_> {
+    /// Fires `fire_time`; one that fails (the database unwritable, say) is
+    /// tried again every [`FIRE_RETRY`] while it is within `schedule.catch_up`.
+    async fn fire(&self, fire_time: DateTime<Utc>, by: &str) {
+        loop {
+            let Err(e) = fire(self.schedule, self.pool, self.engine, fire_time, by).await else {
+                return;
+            };
+            let retry = Utc::now() + FIRE_RETRY;
+            if !self.schedule.within_catch_up(fire_time, retry) {
+                tracing::error!(error = %format!("{e:#}"), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; giving up on this fire time");
+                return;
+            }
+            tracing::error!(error = %format!("{e:#}"), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; trying again in 30 s");
+            if !wait_until(Some(retry), self.liveness, self.shutdown).await {
+                return;
+            }
+        }
+    }
 }
 
 /// Starts the due edition at each fire time until `shutdown`.
@@ -176,9 +225,14 @@ async fn schedule_loop(
             return;
         }
         let Some(next) = next else { return };
-        if let Err(e) = fire(schedule, pool, engine, next, "schedule").await {
-            tracing::error!(error = %format!("{e:#}"), "cannot start the edition; the next fire time tries again");
-        }
+        let firing = Firing {
+            schedule,
+            pool,
+            engine,
+            liveness,
+            shutdown,
+        };
+        firing.fire(next, "schedule").await;
         after = next;
     }
 }

@@ -86,6 +86,11 @@ impl Schedule {
         last
     }
 
+    /// True while a fire at `fire_time` may still be sent at `now`.
+    pub fn within_catch_up(&self, fire_time: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        chrono::Duration::from_std(self.catch_up).is_ok_and(|w| now - fire_time <= w)
+    }
+
     /// Today's date in the schedule's time zone.
     pub fn today(&self, now: DateTime<Utc>) -> NaiveDate {
         now.with_timezone(&self.tz).date_naive()

@@ -889,3 +889,61 @@ async fn the_file_transport_replaces_a_resent_message() {
     assert!(modified() > last, "the message was written again");
     assert_eq!(files(), before, "in place of the first");
 }
+
+/// Issue 8, item 6: a row whose subscriber does not decode (a value edited by
+/// hand) fails alone; the rest of the edition goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_row_that_does_not_decode_fails_that_row_only() {
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let pool = s.pool().await;
+    sqlx::query("UPDATE subscribers SET timezone = 'Mars/Base' WHERE email = ?")
+        .bind(email(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("2 sent, 1 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let rows = deliveries(&s);
+    let bad = &rows[&email(1)];
+    assert!(
+        bad["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read the subscriber"),
+        "{bad}"
+    );
+}
+
+/// Issue 8, item 6: when the engine stops on an error the daemon exits
+/// non-zero, so systemd's Restart=on-failure restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_exits_non_zero_when_the_engine_fails() {
+    let server = SmtpServer::start().await;
+    let s = setup(1);
+    let mut env = smtp_env(server.port(), 1);
+    env.push((
+        "PAPERPOST__SCHEDULE__CRON".into(),
+        "0 0 0 1 1 * 2099".into(),
+    ));
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for_log(&mut daemon, "paperpost is running").await;
+    let pool = s.pool().await;
+    sqlx::query("ALTER TABLE deliveries RENAME TO deliveries_gone")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = finish(daemon).await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the delivery engine stopped"),
+        "{}",
+        out.stderr
+    );
+}

@@ -440,31 +440,54 @@ impl Engine {
                 continue;
             }
             let ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
-            let subs: HashMap<i64, Subscriber> = subscribers::get_many(&mut conn, &ids)
-                .await?
-                .into_iter()
-                .map(|s| (s.id, s))
-                .collect();
+            let subs = subscribers::get_many(&mut conn, &ids).await?;
             drop(conn);
-            let mut permit = Some(permit);
-            for c in claimed {
-                // One subscriber can have rows of several editions in a batch.
-                let Some(subscriber) = subs.get(&c.subscriber_id).cloned() else {
-                    // Deleted since the claim (their rows go with them).
+            self.dispatch(claimed, subs, permit, tx, in_flight).await;
+        }
+    }
+
+    /// Hands claimed rows to the workers (the first through `permit`). A row
+    /// whose subscriber cannot be read fails alone.
+    async fn dispatch(
+        &self,
+        claimed: Vec<Claimed>,
+        subs: HashMap<i64, Result<Subscriber, String>>,
+        permit: tokio::sync::mpsc::Permit<'_, Job>,
+        tx: &tokio::sync::mpsc::Sender<Job>,
+        in_flight: &AtomicU64,
+    ) {
+        let mut permit = Some(permit);
+        for c in claimed {
+            // One subscriber can have rows of several editions in a batch.
+            let subscriber = match subs.get(&c.subscriber_id) {
+                Some(Ok(s)) => s.clone(),
+                Some(Err(e)) => {
+                    let reason = format!("cannot read the subscriber: {e}");
+                    tracing::error!(delivery = c.id, %reason, "failed");
+                    let failed = Outcome::Failed {
+                        id: c.id,
+                        reason,
+                        bounce: None,
+                    };
+                    if let Ok(Ok(())) = self.recorder.ask_record(failed).await {
+                        self.count(Tally::Failed);
+                    }
                     continue;
-                };
-                let job = Job {
-                    claimed: c,
-                    subscriber,
-                };
-                in_flight.fetch_add(1, Ordering::SeqCst);
-                match permit.take() {
-                    Some(p) => p.send(job),
-                    None => {
-                        if let Err(e) = tx.send(job).await {
-                            in_flight.fetch_sub(1, Ordering::SeqCst);
-                            self.unclaim(&e.0).await;
-                        }
+                }
+                // Deleted since the claim (their rows go with them).
+                None => continue,
+            };
+            let job = Job {
+                claimed: c,
+                subscriber,
+            };
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            match permit.take() {
+                Some(p) => p.send(job),
+                None => {
+                    if let Err(e) = tx.send(job).await {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        self.unclaim(&e.0).await;
                     }
                 }
             }

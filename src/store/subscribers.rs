@@ -465,15 +465,24 @@ pub fn stream<'a>(
     .map(|r| r.map_err(StoreError::from))
 }
 
-/// The subscribers with these ids (any status), in one query.
+/// The subscribers with these ids (any status), in one query, by id. A row
+/// that does not decode (a value edited by hand into something invalid) is
+/// that subscriber's error, not the whole query's.
 pub async fn get_many(
     conn: &mut SqliteConnection,
     ids: &[i64],
-) -> Result<Vec<Subscriber>, StoreError> {
+) -> Result<std::collections::HashMap<i64, Result<Subscriber, String>>, StoreError> {
     let sql =
         format!("SELECT {COLUMNS} FROM subscribers WHERE id IN (SELECT value FROM json_each(?))");
     let list = serde_json::to_string(ids).expect("integers serialize");
-    Ok(sqlx::query_as(&sql).bind(list).fetch_all(conn).await?)
+    let rows = sqlx::query(&sql).bind(list).fetch_all(conn).await?;
+    let mut out = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let decoded = <Subscriber as sqlx::FromRow<_>>::from_row(&row).map_err(|e| e.to_string());
+        out.insert(id, decoded);
+    }
+    Ok(out)
 }
 
 /// Subscribers that came from the subscriber file.
