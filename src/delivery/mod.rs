@@ -76,6 +76,10 @@ struct BreakerState {
     open_until: Option<Instant>,
     cooldown: Duration,
     probing: bool,
+    /// When the probe was let through: one that never reports (its
+    /// subscriber left, its message could not be built) does not hold the
+    /// breaker half-open for ever.
+    probe_at: Option<Instant>,
 }
 
 /// What the claimer may do now.
@@ -95,6 +99,7 @@ impl Default for Breaker {
                 open_until: None,
                 cooldown: Self::MIN_COOLDOWN,
                 probing: false,
+                probe_at: None,
             }),
         }
     }
@@ -102,6 +107,8 @@ impl Default for Breaker {
 
 impl Breaker {
     pub const TRIP_AFTER: u32 = 3;
+    /// How long a probe may go without a verdict before another is let through.
+    pub const PROBE_PATIENCE: Duration = Duration::from_secs(120);
     const MIN_COOLDOWN: Duration = Duration::from_secs(1);
     const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
@@ -110,9 +117,16 @@ impl Breaker {
         match s.open_until {
             None => Allowance::Full,
             Some(t) if Instant::now() < t => Allowance::Wait(t - Instant::now()),
-            Some(_) if s.probing => Allowance::Wait(Duration::from_millis(50)),
+            Some(_)
+                if s.probing
+                    && s.probe_at
+                        .is_some_and(|p| p.elapsed() < Self::PROBE_PATIENCE) =>
+            {
+                Allowance::Wait(Duration::from_millis(50))
+            }
             Some(_) => {
                 s.probing = true;
+                s.probe_at = Some(Instant::now());
                 Allowance::Probe
             }
         }
@@ -152,6 +166,15 @@ impl Breaker {
         s.open_until = Some(Instant::now() + s.cooldown);
         s.cooldown = (s.cooldown * 2).min(Self::MAX_COOLDOWN);
         s.probing = false;
+    }
+
+    /// The probe ended without the server's verdict (nothing was claimed, its
+    /// subscriber had left, its message could not be built): let another one
+    /// through at once.
+    pub fn probe_unanswered(&self) {
+        let mut s = self.state.lock().expect("breaker lock");
+        s.probing = false;
+        s.probe_at = None;
     }
 
     pub fn is_open(&self) -> bool {
@@ -414,6 +437,10 @@ impl Engine {
             let mut conn = self.pool.acquire().await?;
             if claimed.is_empty() {
                 drop(permit);
+                // A probe that found nothing to send says nothing of the server.
+                if self.breaker.is_open() {
+                    self.breaker.probe_unanswered();
+                }
                 if swept.elapsed() >= SWEEP_EVERY {
                     swept = Instant::now();
                     self.release_expired().await;
@@ -598,6 +625,9 @@ impl Engine {
         match status {
             Standing::Active => {}
             Standing::Ended(status) => {
+                if self.breaker.is_open() {
+                    self.breaker.probe_unanswered();
+                }
                 let reason = format!("subscriber {status}");
                 return (
                     Outcome::Final {
@@ -1146,6 +1176,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_without_a_verdict_does_not_hold_the_breaker_half_open() {
+        let b = Breaker::default();
+        for _ in 0..Breaker::TRIP_AFTER {
+            b.connection_failure("refused");
+        }
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(b.allowance(), Allowance::Probe);
+        // Its subscriber had left, say: no verdict.
+        b.probe_unanswered();
+        assert_eq!(b.allowance(), Allowance::Probe, "another probe at once");
+        // A probe that never reports at all: another after the patience.
+        assert!(matches!(b.allowance(), Allowance::Wait(_)));
+        tokio::time::advance(Breaker::PROBE_PATIENCE).await;
+        assert_eq!(b.allowance(), Allowance::Probe);
     }
 
     #[tokio::test(start_paused = true)]
