@@ -947,3 +947,42 @@ async fn the_daemon_exits_non_zero_when_the_engine_fails() {
         out.stderr
     );
 }
+
+/// Issue 8, item 8: a large import while an edition sends. Its transaction
+/// reads before it writes; in WAL mode that upgrade fails at once
+/// (SQLITE_BUSY_SNAPSHOT) when the sender committed meanwhile, unless the
+/// transaction takes the write lock first (BEGIN IMMEDIATE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_import_during_an_edition_succeeds_and_the_edition_finishes() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(2));
+    let s = setup(1500);
+    let mut csv = String::from("email,name\n");
+    for i in 0..100_000 {
+        csv.push_str(&format!("bulk{i}@example.org,Bulk {i}\n"));
+    }
+    let f = s.write("bulk.csv", csv);
+    let env = smtp_env(server.port(), 4);
+    let send = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the edition under way", || server.accepted().len() >= 20).await;
+    let import = s.run(&["subscribers", "import", f.to_str().unwrap()]);
+    assert!(
+        import.ok().contains("100000 rows: 100000 added"),
+        "{}\n{}",
+        import.stdout,
+        import.stderr
+    );
+    assert!(
+        server.accepted().len() < 1500,
+        "the import overlapped the edition"
+    );
+    let out = finish(send).await;
+    assert!(
+        out.stdout.contains("1500 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}

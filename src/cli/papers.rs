@@ -93,7 +93,7 @@ pub async fn run(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|i| PaperId::parse(i))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let changed = store::papers::replace_selection(&mut tx, date, &ids)
                 .await
                 .map_err(|e| match e {

@@ -103,7 +103,7 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
                     "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
                 );
             }
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let s = subs::get_by_email(&mut tx, &email).await?;
             let changed =
                 subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
@@ -116,7 +116,7 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
             }
         }
         SubscribersCmd::Remove { email, purge } => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let s = subs::get_by_email(&mut tx, &email).await?;
             if purge {
                 subs::purge(&mut tx, s.id).await?;

@@ -413,7 +413,7 @@ pub async fn store(
     groups: &[(NaiveDate, Vec<usize>)],
 ) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for r in records {
         match store::upsert(&mut tx, &r.paper).await? {
             Upsert::Added => report.added += 1,

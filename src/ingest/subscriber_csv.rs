@@ -173,8 +173,8 @@ pub async fn import(
     let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
     let layout = layout(path, &header)?;
 
-    let mut tx = pool.begin().await?;
-    let mut import = Import::begin(&mut tx, keys).await?;
+    let mut conn = pool.acquire().await?;
+    let mut import = Import::begin(&mut conn, keys).await?;
     let mut rec = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut rec) {
@@ -207,7 +207,6 @@ pub async fn import(
         }
         Err(ImportError::Store(e)) => return Err(e.into()),
     };
-    tx.commit().await?;
     Ok(report)
 }
 

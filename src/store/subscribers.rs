@@ -2,7 +2,7 @@
 
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection, SqlitePool, sqlite::SqliteRow};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool, sqlite::SqliteRow};
 
 use super::{
     StoreError,
@@ -557,9 +557,12 @@ impl From<sqlx::Error> for ImportError {
     }
 }
 
-/// A bulk import in progress, inside the caller's transaction. Rows are staged in
-/// batches into a temporary table, checked as a whole, then merged with a few
-/// set-based statements: constant memory and one round trip per batch.
+/// A bulk import in progress on one connection. Rows are staged in batches
+/// into a temporary table (which locks nothing another process needs),
+/// checked as a whole, then merged with a few set-based statements in one
+/// `BEGIN IMMEDIATE` transaction: constant memory, one round trip per batch,
+/// and a merge that reads and writes under the write lock, so a sender
+/// committing meanwhile cannot make it fail (SQLITE_BUSY_SNAPSHOT).
 pub struct Import<'c> {
     conn: &'c mut SqliteConnection,
     keys: Keys,
@@ -649,7 +652,24 @@ impl<'c> Import<'c> {
             });
         }
 
-        let skipped = sqlx::query_as::<_, (String, Option<String>, String, Option<String>)>(
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let report = merge(&mut tx, defaults, self.rows).await?;
+        tx.commit().await?;
+        sqlx::query("DROP TABLE temp.import_rows")
+            .execute(&mut *conn)
+            .await?;
+        Ok(report)
+    }
+}
+
+/// The staged rows into `subscribers`: new addresses added as active, known
+/// ones updated unless they unsubscribed or bounced (reported).
+async fn merge(
+    conn: &mut SqliteConnection,
+    defaults: &Profile,
+    rows: u64,
+) -> Result<ImportReport, ImportError> {
+    let skipped = sqlx::query_as::<_, (String, Option<String>, String, Option<String>)>(
             "SELECT s.email, s.name, s.status, s.unsubscribed_by FROM import_rows i \
              JOIN subscribers s ON s.email = i.email WHERE s.status IN ('unsubscribed', 'bounced') ORDER BY i.line",
         )
@@ -659,16 +679,16 @@ impl<'c> Import<'c> {
         .map(|(email, name, status, by)| SkippedSubscriber { email, name, status, by })
         .collect();
 
-        let (matched,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM import_rows i JOIN subscribers s ON s.email = i.email \
+    let (matched,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM import_rows i JOIN subscribers s ON s.email = i.email \
              WHERE s.status IN ('active', 'pending')",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
+    )
+    .fetch_one(&mut *conn)
+    .await?;
 
-        let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE subscribers SET \
+    let now = now_ms();
+    let updated = sqlx::query(
+        "UPDATE subscribers SET \
                name = coalesce(i.name, subscribers.name), \
                topics = coalesce(i.topics, subscribers.topics), \
                timezone = coalesce(i.timezone, subscribers.timezone), \
@@ -682,13 +702,13 @@ impl<'c> Import<'c> {
                  OR coalesce(i.timezone, subscribers.timezone) IS NOT subscribers.timezone \
                  OR coalesce(i.format, subscribers.format) IS NOT subscribers.format \
                  OR coalesce(i.max_papers, subscribers.max_papers) IS NOT subscribers.max_papers)",
-        )
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
 
-        let added = sqlx::query(
+    let added = sqlx::query(
             "INSERT INTO subscribers (uuid, email, name, topics, timezone, format, max_papers, status, source, \
                token_hash, created_at, updated_at) \
              SELECT i.uuid, i.email, i.name, coalesce(i.topics, ?1), coalesce(i.timezone, ?2), \
@@ -705,17 +725,13 @@ impl<'c> Import<'c> {
         .await?
         .rows_affected();
 
-        sqlx::query("DROP TABLE temp.import_rows")
-            .execute(&mut *conn)
-            .await?;
-        Ok(ImportReport {
-            rows: self.rows,
-            added,
-            updated,
-            unchanged: matched as u64 - updated,
-            skipped,
-        })
-    }
+    Ok(ImportReport {
+        rows,
+        added,
+        updated,
+        unchanged: matched as u64 - updated,
+        skipped,
+    })
 }
 
 /// Gives a subscriber a new link token: every link in mail already sent stops
