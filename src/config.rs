@@ -319,14 +319,37 @@ impl Settings {
             key: "(layers)".into(),
             message: e.to_string(),
         })?;
-        serde_path_to_error::deserialize::<_, Settings>(cfg).map_err(|e| {
+        let settings = serde_path_to_error::deserialize::<_, Settings>(cfg).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
             ConfigError::Invalid {
                 key,
                 message: clean_message(&message),
             }
-        })
+        })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Rules that span several keys.
+    fn check(&self) -> Result<(), ConfigError> {
+        let smtp = &self.mail.smtp;
+        let loopback = matches!(smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1")
+            || smtp
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if smtp.tls == TlsMode::None && !smtp.username.is_empty() && !loopback {
+            return Err(ConfigError::Invalid {
+                key: "mail.smtp.tls".into(),
+                message: format!(
+                    "\"none\" with mail.smtp.username set would send the password in clear to {}; \
+                     use \"starttls\" or \"tls\" (plain text is allowed only to a loopback relay)",
+                    smtp.host
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The directory that holds the database file.

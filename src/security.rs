@@ -45,7 +45,8 @@ impl Keys {
     }
 
     /// `security.secret` when set; otherwise the contents of `security.secret_file`,
-    /// which is created (mode 0600) with 32 random bytes on first use.
+    /// which is created (mode 0600) with 32 random bytes on first use. A file
+    /// others can read is refused: anyone who reads it can forge links.
     pub fn load(settings: &SecuritySettings) -> anyhow::Result<Self> {
         let configured = settings.secret.expose_secret();
         if !configured.is_empty() {
@@ -53,30 +54,51 @@ impl Keys {
         }
         let path = &settings.secret_file;
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let text = text.trim();
-                if text.len() < 32 {
-                    anyhow::bail!(
-                        "secret file {} holds fewer than 32 characters; delete it to generate a new one \
-                         (existing unsubscribe links then stop working)",
-                        path.display()
-                    );
-                }
-                Ok(Self::from_bytes(text.as_bytes()))
-            }
+            Ok(text) => Self::from_file(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
             Err(e) => Err(e).with_context(|| format!("cannot read secret file {}", path.display())),
         }
     }
 
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    fn from_file(path: &Path, text: &str) -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "secret file {} can be read by others (mode {mode:04o}); \
+                     run `chmod 600 {}` (anyone who reads it can forge unsubscribe links)",
+                    path.display(),
+                    path.display()
+                );
+            }
         }
+        let text = text.trim();
+        if text.len() < 32 {
+            anyhow::bail!(
+                "secret file {} holds fewer than 32 characters; delete it to generate a new one \
+                 (existing unsubscribe links then stop working)",
+                path.display()
+            );
+        }
+        Ok(Self::from_bytes(text.as_bytes()))
+    }
+
+    /// Writes a new secret to a private temporary file, then links it into
+    /// place, which fails if another process got there first: nobody can
+    /// read the file before its secret is in it.
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
         let text = hex::encode(raw);
+        let tmp = dir.join(format!(".secret.{:08x}.tmp", fastrand::u32(..)));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -84,18 +106,19 @@ impl Keys {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        match opts.open(path) {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("cannot write secret file {}", path.display()))?;
+        let written = opts
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+            .and_then(|_| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
                 *NEW_SECRET.lock().expect("new secret lock") = Some(path.to_path_buf());
                 Ok(Self::from_bytes(text.as_bytes()))
             }
-            // Another process created it first: use theirs.
+            // Another process created it first: use theirs, complete already.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(path)?;
-                Ok(Self::from_bytes(text.trim().as_bytes()))
+                Self::from_file(path, &std::fs::read_to_string(path)?)
             }
             Err(e) => {
                 Err(e).with_context(|| format!("cannot create secret file {}", path.display()))
@@ -140,6 +163,45 @@ mod tests {
         );
         assert_ne!(a.subscriber_token_hash("u1"), a.subscriber_token("u1"));
         assert_eq!(a.subscriber_token("u1").len(), 64);
+    }
+
+    #[test]
+    fn processes_racing_to_create_the_secret_all_get_the_same_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SecuritySettings {
+            secret: String::new().into(),
+            secret_file: dir.path().join("secret.key"),
+        };
+        let tokens: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| Keys::load(&settings).map(|k| k.subscriber_token("x"))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(tokens.windows(2).all(|w| w[0] == w[1]));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let settings = SecuritySettings {
+            secret: String::new().into(),
+            secret_file: path.clone(),
+        };
+        let e = Keys::load(&settings).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Keys::load(&settings).unwrap();
     }
 
     #[test]

@@ -162,3 +162,30 @@ fn demo_runs_on_the_embedded_defaults() {
     // Twice is fine.
     s.run(&["demo"]).ok();
 }
+
+/// Issue 8, item 12: `mail.smtp.tls = none` with a username would send the
+/// password in clear; refused at start-up unless the relay is on loopback.
+#[test]
+fn a_password_in_clear_to_a_remote_host_is_refused() {
+    let s = Sandbox::new();
+    let clear = [
+        ("PAPERPOST__MAIL__SMTP__TLS", "none"),
+        ("PAPERPOST__MAIL__SMTP__USERNAME", "me"),
+        ("PAPERPOST__MAIL__SMTP__HOST", "mail.example.org"),
+    ];
+    let out = s.run_env(&clear, &["config"]);
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert!(
+        out.first_error_line()
+            .starts_with("error: invalid configuration: mail.smtp.tls:"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("mail.example.org"));
+    let local = [
+        ("PAPERPOST__MAIL__SMTP__TLS", "none"),
+        ("PAPERPOST__MAIL__SMTP__USERNAME", "me"),
+        ("PAPERPOST__MAIL__SMTP__HOST", "127.0.0.1"),
+    ];
+    s.run_env(&local, &["config"]).ok();
+}
