@@ -986,3 +986,32 @@ async fn a_large_import_during_an_edition_succeeds_and_the_edition_finishes() {
         out.stderr
     );
 }
+
+/// Issue 8, item 12: while the breaker is open attempts are not counted, but
+/// `mail.retry.max_age` still holds: after a long outage a stale edition is
+/// given up rather than piling up for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_holds_while_the_breaker_is_open() {
+    let probe = SmtpServer::start().await;
+    let addr = probe.addr;
+    probe.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = setup(3);
+    let mut env = smtp_env(addr.port(), 1);
+    env.push(("PAPERPOST__MAIL__RETRY__MAX_AGE".into(), "1s".into()));
+    env.push(("PAPERPOST__MAIL__RETRY__MAX_ATTEMPTS".into(), "1000".into()));
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("0 sent, 3 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        deliveries(&s)
+            .values()
+            .all(|r| r["last_error"].as_str().unwrap().contains("gave up")),
+        "{:?}",
+        deliveries(&s)
+    );
+}

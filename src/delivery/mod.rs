@@ -753,6 +753,18 @@ impl Engine {
             self.undo(undo);
         }
         self.breaker.trip(&reason);
+        let age = store::now_ms() - job.claimed.first_attempt_at;
+        if age >= self.retry.max_age.as_millis() as i64 {
+            let reason = format!("gave up: older than mail.retry.max_age: {reason}");
+            return (
+                Outcome::Failed {
+                    id,
+                    reason,
+                    bounce: None,
+                },
+                Tally::Failed,
+            );
+        }
         let next_at = store::now_ms();
         (
             Outcome::Retry {
@@ -831,9 +843,11 @@ impl Engine {
         connection: bool,
     ) -> (Outcome, Tally) {
         let (c, subscriber) = (&job.claimed, &job.subscriber);
+        let age = Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
         if connection {
             self.breaker.connection_failure(&reason);
-            if self.breaker.is_open() {
+            // Uncounted, but never past max_age: a stale edition is given up.
+            if self.breaker.is_open() && age < self.retry.max_age {
                 // The server is down: this says nothing about the
                 // message, so the attempt is not counted.
                 let next_at = store::now_ms();
@@ -851,7 +865,6 @@ impl Engine {
             self.breaker.success();
         }
         let attempts = c.attempts.max(1) as u32;
-        let age = Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
         if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
             let reason = format!("gave up after {attempts} attempts: {reason}");
             tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
