@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::config::ScheduleSettings;
@@ -64,10 +64,25 @@ impl Schedule {
 
     /// The first fire time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next_in(self.tz, t)
+    }
+
+    /// The first fire time in zone `tz` strictly after `t`. The cron is read
+    /// on the wall clock: a time the clocks skip (02:30 on a spring-forward
+    /// night) fires at the first instant after the gap, a time they repeat
+    /// fires once, at its first occurrence.
+    fn next_in(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Wall-clock candidates after the wall clock at `t`, as if the zone had
+        // no gaps; the first that lands after `t` (in a repeated hour, the
+        // earlier occurrences of candidates land before it). No candidate
+        // before that wall clock can land after `t`: the wall clock at `t` is
+        // never inside a gap.
+        let start = t.with_timezone(&tz).naive_local();
         self.cron
-            .after(&t.with_timezone(&self.tz))
-            .next()
-            .map(|d| d.with_timezone(&Utc))
+            .after(&Utc.from_utc_datetime(&start))
+            .take(10_000)
+            .filter_map(|wall| wall_clock(tz, wall.naive_utc()))
+            .find(|at| *at > t)
     }
 
     /// The latest fire time in the catch-up window `(now - catch_up, now]`: a
@@ -105,15 +120,8 @@ impl Schedule {
         }
         let tz: Tz = zone.parse().unwrap_or(self.tz);
         // A fire that happened in the last minute still counts as now.
-        let from = (now - chrono::Duration::minutes(1)).with_timezone(&tz);
-        self.cron
-            .after(&from)
-            .next()
-            .map(|t| {
-                t.with_timezone(&Utc)
-                    .timestamp_millis()
-                    .max(now.timestamp_millis())
-            })
+        self.next_in(tz, now - chrono::Duration::minutes(1))
+            .map(|t| t.timestamp_millis().max(now.timestamp_millis()))
             .unwrap_or(now.timestamp_millis())
     }
 
@@ -149,6 +157,22 @@ pub fn due_edition(
         return Err(NoEdition::TooOld(newest));
     }
     Ok(newest)
+}
+
+/// A wall-clock time in `tz` as an instant: the earlier of a repeated time;
+/// for a time the clocks skip, the first instant after the gap.
+fn wall_clock(tz: Tz, wall: chrono::NaiveDateTime) -> Option<DateTime<Utc>> {
+    use chrono::{LocalResult, Timelike};
+    match tz.from_local_datetime(&wall) {
+        LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => Some(d.with_timezone(&Utc)),
+        LocalResult::None => {
+            let minute = wall.with_second(0)?.with_nanosecond(0)?;
+            (1..=24 * 60)
+                .map(|m| minute + chrono::Duration::minutes(m))
+                .find_map(|w| tz.from_local_datetime(&w).earliest())
+                .map(|d| d.with_timezone(&Utc))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +291,33 @@ mod tests {
             "7 hours late: skipped"
         );
         assert_eq!(s.missed(t("2026-11-26T06:59:00Z")), None);
+    }
+
+    #[test]
+    fn a_fire_time_the_clocks_skip_fires_when_the_gap_ends() {
+        let s = schedule(&[
+            ("PAPERPOST__SCHEDULE__CRON", "0 30 2 * * *"),
+            ("PAPERPOST__SCHEDULE__TIMEZONE", "Europe/Berlin"),
+        ]);
+        // 2026-03-29: Berlin skips from 02:00 to 03:00 (01:00 UTC).
+        assert_eq!(
+            s.next_after(t("2026-03-28T12:00:00Z")),
+            Some(t("2026-03-29T01:00:00Z")),
+            "03:00 CEST, the first instant after the gap"
+        );
+        assert_eq!(
+            s.next_after(t("2026-03-29T01:00:00Z")),
+            Some(t("2026-03-30T00:30:00Z"))
+        );
+        // 2026-10-25: 02:30 happens twice; it fires once, the first time.
+        assert_eq!(
+            s.next_after(t("2026-10-24T12:00:00Z")),
+            Some(t("2026-10-25T00:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-10-25T00:30:00Z")),
+            Some(t("2026-10-26T01:30:00Z"))
+        );
     }
 
     #[test]
