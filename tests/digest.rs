@@ -212,7 +212,10 @@ fn text_part_is_wrapped_and_lists_links() {
             .trim_start()
             .split_once(": ")
             .is_some_and(|(_, v)| v.starts_with("http"));
-        assert!(w <= 78 || is_url, "line too long ({w}): {line:?}");
+        assert!(
+            w <= 72 || is_url,
+            "longer than the 72 columns the README promises ({w}): {line:?}"
+        );
     }
     assert!(text.starts_with("Paperpost Daily - Monday, 11 March 2024\n"));
     assert!(text.contains("Hello Zoë Ñúñez-Øster,"));
@@ -352,13 +355,7 @@ fn message_headers_and_parts_parse_back() {
         ("text", Some("plain")),
         "format=text is text only"
     );
-    assert!(
-        parsed
-            .html_body
-            .iter()
-            .all(|&i| parsed.parts[i as usize].is_text()),
-        "no HTML part"
-    );
+    assert!(!support::has_html_part(&parsed), "no HTML part");
     assert!(parsed.reply_to().is_none());
 }
 

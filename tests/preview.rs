@@ -87,7 +87,7 @@ async fn preview_renders_without_touching_delivery_state() {
             .unwrap()
             .starts_with("Paperpost Daily, 11 Mar 2024: ShiftAddLLM")
     );
-    assert!(m.body_html(0).is_none() || m.html_body.iter().all(|&i| m.parts[i as usize].is_text()));
+    assert!(!support::has_html_part(&m), "format=text has no HTML part");
 
     let pool = s.pool().await;
     let (editions,): (i64,) = sqlx::query_as("SELECT count(*) FROM editions")

@@ -191,3 +191,16 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// True if the message has a text/html part. (mail-parser's `html_body`
+/// lists the text part of a text-only message too, and `is_text()` is true
+/// for HTML parts as well, so neither tells.)
+pub fn has_html_part(m: &mail_parser::Message<'_>) -> bool {
+    use mail_parser::MimeHeaders;
+    m.parts.iter().any(|p| {
+        p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("text")
+                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
+        })
+    })
+}
