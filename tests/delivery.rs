@@ -1015,3 +1015,32 @@ async fn max_age_holds_while_the_breaker_is_open() {
         deliveries(&s)
     );
 }
+
+/// Issue 8, item 10: the status check can be seconds old when the body goes
+/// out (a slow connect, TLS, AUTH): it is asked again at the point of no
+/// return when older than 50 ms. Here the connection takes a second (within
+/// the 1.5 s timeout); the
+/// reader unsubscribes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_during_a_slow_connect_is_honoured_before_the_body() {
+    let server = SmtpServer::start().await;
+    server.set_greeting_delay(Duration::from_secs(1));
+    let s = setup(1);
+    let child = command(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("the connection", || server.connections() >= 1).await;
+    s.run(&["subscribers", "remove", &email(0)]).ok();
+    let out = finish(child).await;
+    assert!(
+        out.ok().contains("0 sent, 0 failed, 1 skipped"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        server.received().is_empty(),
+        "mail sent after an unsubscribe"
+    );
+    assert_eq!(deliveries(&s)[&email(0)]["status"], "cancelled");
+}

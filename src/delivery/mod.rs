@@ -336,6 +336,7 @@ impl Engine {
                     let status = status
                         .await
                         .unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into()));
+                    let answered = Instant::now();
                     next = rx
                         .try_lock()
                         .ok()
@@ -345,7 +346,8 @@ impl Engine {
                             (j, s, Instant::now())
                         });
                     let gate: Gate = Box::pin(engine.settle(&mut unrecorded, &in_flight));
-                    let (outcome, tally) = engine.attempt(&mut sender, &job, status, gate).await;
+                    let checked = (status, answered);
+                    let (outcome, tally) = engine.attempt(&mut sender, &job, checked, gate).await;
                     // When nothing was sent the gate was never reached.
                     engine.settle(&mut unrecorded, &in_flight).await;
                     let (outcome, tally) = engine.reconsider(outcome, tally);
@@ -595,7 +597,7 @@ impl Engine {
         &self,
         sender: &mut Sender,
         job: &Job,
-        status: Standing,
+        (status, answered): (Standing, Instant),
         gate: Gate<'_>,
     ) -> (Outcome, Tally) {
         let c = &job.claimed;
@@ -622,30 +624,8 @@ impl Engine {
                 Tally::Failed,
             )
         };
-        match status {
-            Standing::Active => {}
-            Standing::Ended(status) => {
-                if self.breaker.is_open() {
-                    self.breaker.probe_unanswered();
-                }
-                let reason = format!("subscriber {status}");
-                return (
-                    Outcome::Final {
-                        id: c.id,
-                        status: "cancelled",
-                        reason,
-                    },
-                    Tally::Cancelled,
-                );
-            }
-            // Not sent unless known to be wanted; tried again soon.
-            Standing::Unknown(why) => {
-                let reason = format!("cannot check the subscriber's status: {why}");
-                return uncounted(
-                    reason,
-                    store::now_ms() + self.retry.base_delay.as_millis() as i64,
-                );
-            }
+        if !matches!(status, Standing::Active) {
+            return self.not_wanted(job, status);
         }
         let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
             return failed(format!("invalid edition date {:?}", c.edition_date));
@@ -674,10 +654,32 @@ impl Engine {
             .to_string();
         let raw = message.formatted();
         let started = std::time::Instant::now();
+        // Connecting, TLS, AUTH and the gate can take seconds: at the point of
+        // no return, a status answer older than STATUS_MAX_AGE is asked again.
+        let changed: Mutex<Option<Standing>> = Mutex::new(None);
+        let gate: Gate = Box::pin(async {
+            if !gate.await {
+                return false;
+            }
+            if answered.elapsed() <= STATUS_MAX_AGE {
+                return true;
+            }
+            let now = self.recorder.ask_status(subscriber.id).await;
+            match now.unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into())) {
+                Standing::Active => true,
+                other => {
+                    *changed.lock().expect("status lock") = Some(other);
+                    false
+                }
+            }
+        });
         let result = sender.send(message.envelope(), &raw, gate).await;
         self.metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let Some(standing) = changed.into_inner().expect("status lock") {
+            return self.not_wanted(job, standing);
+        }
         match result {
             Ok(reply) => self.sent(job, date, reply, message_id),
             Err(Failure::Permanent {
@@ -686,6 +688,50 @@ impl Engine {
             }) => self.refused(job, date, reason, hard_bounce),
             Err(Failure::Transient { reason, connection }) => {
                 self.transient(job, date, reason, connection)
+            }
+        }
+    }
+
+    /// The subscriber is not (known to be) wanting mail: an ended subscription
+    /// cancels the row; an unanswered check retries it soon, uncounted.
+    fn not_wanted(&self, job: &Job, standing: Standing) -> (Outcome, Tally) {
+        let id = job.claimed.id;
+        // A probe that is not sent says nothing of the server.
+        if self.breaker.is_open() {
+            self.breaker.probe_unanswered();
+        }
+        match standing {
+            Standing::Ended(status) => {
+                let reason = format!("subscriber {status}");
+                let status = "cancelled";
+                (Outcome::Final { id, status, reason }, Tally::Cancelled)
+            }
+            Standing::Unknown(why) => {
+                let reason = format!("cannot check the subscriber's status: {why}");
+                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                (
+                    Outcome::Retry {
+                        id,
+                        reason,
+                        next_at,
+                        counted: false,
+                    },
+                    Tally::Retried,
+                )
+            }
+            // Not reached: only called for a subscriber not known active.
+            Standing::Active => {
+                let reason = "not sent".to_string();
+                let next_at = store::now_ms();
+                (
+                    Outcome::Retry {
+                        id,
+                        reason,
+                        next_at,
+                        counted: false,
+                    },
+                    Tally::Retried,
+                )
             }
         }
     }

@@ -79,6 +79,8 @@ pub struct SmtpServer {
     state: Arc<Mutex<State>>,
     script: Arc<Mutex<Script>>,
     delay: Arc<Mutex<Duration>>,
+    /// How long a new connection waits for the server's greeting.
+    greeting: Arc<Mutex<Duration>>,
     pipelining: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
 }
@@ -110,6 +112,7 @@ impl SmtpServer {
             state,
             script: Arc::new(Mutex::new(script)),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
+            greeting: Arc::new(Mutex::new(Duration::ZERO)),
             pipelining: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             stop,
         };
@@ -118,6 +121,7 @@ impl SmtpServer {
             server.script.clone(),
             server.delay.clone(),
         );
+        let greeting = server.greeting.clone();
         let pipelining = server.pipelining.clone();
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
@@ -127,9 +131,11 @@ impl SmtpServer {
                         let Ok((sock, _)) = r else { continue };
                         state.lock().unwrap().connections += 1;
                         let (state, script, delay) = (state.clone(), script.clone(), delay.clone());
+                        let wait = *greeting.lock().unwrap();
                         let pipelining = pipelining.load(std::sync::atomic::Ordering::SeqCst);
                         let mut stopped = stopped.clone();
                         tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
                             tokio::select! {
                                 _ = session(sock, state, script, delay, pipelining) => {}
                                 _ = stopped.wait_for(|s| *s) => {}
@@ -158,6 +164,11 @@ impl SmtpServer {
     }
 
     /// Waits this long before answering the end of each message's DATA.
+    /// New connections wait `d` for the greeting (a slow connect, TLS or AUTH).
+    pub fn set_greeting_delay(&self, d: Duration) {
+        *self.greeting.lock().unwrap() = d;
+    }
+
     pub fn set_delay(&self, d: Duration) {
         *self.delay.lock().unwrap() = d;
     }
