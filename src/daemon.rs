@@ -98,15 +98,16 @@ pub async fn fire(
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(app: App) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     crate::security::report_new_secret();
     let lock = Lock::acquire(&app.pool).await?;
-    let result = serve(&app, &lock).await;
+    let result = serve(&app, &lock, signals).await;
     lock.release().await;
     tracing::info!("paperpost stopped");
     result
 }
 
-async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
+async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
     let (settings, pool) = (&app.settings, &app.pool);
     recover(pool).await?;
     sync_subscriber_file(app).await;
@@ -121,7 +122,7 @@ async fn serve(app: &App, lock: &Lock) -> anyhow::Result<()> {
     let web = Some(Arc::clone(&engine));
     crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
 
-    tracker.spawn(signals(shutdown.clone(), app.clone()));
+    tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
     {
         let liveness = Arc::clone(&liveness);
         tracker.spawn(lock.heartbeat(shutdown.clone(), move || liveness.lock_held()));
@@ -263,12 +264,13 @@ async fn wait_until(
 
 /// `paperpost serve`: the web endpoint alone, until SIGTERM or SIGINT.
 pub async fn serve_web(app: App) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     crate::security::report_new_secret();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());
     crate::web::start(&app, liveness, None, &tracker, shutdown.clone()).await?;
-    tracker.spawn(signals(shutdown.clone(), app.clone()));
+    tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
     tracker.close();
     shutdown.cancelled().await;
     tracing::info!("stopping: finishing the requests in flight");
@@ -277,25 +279,36 @@ pub async fn serve_web(app: App) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn signals(shutdown: CancellationToken, app: App) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received: applying the subscriber file");
-                sync_subscriber_file(&app).await;
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed:
+/// a stop signal during start-up is a graceful stop, not the default kill.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot catch SIGHUP")?,
+        })
+    }
+
+    /// Cancels `shutdown` on SIGTERM or SIGINT; SIGHUP applies the subscriber file.
+    async fn handle(mut self, shutdown: CancellationToken, app: App) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: applying the subscriber file");
+                    sync_subscriber_file(&app).await;
+                }
+                _ = shutdown.cancelled() => return,
             }
-            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -1044,3 +1044,20 @@ async fn an_unsubscribe_during_a_slow_connect_is_honoured_before_the_body() {
     );
     assert_eq!(deliveries(&s)[&email(0)]["status"], "cancelled");
 }
+
+/// A SIGTERM during start-up (here, as soon as the web endpoint listens,
+/// before the scheduler runs) is a graceful stop, not the default kill: the
+/// handlers are installed before any work starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_start_up_stops_gracefully() {
+    let server = SmtpServer::start().await;
+    let s = setup(1);
+    let mut daemon = command(&s, &smtp_env(server.port(), 1), &["run"])
+        .spawn()
+        .unwrap();
+    wait_for_log(&mut daemon, "web endpoint listening").await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    let out = finish(daemon).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("SIGTERM received"), "{}", out.stderr);
+}
