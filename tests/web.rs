@@ -134,7 +134,10 @@ impl Site {
         loop {
             let mails: Vec<String> = std::fs::read_dir(&dir)
                 .map(|rd| {
+                    // Finished messages only: one being written is a
+                    // hidden temporary file until it is renamed.
                     rd.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
                         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
                         .collect()
                 })
