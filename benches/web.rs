@@ -45,19 +45,7 @@ fn base_cmd(dir: &Path, smtp_port: u16, web: &str) -> Command {
 
 /// Every subscriber's link token, by reading the database as the daemon would.
 async fn tokens(db: &Path) -> Vec<String> {
-    let settings = paperpost::config::Settings::load_from(
-        None,
-        Some(
-            [(
-                "PAPERPOST__DATABASE__PATH".to_string(),
-                db.display().to_string(),
-            )]
-            .into_iter()
-            .collect(),
-        ),
-    )
-    .unwrap();
-    let pool = paperpost::store::connect(&settings.database).await.unwrap();
+    let pool = open(db).await;
     let keys = paperpost::security::Keys::from_bytes(SECRET.as_bytes());
     let all: Vec<_> = paperpost::store::subscribers::stream(&pool, None)
         .map_ok(|s| keys.subscriber_token(&s.uuid))

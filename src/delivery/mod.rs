@@ -602,18 +602,6 @@ impl Engine {
     ) -> (Outcome, Tally) {
         let c = &job.claimed;
         let subscriber = &job.subscriber;
-        let uncounted = |reason: String, next_at: i64| {
-            let id = c.id;
-            (
-                Outcome::Retry {
-                    id,
-                    reason,
-                    next_at,
-                    counted: false,
-                },
-                Tally::Retried,
-            )
-        };
         let failed = |reason: String| {
             (
                 Outcome::Failed {
@@ -636,6 +624,7 @@ impl Engine {
             Err(e) => {
                 let reason = format!("cannot load the edition: {e:#}");
                 return uncounted(
+                    c.id,
                     reason,
                     store::now_ms() + self.retry.base_delay.as_millis() as i64,
                 );
@@ -709,29 +698,13 @@ impl Engine {
             Standing::Unknown(why) => {
                 let reason = format!("cannot check the subscriber's status: {why}");
                 let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
-                (
-                    Outcome::Retry {
-                        id,
-                        reason,
-                        next_at,
-                        counted: false,
-                    },
-                    Tally::Retried,
-                )
+                uncounted(id, reason, next_at)
             }
             // Not reached: only called for a subscriber not known active.
             Standing::Active => {
                 let reason = "not sent".to_string();
                 let next_at = store::now_ms();
-                (
-                    Outcome::Retry {
-                        id,
-                        reason,
-                        next_at,
-                        counted: false,
-                    },
-                    Tally::Retried,
-                )
+                uncounted(id, reason, next_at)
             }
         }
     }
@@ -812,15 +785,7 @@ impl Engine {
             );
         }
         let next_at = store::now_ms();
-        (
-            Outcome::Retry {
-                id,
-                reason,
-                next_at,
-                counted: false,
-            },
-            Tally::Retried,
-        )
+        uncounted(id, reason, next_at)
     }
 
     /// Takes back refusals the guard found to be the server's doing: rows
@@ -847,15 +812,7 @@ impl Engine {
                 if self.undone.lock().expect("undone lock").remove(&id) =>
             {
                 let next_at = store::now_ms();
-                (
-                    Outcome::Retry {
-                        id,
-                        reason,
-                        next_at,
-                        counted: false,
-                    },
-                    Tally::Retried,
-                )
+                uncounted(id, reason, next_at)
             }
             other => (other, tally),
         }
@@ -897,15 +854,7 @@ impl Engine {
                 // The server is down: this says nothing about the
                 // message, so the attempt is not counted.
                 let next_at = store::now_ms();
-                return (
-                    Outcome::Retry {
-                        id: c.id,
-                        reason,
-                        next_at,
-                        counted: false,
-                    },
-                    Tally::Retried,
-                );
+                return uncounted(c.id, reason, next_at);
             }
         } else {
             self.breaker.success();
@@ -949,6 +898,21 @@ impl Engine {
         counter.fetch_add(1, Ordering::Relaxed);
         exported.inc();
     }
+}
+
+/// A retry that does not count as an attempt: the failure said nothing
+/// about the message (the server was down, the status could not be checked).
+fn uncounted(id: i64, reason: String, next_at: i64) -> (Outcome, Tally) {
+    let counted = false;
+    (
+        Outcome::Retry {
+            id,
+            reason,
+            next_at,
+            counted,
+        },
+        Tally::Retried,
+    )
 }
 
 /// Which progress counter an outcome moves.
