@@ -49,7 +49,11 @@ impl App {
     }
 
     /// The delivery engine for this process, with its own writer connection.
-    pub fn engine(&self) -> anyhow::Result<Arc<crate::delivery::Engine>> {
+    /// It claims and sends only while `fence` is up.
+    pub fn engine(
+        &self,
+        fence: crate::lock::Fence,
+    ) -> anyhow::Result<Arc<crate::delivery::Engine>> {
         Ok(crate::delivery::Engine::new(
             &self.settings,
             self.pool.clone(),
@@ -57,6 +61,7 @@ impl App {
             self.composer()?,
             self.mailer()?,
             Arc::clone(&self.metrics),
+            fence,
         ))
     }
 

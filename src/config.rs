@@ -51,6 +51,9 @@ pub struct DatabaseSettings {
     pub busy_timeout: Duration,
     #[serde(deserialize_with = "de::connections")]
     pub max_connections: u32,
+    /// How long the sending lock lasts without a heartbeat.
+    #[serde(deserialize_with = "de::lock_ttl")]
+    pub lock_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +414,17 @@ mod de {
                 format!("invalid duration {s:?}: {e} (write e.g. \"100ms\", \"30s\", \"5m\", \"6h\", \"2days\")")
             })
         })
+    }
+
+    pub fn lock_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ttl = duration(d)?;
+        if !(Duration::from_secs(3)..=Duration::from_secs(600)).contains(&ttl) {
+            return Err(D::Error::custom(format!(
+                "{} is out of range (3s to 10m)",
+                humantime::format_duration(ttl)
+            )));
+        }
+        Ok(ttl)
     }
 
     pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

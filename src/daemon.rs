@@ -100,7 +100,7 @@ pub async fn fire(
 pub async fn run(app: App) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     crate::security::report_new_secret();
-    let lock = Lock::acquire(&app.pool).await?;
+    let lock = Lock::acquire(&app.pool, app.settings.database.lock_ttl).await?;
     let result = serve(&app, &lock, signals).await;
     lock.release().await;
     tracing::info!("paperpost stopped");
@@ -112,11 +112,11 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
     recover(pool).await?;
     sync_subscriber_file(app).await;
     let schedule = Schedule::from_settings(&settings.schedule);
-    let engine = app.engine()?;
+    let engine = app.engine(lock.fence())?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let liveness = Arc::new(Liveness::sending());
+    let liveness = Arc::new(Liveness::sending(settings.database.lock_ttl));
     liveness.lock_held();
     liveness.scheduler_alive();
     let web = Some(Arc::clone(&engine));
@@ -321,7 +321,7 @@ mod tests {
     /// the scheduler still ticks, so /healthz does not call it dead.
     #[tokio::test(start_paused = true)]
     async fn waiting_for_no_fire_time_keeps_the_scheduler_alive() {
-        let liveness = Arc::new(Liveness::sending());
+        let liveness = Arc::new(Liveness::sending(std::time::Duration::from_secs(30)));
         liveness.lock_held();
         let shutdown = CancellationToken::new();
         let waiter = {

@@ -1,74 +1,232 @@
-//! The scheduler lock: one process sends for a database at a time. The holder
-//! renews it with a heartbeat; a holder that died is taken over.
+//! The sending lock: one process sends for a database at a time.
+//!
+//! The holder renews it every third of its TTL. The lock is fenced: a claim
+//! checks in the same statement that its process holds the lock, outcomes
+//! change only rows their process claimed (`claimed_by`), and a process that
+//! has not renewed within the TTL stops claiming and sending ([`Fence`]). A
+//! holder on this machine that is gone is taken over at once; its identity
+//! ([`Identity`]) tells a dead process from a live one in another container or
+//! a process that reused its PID.
 
-use std::time::Duration;
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::SqlitePool;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, deliveries};
 
-/// How long the scheduler lock lasts without a heartbeat.
-pub const LOCK_TTL: Duration = Duration::from_secs(30);
+/// Who holds the lock: enough to tell, from another process, whether it is
+/// still running. Written "host:pid:start:boot:pidns:tag".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    host: String,
+    pid: u32,
+    /// The process's start time, in clock ticks after boot: a PID reused by
+    /// a later process (PID 1 in a restarted container) has another.
+    start: u64,
+    /// The first 8 hex digits of the kernel's boot id.
+    boot: String,
+    /// The PID namespace's inode: a PID means nothing in another container.
+    pidns: String,
+    /// Random, so that two holders never share an identity.
+    tag: String,
+}
 
-/// The scheduler lock: only one process sends for a database at a time.
+/// What this process can tell of a holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Running here.
+    Running,
+    /// It ran here and is gone (its PID is free, or now another process's).
+    Gone,
+    /// On another host, kernel or PID namespace: only its lock's expiry tells.
+    Elsewhere,
+}
+
+impl Identity {
+    pub fn of_this_process() -> Self {
+        let pid = std::process::id();
+        Identity {
+            host: hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+                .replace(':', "_"),
+            pid,
+            start: start_ticks(pid).unwrap_or(0),
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|b| b.trim().replace('-', "").chars().take(8).collect())
+                .unwrap_or_else(|_| "-".into()),
+            pidns: std::fs::read_link("/proc/self/ns/pid")
+                .map(|l| {
+                    let l = l.to_string_lossy();
+                    l.trim_start_matches("pid:[")
+                        .trim_end_matches(']')
+                        .to_string()
+                })
+                .unwrap_or_else(|_| "-".into()),
+            tag: format!("{:08x}", fastrand::u32(..)),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let f: Vec<&str> = s.split(':').collect();
+        let [host, pid, start, boot, pidns, tag] = f.as_slice() else {
+            return None;
+        };
+        Some(Identity {
+            host: host.to_string(),
+            pid: pid.parse().ok()?,
+            start: start.parse().ok()?,
+            boot: boot.to_string(),
+            pidns: pidns.to_string(),
+            tag: tag.to_string(),
+        })
+    }
+
+    /// Judges `holder` from this process; `start_of(pid)` is the start time of
+    /// the process with that PID here, if one runs.
+    pub fn judge(&self, holder: &Identity, start_of: impl Fn(u32) -> Option<u64>) -> Seen {
+        let comparable = holder.host == self.host
+            && holder.boot == self.boot
+            && holder.pidns == self.pidns
+            && self.boot != "-"
+            && self.pidns != "-"
+            && holder.pid > 0;
+        if !comparable {
+            return Seen::Elsewhere;
+        }
+        match start_of(holder.pid) {
+            Some(start) if start == holder.start => Seen::Running,
+            _ => Seen::Gone,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Identity {
+            host,
+            pid,
+            start,
+            boot,
+            pidns,
+            tag,
+        } = self;
+        write!(f, "{host}:{pid}:{start}:{boot}:{pidns}:{tag}")
+    }
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), if it runs.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether this process may claim and send: it holds the lock and renewed it
+/// within the TTL. Shared by the heartbeat and the engine.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<FenceState>);
+
+#[derive(Debug)]
+struct FenceState {
+    me: String,
+    ttl: Duration,
+    /// Held until then, unless renewed.
+    until: Mutex<Instant>,
+    /// Another process took the lock: for good.
+    lost: AtomicBool,
+}
+
+impl Fence {
+    /// A fence taken at `at` for `ttl`.
+    pub fn new(me: String, ttl: Duration, at: Instant) -> Self {
+        let fence = Fence(Arc::new(FenceState {
+            me,
+            ttl,
+            until: Mutex::new(at),
+            lost: AtomicBool::new(false),
+        }));
+        fence.renewed(at);
+        fence
+    }
+
+    /// The holder's identity, as claims and outcomes carry it.
+    pub fn me(&self) -> &str {
+        &self.0.me
+    }
+
+    /// The lock was renewed by a statement sent at `at`: held until `at` plus
+    /// the TTL, less a tenth to spare for a message being sent then.
+    pub fn renewed(&self, at: Instant) {
+        let ttl = self.0.ttl;
+        *self.0.until.lock().expect("fence lock") = at + ttl - ttl / 10;
+    }
+
+    pub fn held(&self) -> bool {
+        !self.is_lost() && Instant::now() < *self.0.until.lock().expect("fence lock")
+    }
+
+    pub fn lose(&self) {
+        self.0.lost.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.0.lost.load(Ordering::SeqCst)
+    }
+
+    /// An error if another process took the lock from this one.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.is_lost() {
+            anyhow::bail!(
+                "lost the sending lock to another process; stopped sending (messages not yet \
+                 sent are left to it)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The sending lock, taken by `run` and `send`.
 pub struct Lock {
     pool: SqlitePool,
-    me: String,
-}
-
-fn host() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// True if `holder` ("host:pid:tag") names a process on this host that is gone.
-fn is_dead_local(holder: &str) -> bool {
-    let mut parts = holder.split(':');
-    let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    if h != host() || pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    fence: Fence,
 }
 
 impl Lock {
     /// Takes the lock, or fails naming the process that holds it. A holder on
     /// this machine that is no longer running is taken over at once.
-    pub async fn acquire(pool: &SqlitePool) -> anyhow::Result<Self> {
-        let me = format!(
-            "{}:{}:{:08x}",
-            host(),
-            std::process::id(),
-            fastrand::u32(..)
-        );
-        let ttl = LOCK_TTL.as_millis() as i64;
+    pub async fn acquire(pool: &SqlitePool, ttl: Duration) -> anyhow::Result<Self> {
+        let here = Identity::of_this_process();
+        let me = here.to_string();
+        let ttl_ms = ttl.as_millis() as i64;
+        let at = Instant::now();
         let mut conn = pool.acquire().await?;
-        let Some(other) = deliveries::try_lock(&mut conn, &me, ttl, None).await? else {
-            return Ok(Self {
-                pool: pool.clone(),
-                me,
-            });
+        let taken = |pool: &SqlitePool| Lock {
+            pool: pool.clone(),
+            fence: Fence::new(me.clone(), ttl, at),
         };
-        if is_dead_local(&other.holder)
-            && deliveries::try_lock(&mut conn, &me, ttl, Some(&other.holder))
+        let Some(other) = deliveries::try_lock(&mut conn, &me, ttl_ms, None).await? else {
+            return Ok(taken(pool));
+        };
+        let seen = Identity::parse(&other.holder).map(|h| here.judge(&h, start_ticks));
+        if seen == Some(Seen::Gone)
+            && deliveries::try_lock(&mut conn, &me, ttl_ms, Some(&other.holder))
                 .await?
                 .is_none()
         {
             tracing::warn!(previous = %other.holder, "took over the lock of a paperpost process that is no longer running");
-            return Ok(Self {
-                pool: pool.clone(),
-                me,
-            });
+            return Ok(taken(pool));
         }
         let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
         anyhow::bail!(
@@ -78,37 +236,55 @@ impl Lock {
         )
     }
 
-    /// Renews the lock until `shutdown`, calling `renewed` after each renewal;
-    /// losing it cancels `shutdown`.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// Renews the lock every third of its TTL until `shutdown`, calling
+    /// `renewed` after each renewal. Renewals that fail are tried again
+    /// every second; past the TTL the fence is down (nothing is claimed or
+    /// sent) until one succeeds. Losing the lock to another process cancels
+    /// `shutdown`.
     pub fn heartbeat(
         &self,
         shutdown: CancellationToken,
         renewed: impl Fn() + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let pool = self.pool.clone();
-        let me = self.me.clone();
+        let fence = self.fence.clone();
         async move {
+            let every = fence.0.ttl / 3;
+            let mut wait = every;
+            let mut stalled = false;
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(LOCK_TTL / 3) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let result = async {
-                    let mut conn = pool.acquire().await?;
-                    anyhow::Ok(
-                        deliveries::renew_lock(&mut conn, &me, LOCK_TTL.as_millis() as i64).await?,
-                    )
-                }
-                .await;
-                match result {
-                    Ok(true) => renewed(),
+                let at = Instant::now();
+                match renew(&pool, &fence).await {
+                    Ok(true) => {
+                        if stalled {
+                            tracing::info!("the sending lock is renewed again; sending resumes");
+                        }
+                        (stalled, wait) = (false, every);
+                        fence.renewed(at);
+                        renewed();
+                    }
                     Ok(false) => {
-                        tracing::error!("lost the scheduler lock to another process; stopping");
+                        tracing::error!("lost the sending lock to another process; stopping");
+                        fence.lose();
                         shutdown.cancel();
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the scheduler lock; retrying")
+                        wait = Duration::from_secs(1).min(every);
+                        if !fence.held() && !stalled {
+                            stalled = true;
+                            tracing::error!(error = %format!("{e:#}"), "cannot renew the sending lock within its TTL; sending stops until it can");
+                        } else if !stalled {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot renew the sending lock; retrying");
+                        }
                     }
                 }
             }
@@ -117,9 +293,15 @@ impl Lock {
 
     pub async fn release(self) {
         if let Ok(mut conn) = self.pool.acquire().await {
-            let _ = deliveries::release_lock(&mut conn, &self.me).await;
+            let _ = deliveries::release_lock(&mut conn, self.fence.me()).await;
         }
     }
+}
+
+async fn renew(pool: &SqlitePool, fence: &Fence) -> anyhow::Result<bool> {
+    let mut conn = pool.acquire().await?;
+    let ttl = fence.0.ttl.as_millis() as i64;
+    Ok(deliveries::renew_lock(&mut conn, fence.me(), ttl).await?)
 }
 
 /// After taking the lock: rows that were being sent when the last holder
@@ -134,4 +316,53 @@ pub async fn recover(pool: &SqlitePool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn here() -> Identity {
+        Identity::parse("box:100:5000:0a1b2c3d:4026531836:00000001").unwrap()
+    }
+
+    #[test]
+    fn identities_round_trip() {
+        let me = Identity::of_this_process();
+        assert_eq!(Identity::parse(&me.to_string()), Some(me.clone()));
+        assert!(me.start > 0, "{me}");
+        assert_eq!(Identity::parse("host:123:tag"), None, "the old form");
+    }
+
+    #[test]
+    fn a_holder_is_judged_only_where_its_pid_means_something() {
+        let me = here();
+        let other = |s: &str| Identity::parse(s).unwrap();
+        let running = |pid| (pid == 200).then_some(7000);
+        let judge = |s: &str| me.judge(&other(s), running);
+        assert_eq!(judge("box:200:7000:0a1b2c3d:4026531836:x"), Seen::Running);
+        // Its PID is free, or belongs to a process started at another time.
+        assert_eq!(judge("box:201:7000:0a1b2c3d:4026531836:x"), Seen::Gone);
+        assert_eq!(judge("box:200:6999:0a1b2c3d:4026531836:x"), Seen::Gone);
+        // Another host, another boot, another container: unknown.
+        assert_eq!(judge("cat:201:7000:0a1b2c3d:4026531836:x"), Seen::Elsewhere);
+        assert_eq!(judge("box:201:7000:ffffffff:4026531836:x"), Seen::Elsewhere);
+        assert_eq!(judge("box:201:7000:0a1b2c3d:4026531999:x"), Seen::Elsewhere);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_falls_without_renewal_and_rises_with_one() {
+        let ttl = Duration::from_secs(30);
+        let fence = Fence::new("me".into(), ttl, Instant::now());
+        assert!(fence.held());
+        tokio::time::sleep(Duration::from_secs(26)).await;
+        assert!(fence.held());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!fence.held(), "past the TTL less a tenth");
+        fence.renewed(Instant::now());
+        assert!(fence.held());
+        fence.lose();
+        assert!(!fence.held());
+        assert!(fence.check().is_err());
+    }
 }

@@ -3,85 +3,13 @@
 
 mod support;
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use support::{
-    Run, Sandbox,
+    Sandbox,
+    child::{DATE, command, email, finish, run, setup, smtp_env, wait_for, wait_for_log},
     smtp::{Action, Plan, SmtpServer},
 };
-use tokio::process::{Child, Command};
-
-const DATE: &str = "2024-03-11";
-
-fn smtp_env(port: u16, concurrency: u16) -> Vec<(String, String)> {
-    [
-        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
-        ("PAPERPOST__MAIL__SMTP__HOST", "127.0.0.1".into()),
-        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
-        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
-        ("PAPERPOST__MAIL__SMTP__TIMEOUT", "1500ms".into()),
-        ("PAPERPOST__MAIL__RETRY__BASE_DELAY", "100ms".into()),
-        ("PAPERPOST__MAIL__RETRY__MAX_DELAY", "300ms".into()),
-        ("PAPERPOST__MAIL__RETRY__MAX_ATTEMPTS", "5".into()),
-        ("PAPERPOST__MAIL__CONCURRENCY", concurrency.to_string()),
-        ("PAPERPOST__LOG__LEVEL", "info".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-fn email(i: usize) -> String {
-    format!("r{i:03}@example.org")
-}
-
-/// A sandbox with the sample papers for DATE and `n` subscribers r000..
-fn setup(n: usize) -> Sandbox {
-    let s = Sandbox::with_sample_papers();
-    let mut csv = String::from("email,name\n");
-    for i in 0..n {
-        csv.push_str(&format!("{},Reader {i}\n", email(i)));
-    }
-    let f = s.write("subs.csv", csv);
-    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
-    s
-}
-
-fn command(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Command {
-    let mut c = Command::from(s.command());
-    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args);
-    c.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
-
-async fn run(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Run {
-    let out = tokio::time::timeout(Duration::from_secs(60), command(s, env, args).output())
-        .await
-        .expect("paperpost finished within 60 s")
-        .expect("run paperpost");
-    out.into()
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn finish(child: Child) -> Run {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exited within 60 s")
-        .unwrap()
-        .into()
-}
 
 fn deliveries(s: &Sandbox) -> HashMap<String, serde_json::Value> {
     let out = s.run(&["deliveries", "--date", DATE, "--json"]);
@@ -724,28 +652,6 @@ async fn the_same_plain_550_to_everyone_takes_back_the_bounces() {
     let _ = send.start_kill();
     let _ = send.wait().await;
     assert!(deliveries(&s).values().all(|r| r["status"] != "failed"));
-}
-
-/// Reads a child's standard error until a line contains `marker` (30 s at
-/// most); returns everything read.
-async fn wait_for_log(child: &mut Child, marker: &str) -> String {
-    use tokio::io::AsyncBufReadExt;
-    let stderr = child.stderr.as_mut().expect("stderr piped");
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(marker) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(found, Ok(true)), "no {marker:?} in:\n{seen}");
-    seen
 }
 
 /// Issue 8, reproduction 2: a restart after a caught-up fire time must not

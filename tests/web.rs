@@ -758,7 +758,7 @@ async fn health_and_metrics() {
 
 #[tokio::test]
 async fn a_sending_process_whose_scheduler_stalled_is_unhealthy() {
-    let live = Liveness::sending();
+    let live = Liveness::sending(std::time::Duration::from_secs(30));
     let now = store::now_ms();
     assert_eq!(live.problem(now), Some("the scheduler lock is not held"));
     live.lock_held();

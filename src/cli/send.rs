@@ -18,13 +18,17 @@ pub struct SendSummary {
 
 /// Sends one edition to completion in the foreground.
 pub async fn send(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
-    let lock = crate::lock::Lock::acquire(&app.pool).await?;
-    let result = send_locked(app, date).await;
+    let lock = crate::lock::Lock::acquire(&app.pool, app.settings.database.lock_ttl).await?;
+    let result = send_locked(app, &lock, date).await;
     lock.release().await;
     result
 }
 
-async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> {
+async fn send_locked(
+    app: &App,
+    lock: &crate::lock::Lock,
+    date: NaiveDate,
+) -> anyhow::Result<SendSummary> {
     use std::sync::atomic::Ordering;
     crate::lock::recover(&app.pool).await?;
     let mut conn = app.pool.acquire().await?;
@@ -32,7 +36,7 @@ async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> 
         anyhow::bail!("no papers selected for {date}; import some with `paperpost papers import`");
     }
     drop(conn);
-    let engine = app.engine()?;
+    let engine = app.engine(lock.fence())?;
     match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
         store::deliveries::Started::Now(n) => println!(
             "Edition {date}: sending to {n} subscribers via {}",
@@ -46,6 +50,7 @@ async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> 
         }
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let heartbeat = tokio::spawn(lock.heartbeat(shutdown.clone(), || {}));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -106,6 +111,8 @@ async fn send_locked(app: &App, date: NaiveDate) -> anyhow::Result<SendSummary> 
     };
     let run = engine.run(Some(date), true, shutdown.clone()).await;
     reporter.abort();
+    shutdown.cancel();
+    let _ = heartbeat.await;
     run?;
     let seconds = started.elapsed().as_secs_f64();
     let mut conn = app.pool.acquire().await?;

@@ -25,6 +25,7 @@ use crate::{
     config::{RetrySettings, Settings},
     digest::{Composer, Edition, Reader},
     domain::SubscriberStatus,
+    lock::Fence,
     mailer::{Failure, Gate, Mailer, Sender},
     store::{
         self,
@@ -233,6 +234,8 @@ pub struct Engine {
     alerted: std::sync::atomic::AtomicBool,
     wake: Notify,
     recorder: Recorder,
+    /// Claims and sends only while this process holds the sending lock.
+    fence: Fence,
 }
 
 impl Engine {
@@ -243,14 +246,17 @@ impl Engine {
         composer: Composer,
         mailer: Arc<Mailer>,
         metrics: Arc<crate::metrics::Metrics>,
+        fence: Fence,
     ) -> Arc<Self> {
         let recorder = Recorder::start(
             pool.clone(),
             writer.clone(),
+            fence.me().to_string(),
             i64::from(settings.mail.bounce.threshold),
         );
         Arc::new(Self {
             recorder,
+            fence,
             pool,
             writer,
             composer,
@@ -367,7 +373,8 @@ impl Engine {
             .await;
         drop(tx);
         while workers.join_next().await.is_some() {}
-        result
+        result?;
+        self.fence.check()
     }
 
     async fn claim_loop(
@@ -412,6 +419,14 @@ impl Engine {
                     continue;
                 }
             };
+            if !self.fence.held() {
+                // The heartbeat has not renewed the lock within its TTL.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
             // Wait for room before claiming, so claimed rows do not sit in a queue.
             let permit = tokio::select! {
                 p = tx.reserve() => p?,
@@ -419,7 +434,9 @@ impl Engine {
             };
             let claimed = async {
                 let mut w = self.writer.acquire().await?;
-                anyhow::Ok(deliveries::claim(&mut w, limit, LEASE.as_millis() as i64, only).await?)
+                let lease = LEASE.as_millis() as i64;
+                let me = self.fence.me();
+                anyhow::Ok(deliveries::claim(&mut w, me, limit, lease, only).await?)
             }
             .await;
             let claimed = match claimed {
@@ -567,7 +584,7 @@ impl Engine {
     async fn release_expired(&self) {
         let released = async {
             let mut w = self.writer.acquire().await?;
-            anyhow::Ok(deliveries::release_expired(&mut w).await?)
+            anyhow::Ok(deliveries::release_expired(&mut w, self.fence.me()).await?)
         }
         .await;
         match released {
@@ -583,7 +600,7 @@ impl Engine {
     async fn unclaim(&self, job: &Job) {
         let r = async {
             let mut conn = self.writer.acquire().await?;
-            anyhow::Ok(deliveries::unclaim(&mut conn, job.claimed.id).await?)
+            anyhow::Ok(deliveries::unclaim(&mut conn, self.fence.me(), job.claimed.id).await?)
         }
         .await;
         if let Err(e) = r {
@@ -650,6 +667,10 @@ impl Engine {
             if !gate.await {
                 return false;
             }
+            if !self.fence.held() {
+                *changed.lock().expect("status lock") = Some(Standing::Fenced);
+                return false;
+            }
             if answered.elapsed() <= STATUS_MAX_AGE {
                 return true;
             }
@@ -699,6 +720,10 @@ impl Engine {
                 let reason = format!("cannot check the subscriber's status: {why}");
                 let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
                 uncounted(id, reason, next_at)
+            }
+            Standing::Fenced => {
+                let reason = "not sent: this process does not hold the sending lock".to_string();
+                uncounted(id, reason, store::now_ms())
             }
             // Not reached: only called for a subscriber not known active.
             Standing::Active => {
@@ -962,6 +987,8 @@ enum Standing {
     Ended(String),
     /// The database could not say: not sent now, tried again.
     Unknown(String),
+    /// Not asked: this process may not send now ([`Fence`]).
+    Fenced,
 }
 
 enum Request {
@@ -980,7 +1007,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn start(pool: SqlitePool, writer: SqlitePool, bounce_threshold: i64) -> Self {
+    fn start(pool: SqlitePool, writer: SqlitePool, me: String, bounce_threshold: i64) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -1024,7 +1051,7 @@ impl Recorder {
                         return;
                     }
                     let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
-                    let result = write_patiently(&writer, &items, bounce_threshold)
+                    let result = write_patiently(&writer, &me, &items, bounce_threshold)
                         .await
                         .map_err(|e| format!("{e:#}"));
                     for reply in replies {
@@ -1075,6 +1102,7 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 
 async fn write_patiently(
     writer: &SqlitePool,
+    me: &str,
     items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
@@ -1082,7 +1110,7 @@ async fn write_patiently(
     let mut pause = Duration::from_millis(50);
     let mut warned = false;
     loop {
-        match write_outcomes(writer, items, bounce_threshold).await {
+        match write_outcomes(writer, me, items, bounce_threshold).await {
             Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
                 if !warned {
                     tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; waiting to record delivery outcomes");
@@ -1102,6 +1130,7 @@ async fn write_patiently(
 
 async fn write_outcomes(
     writer: &SqlitePool,
+    me: &str,
     items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
@@ -1116,12 +1145,14 @@ async fn write_outcomes(
             _ => None,
         })
         .collect();
-    let all_sent = sent.len() == items.len();
+    let sent_n = sent.len() as u64;
+    let all_sent = sent_n == items.len() as u64;
     let sent = (!sent.is_empty()).then(|| serde_json::Value::Array(sent).to_string());
     // The common case, a batch of accepted messages: one statement, autocommit.
     if all_sent && let Some(sent) = &sent {
         let mut conn = writer.acquire().await?;
-        deliveries::mark_sent_many(&mut conn, sent).await?;
+        let written = deliveries::mark_sent_many(&mut conn, me, sent).await?;
+        warn_not_ours(sent_n - written);
         return Ok(());
     }
     let mut tx = writer.begin().await?;
@@ -1134,10 +1165,12 @@ async fn write_outcomes(
                 next_at,
                 counted,
             } => {
-                deliveries::mark_retry(&mut tx, *id, reason, *next_at, *counted).await?;
+                deliveries::mark_retry(&mut tx, me, *id, reason, *next_at, *counted).await?;
             }
             Outcome::Final { id, status, reason } => {
-                deliveries::mark_final(&mut tx, *id, status, reason).await?;
+                if !deliveries::mark_final(&mut tx, me, *id, status, reason).await? {
+                    warn_not_ours(1);
+                }
             }
             Outcome::Undo { id, bounce } => {
                 let undone = deliveries::undo_refusal(&mut tx, *id).await?;
@@ -1146,7 +1179,10 @@ async fn write_outcomes(
                 }
             }
             Outcome::Failed { id, reason, bounce } => {
-                deliveries::mark_final(&mut tx, *id, "failed", reason).await?;
+                if !deliveries::mark_final(&mut tx, me, *id, "failed", reason).await? {
+                    warn_not_ours(1);
+                    continue;
+                }
                 if let Some(subscriber_id) = *bounce {
                     let n = deliveries::add_hard_bounce(&mut tx, subscriber_id).await?;
                     if n >= bounce_threshold {
@@ -1168,10 +1204,22 @@ async fn write_outcomes(
         }
     }
     if let Some(sent) = &sent {
-        deliveries::mark_sent_many(&mut tx, sent).await?;
+        let written = deliveries::mark_sent_many(&mut tx, me, sent).await?;
+        warn_not_ours(sent_n - written);
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Outcomes of rows that are no longer this process's (it lost the sending
+/// lock and the next holder took them back) are not written.
+fn warn_not_ours(n: u64) {
+    if n > 0 {
+        tracing::warn!(
+            outcomes = n,
+            "outcomes not recorded: their messages now belong to the process that took over the              sending lock (a recipient may get one twice)"
+        );
+    }
 }
 
 #[cfg(test)]

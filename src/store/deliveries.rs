@@ -87,58 +87,74 @@ pub struct Claimed {
 /// `now + lease_ms`. The subquery walks the (status, next_attempt_at) index and
 /// stops at `limit`, so a claim costs the same with 100 or 1,000,000 rows queued.
 /// Rows left `sending` by a process that died are put back by
-/// [`release_in_flight`] when the next process takes the scheduler lock (only
-/// the lock holder sends, so a lease never needs to expire while it runs).
+/// [`release_in_flight`] when the next process takes the scheduler lock.
+/// Nothing is claimed unless `me` holds the lock now: the statement checks it,
+/// so a process that lost the lock cannot claim however late it learns so.
 pub async fn claim(
     conn: &mut SqliteConnection,
+    me: &str,
     limit: u32,
     lease_ms: i64,
     only: Option<NaiveDate>,
 ) -> Result<Vec<Claimed>, StoreError> {
     let now = now_ms();
     let date_filter = if only.is_some() {
-        "AND edition_date = ?4"
+        "AND edition_date = ?5"
     } else {
         ""
     };
     let sql = format!(
         "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
-           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1 \
+           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1, claimed_by = ?4 \
          WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
                       WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
                       ORDER BY next_attempt_at LIMIT ?3) \
+           AND {HOLDS_LOCK} \
          RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
     );
     let mut q = sqlx::query_as(&sql)
         .bind(now)
         .bind(lease_ms)
-        .bind(i64::from(limit));
+        .bind(i64::from(limit))
+        .bind(me);
     if let Some(d) = only {
         q = q.bind(d.to_string());
     }
     Ok(q.fetch_all(conn).await?)
 }
 
+/// True when the process `?4` holds the sending lock at `?1`.
+const HOLDS_LOCK: &str =
+    "EXISTS (SELECT 1 FROM scheduler_lock WHERE id = 1 AND holder = ?4 AND expires_at > ?1)";
+
 /// Records many accepted messages in one statement. `json` is an array of
-/// `{"id", "reply", "message_id"}` objects.
-pub async fn mark_sent_many(conn: &mut SqliteConnection, json: &str) -> Result<(), StoreError> {
+/// `{"id", "reply", "message_id"}` objects. Only rows `me` is sending are
+/// changed; returns how many were.
+pub async fn mark_sent_many(
+    conn: &mut SqliteConnection,
+    me: &str,
+    json: &str,
+) -> Result<u64, StoreError> {
     let now = now_ms();
-    sqlx::query(
+    let r = sqlx::query(
         "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
          sent_at = ?1, lease_until = NULL, last_error = NULL, updated_at = ?1 \
-         FROM json_each(?2) AS j WHERE deliveries.id = j.value ->> 'id'",
+         FROM json_each(?2) AS j WHERE deliveries.id = j.value ->> 'id' \
+           AND deliveries.status = 'sending' AND deliveries.claimed_by = ?3",
     )
     .bind(now)
     .bind(json)
+    .bind(me)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(r.rows_affected())
 }
 
 /// Puts a row back in the queue to be tried at `next_at`. With `counted`
 /// false the attempt is given back (it never reached a live server).
 pub async fn mark_retry(
     conn: &mut SqliteConnection,
+    me: &str,
     id: i64,
     error: &str,
     next_at: i64,
@@ -146,36 +162,42 @@ pub async fn mark_retry(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET status = 'queued', attempts = max(attempts - ?, 0), last_error = ?, \
-         next_attempt_at = ?, lease_until = NULL, updated_at = ? WHERE id = ? AND status = 'sending'",
+         next_attempt_at = ?, lease_until = NULL, updated_at = ? \
+         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
     )
     .bind(if counted { 0 } else { 1 })
     .bind(error)
     .bind(next_at)
     .bind(now_ms())
     .bind(id)
+    .bind(me)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Ends a row as failed or cancelled, with the reason.
+/// Ends a row `me` is sending as failed or cancelled, with the reason; false
+/// if the row is not (or no longer) `me`'s.
 pub async fn mark_final(
     conn: &mut SqliteConnection,
+    me: &str,
     id: i64,
     status: &str,
     reason: &str,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     debug_assert!(matches!(status, "failed" | "cancelled"));
-    sqlx::query(
-        "UPDATE deliveries SET status = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+    let r = sqlx::query(
+        "UPDATE deliveries SET status = ?, last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
     )
     .bind(status)
     .bind(reason)
     .bind(now_ms())
     .bind(id)
+    .bind(me)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
 /// Counts a hard bounce; returns the subscriber's total.
@@ -193,13 +215,14 @@ pub async fn add_hard_bounce(
     Ok(n)
 }
 
-/// Gives a claimed row back untouched (the attempt is not counted).
-pub async fn unclaim(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+/// Gives a row `me` claimed back untouched (the attempt is not counted).
+pub async fn unclaim(conn: &mut SqliteConnection, me: &str, id: i64) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
-         WHERE id = ? AND status = 'sending'",
+         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
     )
     .bind(id)
+    .bind(me)
     .execute(conn)
     .await?;
     Ok(())
@@ -210,7 +233,7 @@ pub async fn unclaim(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreEr
 pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
     Ok(sqlx::query(
         "UPDATE deliveries SET status = 'queued', lease_until = NULL, next_attempt_at = min(next_attempt_at, ?1), \
-         updated_at = ?1 WHERE status = 'sending'",
+         updated_at = ?1, claimed_by = NULL WHERE status = 'sending'",
     )
     .bind(now_ms())
     .execute(conn)
@@ -221,18 +244,21 @@ pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, Store
 /// Rows whose lease ran out while `sending` (an outcome that could not be
 /// written, an unclaim that failed) go back to the queue, for the running
 /// sender to send again. Only the newest editions are looked at, through their
-/// index: older ones have nothing in flight.
-pub async fn release_expired(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+/// index: older ones have nothing in flight. Only the lock's holder `me` may.
+pub async fn release_expired(conn: &mut SqliteConnection, me: &str) -> Result<u64, StoreError> {
+    let sql = format!(
         "UPDATE deliveries SET status = 'queued', lease_until = NULL, \
-           next_attempt_at = min(next_attempt_at, ?1), updated_at = ?1 \
+           next_attempt_at = min(next_attempt_at, ?1), updated_at = ?1, claimed_by = NULL \
          WHERE edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
-           AND status = 'sending' AND lease_until < ?1",
-    )
-    .bind(now_ms())
-    .execute(conn)
-    .await?
-    .rows_affected())
+           AND status = 'sending' AND lease_until < ?1 AND {}",
+        HOLDS_LOCK.replace("?4", "?2")
+    );
+    Ok(sqlx::query(&sql)
+        .bind(now_ms())
+        .bind(me)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 /// A failed row goes back to the queue, the attempt uncounted: its refusal

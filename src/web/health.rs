@@ -9,7 +9,7 @@ use axum::{
 };
 
 use super::WebState;
-use crate::{lock::LOCK_TTL, metrics::StatusLabel, store};
+use crate::{metrics::StatusLabel, store};
 
 /// What the sending side of this process last reported, for /healthz.
 #[derive(Debug, Default)]
@@ -20,15 +20,18 @@ pub struct Liveness {
     scheduler_at: AtomicI64,
     /// When the scheduler lock was last taken or renewed (epoch ms; 0 = never).
     lock_at: AtomicI64,
+    /// How long the lock lasts without renewal (`database.lock_ttl`).
+    lock_ttl_ms: i64,
 }
 
 /// The scheduler loop wakes at least this often.
 pub const SCHEDULER_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Liveness {
-    pub fn sending() -> Self {
+    pub fn sending(lock_ttl: std::time::Duration) -> Self {
         Liveness {
             sends: true,
+            lock_ttl_ms: lock_ttl.as_millis() as i64,
             ..Default::default()
         }
     }
@@ -47,7 +50,7 @@ impl Liveness {
             return None;
         }
         let age = |a: &AtomicI64| now - a.load(Ordering::Relaxed);
-        if age(&self.lock_at) > LOCK_TTL.as_millis() as i64 {
+        if age(&self.lock_at) > self.lock_ttl_ms {
             return Some("the scheduler lock is not held");
         }
         if age(&self.scheduler_at) > 3 * SCHEDULER_TICK.as_millis() as i64 {
