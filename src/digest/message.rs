@@ -165,13 +165,14 @@ impl Envelope {
         if let Some(r) = &self.reply_to {
             b = b.reply_to(r.clone());
         }
-        let mut message = match rendered.html {
+        let text = part(ContentType::TEXT_PLAIN, edition.encode(&rendered.text));
+        let mut message = match rendered.html_part {
             Some(html) => b.multipart(
                 MultiPart::alternative()
-                    .singlepart(part(edition, ContentType::TEXT_PLAIN, &rendered.text))
-                    .singlepart(part(edition, ContentType::TEXT_HTML, &html)),
+                    .singlepart(text)
+                    .singlepart(part(ContentType::TEXT_HTML, html)),
             )?,
-            None => b.singlepart(part(edition, ContentType::TEXT_PLAIN, &rendered.text))?,
+            None => b.singlepart(text)?,
         };
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);
@@ -230,11 +231,9 @@ impl Envelope {
     }
 }
 
-/// A UTF-8 text part, quoted-printable encoded by [`super::qp`], with the
-/// edition's pre-encoded fragments spliced in for segmented renderings.
-fn part(edition: &Edition, content_type: ContentType, text: &str) -> SinglePart {
-    let mut encoded = Vec::with_capacity(16 * 1024);
-    super::qp::encode_spliced(text, &mut encoded, |line| edition.fragment(line));
+/// A UTF-8 text part whose body is already quoted-printable encoded
+/// ([`Edition::encode`]).
+fn part(content_type: ContentType, encoded: Vec<u8>) -> SinglePart {
     SinglePart::builder()
         .header(content_type)
         .body(Body::dangerous_pre_encoded(

@@ -23,7 +23,7 @@ pub const ABSTRACT_CHARS: usize = 600;
 pub const BRIEF_ABSTRACT_CHARS: usize = 280;
 /// Digests with more papers than this use the brief abstracts in HTML.
 pub const BRIEF_ABOVE: usize = 20;
-/// Gmail clips HTML over 102 KB; digests stay under this.
+/// Gmail clips HTML over 102 KB; the HTML part as sent (encoded) stays under this.
 pub const HTML_BUDGET: usize = 100 * 1024;
 /// Authors shown before "et al.".
 pub const AUTHORS_SHOWN: usize = 3;
@@ -141,6 +141,14 @@ impl Edition {
             })
             .collect();
         Self { date, papers }
+    }
+
+    /// A part's body as sent: `text` quoted-printable encoded, with this
+    /// edition's pre-encoded fragments spliced in for its marker lines.
+    pub fn encode(&self, text: &str) -> Vec<u8> {
+        let mut encoded = Vec::with_capacity(16 * 1024);
+        qp::encode_spliced(text, &mut encoded, |line| self.fragment(line));
+        encoded
     }
 
     /// The pre-encoded fragment a marker line (from [`PaperView::card`] or
@@ -335,6 +343,9 @@ pub struct Rendered {
     pub text: String,
     /// Present for format=html.
     pub html: Option<String>,
+    /// The HTML part's body as sent: quoted-printable, fragments spliced in.
+    /// Its size is what [`HTML_BUDGET`] holds.
+    pub html_part: Option<Vec<u8>>,
     /// How many papers it holds.
     pub papers: usize,
 }
@@ -472,21 +483,26 @@ pub fn render(
         v.papers.first().map(|p| p.paper.paper.title.as_str()),
     );
     let text = DigestText { d: &v }.render()?;
-    let html = match reader.format {
+    let (html, html_part) = match reader.format {
         Format::Html => {
+            // Measured as sent, cards and thumbnails encoded: the same
+            // whether the cards are spliced in (mail) or not (preview).
             let mut html = DigestHtml { d: &v }.render()?;
-            if html.len() > HTML_BUDGET && !v.brief {
+            let mut part = edition.encode(&html);
+            if part.len() > HTML_BUDGET && !v.brief {
                 v.brief = true;
                 html = DigestHtml { d: &v }.render()?;
+                part = edition.encode(&html);
             }
-            Some(html)
+            (Some(html), Some(part))
         }
-        Format::Text => None,
+        Format::Text => (None, None),
     };
     Ok(Rendered {
         subject,
         text,
         html,
+        html_part,
         papers: v.papers.len(),
     })
 }
