@@ -967,3 +967,37 @@ async fn a_sigterm_during_start_up_stops_gracefully() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("SIGTERM received"), "{}", out.stderr);
 }
+
+/// Issue 8 item 12: an editor who changes the selection while an edition is
+/// being sent reaches the readers not yet sent (the engine's per-edition
+/// cache notices).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selection_changed_mid_edition_reaches_the_readers_not_yet_sent() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(300));
+    let s = setup(10);
+    let env = smtp_env(server.port(), 1);
+    let child = command(&s, &env, &["send", "--date", DATE])
+        .spawn()
+        .unwrap();
+    wait_for("two messages", || server.received().len() >= 2).await;
+    let ids: Vec<String> = s.papers(Some(DATE)).into_iter().map(|(id, _)| id).collect();
+    let dropped = ids[0].clone();
+    let mut args = vec!["papers", "select", "--date", DATE];
+    args.extend(ids[1..].iter().map(String::as_str));
+    s.run(&args).ok();
+    finish(child).await.ok();
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 10);
+    let carries = |m: &support::smtp::Accepted| {
+        String::from_utf8_lossy(&m.data).contains(&format!("/papers/{dropped}"))
+    };
+    assert!(
+        carries(&accepted[0]),
+        "the first reader got the old selection"
+    );
+    assert!(
+        !carries(&accepted[9]),
+        "the last reader got a paper no longer selected"
+    );
+}

@@ -164,6 +164,22 @@ pub async fn selection(
     Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
 }
 
+/// A fingerprint of `date`'s selection: it changes when the selection or
+/// one of its papers does.
+pub async fn selection_version(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+) -> Result<String, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(group_concat(s.paper_id || '@' || p.updated_at, ' '), '') FROM \
+           (SELECT paper_id FROM selections WHERE edition_date = ? ORDER BY position) s \
+         JOIN papers p ON p.id = s.paper_id",
+    )
+    .bind(date.to_string())
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Every stored paper, newest first.
 pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<Paper>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM papers p ORDER BY p.published_at DESC, p.id");
