@@ -586,6 +586,7 @@ fn dkim_signature_covers_the_required_headers() {
         "message-id",
         "list-unsubscribe",
         "list-unsubscribe-post",
+        "list-id",
     ] {
         assert!(
             h.split(':').any(|x| x == needed),
