@@ -102,15 +102,21 @@ async fn an_edition_through_postfix_arrives_once_per_subscriber() {
         out.stderr
     );
 
-    // Postfix delivers asynchronously.
+    // Postfix delivers asynchronously: wait until every message is in and
+    // its queue is empty, so a duplicate would have landed too.
+    let queue_empty = || {
+        std::process::Command::new("postqueue")
+            .arg("-j")
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    };
     for _ in 0..300 {
-        if delivered(&maildir, &emails).len() == emails.len() {
+        if delivered(&maildir, &emails).len() == emails.len() && queue_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A moment more, so a duplicate would have landed too.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(queue_empty(), "Postfix still holds mail after 30 s");
     let got = delivered(&maildir, &emails);
     assert_eq!(
         got.len(),
