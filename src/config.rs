@@ -117,6 +117,10 @@ pub struct SmtpSettings {
     pub password: SecretString,
     #[serde(deserialize_with = "de::duration")]
     pub timeout: Duration,
+    /// Certificates (PEM) trusted besides the built-in roots, for a relay
+    /// with a private CA or a self-signed certificate.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for SmtpSettings {
@@ -425,6 +429,17 @@ mod de {
             )));
         }
         Ok(ttl)
+    }
+
+    /// A path, or `None` for an empty string.
+    pub fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        parsed(d, |s| {
+            if s.contains('\0') {
+                Err(format!("invalid path {s:?}"))
+            } else {
+                Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+            }
+        })
     }
 
     pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

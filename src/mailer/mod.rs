@@ -88,14 +88,7 @@ impl Mailer {
                 let s = &m.smtp;
                 let tls_parameters = match s.tls {
                     TlsMode::None => None,
-                    TlsMode::Starttls | TlsMode::Tls => {
-                        Some(TlsParameters::new(s.host.clone()).map_err(|e| {
-                            anyhow::anyhow!(
-                                "invalid configuration: mail.smtp.host: no TLS for {:?}: {e}",
-                                s.host
-                            )
-                        })?)
-                    }
+                    TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters(s)?),
                 };
                 let credentials = (!s.username.is_empty()).then(|| {
                     Credentials::new(s.username.clone(), s.password.expose_secret().to_string())
@@ -174,6 +167,32 @@ fn not_sent() -> Failure {
 
 fn code_of(e: &lettre::transport::smtp::Error) -> Option<u16> {
     e.status().and_then(|c| c.to_string().parse().ok())
+}
+
+/// TLS for `s.host`, trusting the built-in roots and `s.ca_file`'s certificates.
+fn tls_parameters(s: &crate::config::SmtpSettings) -> anyhow::Result<TlsParameters> {
+    let mut builder = TlsParameters::builder(s.host.clone());
+    if let Some(path) = &s.ca_file {
+        let bad = |why: String| {
+            anyhow::anyhow!(
+                "invalid configuration: mail.smtp.ca_file: {}: {why}",
+                path.display()
+            )
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = lettre::transport::smtp::client::Certificate::from_pem(&pem)
+            .map_err(|e| bad(e.to_string()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        builder = builder.add_root_certificate(certs);
+    }
+    builder.build().map_err(|e| {
+        anyhow::anyhow!(
+            "invalid configuration: mail.smtp.host: no TLS for {:?}: {e}",
+            s.host
+        )
+    })
 }
 
 /// What a sender waits for between the server's "354" and the message body,

@@ -3,7 +3,9 @@
 //! A script decides, per recipient and per attempt (1-based, counted at RCPT),
 //! what happens at RCPT and at the end of DATA: accept, answer a code, stall
 //! (never answer), or drop the connection (at DATA: in the middle of the data).
-//! Everything accepted is recorded.
+//! Everything accepted is recorded. It can speak STARTTLS or implicit TLS
+//! with a certificate from the test CA (tests/fixtures/smtp-ca.pem) and
+//! require AUTH (PLAIN or LOGIN).
 #![allow(dead_code)]
 
 use std::{
@@ -14,10 +16,67 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpListener,
     sync::watch,
 };
+
+/// How the server speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    None,
+    /// Plain at first; STARTTLS offered.
+    Starttls,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+}
+
+/// The server's TLS and AUTH.
+#[derive(Clone)]
+struct Security {
+    tls: Tls,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Required user and password, if AUTH is required.
+    auth: Option<(String, String)>,
+}
+
+impl Security {
+    fn plain() -> Self {
+        Security {
+            tls: Tls::None,
+            acceptor: None,
+            auth: None,
+        }
+    }
+}
+
+/// A TLS acceptor with the test CA's certificate for localhost and 127.0.0.1.
+fn acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let cert = CertificateDer::pem_file_iter(super::fixture("smtp-server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(super::fixture("smtp-server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A successful or failed AUTH, as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+    /// Whether the connection was encrypted when the password came.
+    pub encrypted: bool,
+    pub accepted: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -72,6 +131,7 @@ struct State {
     received: Vec<String>,
     attempts: HashMap<String, u32>,
     connections: u32,
+    logins: Vec<Login>,
 }
 
 pub struct SmtpServer {
@@ -82,6 +142,7 @@ pub struct SmtpServer {
     /// How long a new connection waits for the server's greeting.
     greeting: Arc<Mutex<Duration>>,
     pipelining: Arc<std::sync::atomic::AtomicBool>,
+    security: Security,
     stop: watch::Sender<bool>,
 }
 
@@ -97,11 +158,39 @@ impl SmtpServer {
             addr,
             Arc::new(|_: &str, _: u32| Plan::accept()),
             Default::default(),
+            Security::plain(),
         )
         .await
     }
 
-    async fn start_with(addr: SocketAddr, script: Script, state: Arc<Mutex<State>>) -> Self {
+    /// Listens on a free loopback port speaking `tls`, requiring AUTH with
+    /// `auth` (user, password) if given.
+    pub async fn start_secure(tls: Tls, auth: Option<(&str, &str)>) -> Self {
+        let security = Security {
+            tls,
+            acceptor: (tls != Tls::None).then(acceptor),
+            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        Self::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_: &str, _: u32| Plan::accept()),
+            Default::default(),
+            security,
+        )
+        .await
+    }
+
+    /// Every AUTH attempt so far.
+    pub fn logins(&self) -> Vec<Login> {
+        self.state.lock().unwrap().logins.clone()
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        script: Script,
+        state: Arc<Mutex<State>>,
+        security: Security,
+    ) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the test SMTP server");
@@ -114,6 +203,7 @@ impl SmtpServer {
             delay: Arc::new(Mutex::new(Duration::ZERO)),
             greeting: Arc::new(Mutex::new(Duration::ZERO)),
             pipelining: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            security,
             stop,
         };
         let (state, script, delay) = (
@@ -123,6 +213,7 @@ impl SmtpServer {
         );
         let greeting = server.greeting.clone();
         let pipelining = server.pipelining.clone();
+        let security = server.security.clone();
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
             loop {
@@ -134,10 +225,12 @@ impl SmtpServer {
                         let wait = *greeting.lock().unwrap();
                         let pipelining = pipelining.load(std::sync::atomic::Ordering::SeqCst);
                         let mut stopped = stopped.clone();
+                        let security = security.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(wait).await;
+                            let ctx = Session { state, script, delay, pipelining, security };
                             tokio::select! {
-                                _ = session(sock, state, script, delay, pipelining) => {}
+                                _ = ctx.connection(sock) => {}
                                 _ = stopped.wait_for(|s| *s) => {}
                             }
                         });
@@ -216,7 +309,8 @@ impl SmtpServer {
         self.stop();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let script = self.script.lock().unwrap().clone();
-        let s = Self::start_with(self.addr, script, self.state.clone()).await;
+        let s =
+            Self::start_with(self.addr, script, self.state.clone(), self.security.clone()).await;
         *s.delay.lock().unwrap() = *self.delay.lock().unwrap();
         s
     }
@@ -233,129 +327,241 @@ fn addr_of(arg: &str) -> String {
         .to_string()
 }
 
-async fn session(
-    sock: TcpStream,
+/// One connection's settings.
+struct Session {
     state: Arc<Mutex<State>>,
     script: Arc<Mutex<Script>>,
     delay: Arc<Mutex<Duration>>,
     pipelining: bool,
-) {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    let _ = w.write_all(b"220 paperpost-test ESMTP\r\n").await;
-    let mut from = String::new();
-    let mut rcpts: Vec<(String, Plan)> = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match r.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    security: Security,
+}
+
+/// How a session ended.
+enum End<S> {
+    Closed,
+    /// The client asked for STARTTLS: the stream, to be wrapped in TLS.
+    Starttls(S),
+}
+
+impl Session {
+    async fn connection(self, sock: tokio::net::TcpStream) {
+        let acceptor = self.security.acceptor.clone();
+        match (self.security.tls, acceptor) {
+            (Tls::Implicit, Some(a)) => {
+                if let Ok(tls) = a.accept(sock).await {
+                    self.session(tls, true, true).await;
+                }
+            }
+            (Tls::Starttls, Some(a)) => {
+                if let End::Starttls(sock) = self.session(sock, false, true).await
+                    && let Ok(tls) = a.accept(sock).await
+                {
+                    self.session(tls, true, false).await;
+                }
+            }
+            _ => {
+                self.session(sock, false, true).await;
+            }
         }
-        let cmd = line.trim_end().to_string();
-        let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
-            let pipe = if pipelining { "250-PIPELINING\r\n" } else { "" };
-            format!(
-                "250-paperpost-test\r\n{pipe}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n"
-            )
-        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
-            "250 OK\r\n".into()
-        } else if upper.starts_with("MAIL FROM") {
-            from = addr_of(&cmd);
-            rcpts.clear();
-            "250 2.1.0 OK\r\n".into()
-        } else if upper.starts_with("RCPT TO") {
-            let to = addr_of(&cmd);
-            let attempt = {
-                let mut s = state.lock().unwrap();
-                let n = s.attempts.entry(to.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let plan = (script.lock().unwrap().clone())(&to, attempt);
-            match plan.rcpt.clone() {
-                Action::Accept => {
-                    rcpts.push((to, plan));
-                    "250 2.1.5 OK\r\n".into()
-                }
-                Action::Reply(code, text) => format!("{code} {text}\r\n"),
-                Action::Stall => std::future::pending().await,
-                Action::Drop => return,
-            }
-        } else if upper == "DATA" {
-            if rcpts.is_empty() {
-                "503 5.5.1 no valid recipients\r\n".into()
-            } else {
-                if w.write_all(b"354 go ahead\r\n").await.is_err() {
-                    return;
-                }
-                if rcpts.iter().any(|(_, p)| p.data == Action::Drop) {
-                    // Read a little of the message, then hang up mid-DATA.
-                    let mut buf = [0u8; 256];
-                    let _ = r.read(&mut buf).await;
-                    return;
-                }
-                let mut data = Vec::new();
-                loop {
-                    let mut l = Vec::new();
-                    match r.read_until(b'\n', &mut l).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    if l == b".\r\n" {
-                        break;
-                    }
-                    let l = if l.starts_with(b"..") {
-                        l[1..].to_vec()
-                    } else {
-                        l
-                    };
-                    data.extend_from_slice(&l);
-                }
-                state
-                    .lock()
-                    .unwrap()
-                    .received
-                    .extend(rcpts.iter().map(|(to, _)| to.clone()));
-                let d = *delay.lock().unwrap();
-                if !d.is_zero() {
-                    tokio::time::sleep(d).await;
-                }
-                let plan = rcpts[0].1.data.clone();
-                match plan {
-                    Action::Accept => {
-                        let mut s = state.lock().unwrap();
-                        for (to, _) in &rcpts {
-                            s.accepted.push(Accepted {
-                                from: from.clone(),
-                                to: to.clone(),
-                                data: data.clone(),
-                            });
-                        }
-                        let id = s.accepted.len();
-                        rcpts.clear();
-                        format!("250 2.0.0 Ok: queued as T{id}\r\n")
-                    }
-                    Action::Reply(code, text) => {
-                        rcpts.clear();
-                        format!("{code} {text}\r\n")
-                    }
-                    Action::Stall => std::future::pending().await,
-                    Action::Drop => return,
-                }
-            }
-        } else if upper.starts_with("RSET") {
-            rcpts.clear();
-            "250 2.0.0 OK\r\n".into()
-        } else if upper.starts_with("QUIT") {
-            let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
-            return;
-        } else {
-            "500 5.5.2 unrecognized command\r\n".into()
+    }
+
+    /// The AUTH command `cmd` (and, for LOGIN, the lines that follow).
+    async fn auth<R, W>(&self, cmd: &str, r: &mut R, w: &mut W, encrypted: bool) -> Option<bool>
+    where
+        R: AsyncBufReadExt + Unpin,
+        W: AsyncWriteExt + Unpin,
+    {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |s: &str| String::from_utf8(b64.decode(s.trim()).ok()?).ok();
+        let mut ask = async |prompt: &str| -> Option<String> {
+            w.write_all(format!("334 {prompt}\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut l = String::new();
+            r.read_line(&mut l).await.ok()?;
+            decode(&l)
         };
-        if w.write_all(reply.as_bytes()).await.is_err() {
-            return;
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let (user, password) = match words.get(1).map(|m| m.to_ascii_uppercase()).as_deref() {
+            Some("PLAIN") => {
+                let text = match words.get(2) {
+                    Some(t) => decode(t)?,
+                    None => ask("").await?,
+                };
+                let mut parts = text.split('\0').skip(1);
+                (parts.next()?.to_string(), parts.next()?.to_string())
+            }
+            Some("LOGIN") => (ask("VXNlcm5hbWU6").await?, ask("UGFzc3dvcmQ6").await?),
+            _ => return None,
+        };
+        let accepted = self
+            .security
+            .auth
+            .as_ref()
+            .is_some_and(|(u, p)| *u == user && *p == password);
+        self.state.lock().unwrap().logins.push(Login {
+            user,
+            password,
+            encrypted,
+            accepted,
+        });
+        Some(accepted)
+    }
+
+    async fn session<S>(&self, sock: S, encrypted: bool, offer_starttls: bool) -> End<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (state, script, delay, pipelining) =
+            (&self.state, &self.script, &self.delay, self.pipelining);
+        let starttls = self.security.tls == Tls::Starttls && !encrypted && offer_starttls;
+        let auth_required = self.security.auth.is_some();
+        let mut authenticated = false;
+        let (r, mut w) = tokio::io::split(sock);
+        let mut r = BufReader::new(r);
+        if offer_starttls || self.security.tls != Tls::Starttls {
+            let _ = w.write_all(b"220 paperpost-test ESMTP\r\n").await;
+        }
+        let mut from = String::new();
+        let mut rcpts: Vec<(String, Plan)> = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line).await {
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(_) => {}
+            }
+            let cmd = line.trim_end().to_string();
+            let upper = cmd.to_ascii_uppercase();
+            let reply: String = if upper.starts_with("EHLO") {
+                let pipe = if pipelining { "250-PIPELINING\r\n" } else { "" };
+                let tls = if starttls { "250-STARTTLS\r\n" } else { "" };
+                let auth = if auth_required && !starttls {
+                    "250-AUTH PLAIN LOGIN\r\n"
+                } else {
+                    ""
+                };
+                format!(
+                    "250-paperpost-test\r\n{pipe}{tls}{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n"
+                )
+            } else if upper == "STARTTLS" && starttls {
+                if w.write_all(b"220 2.0.0 ready to start TLS\r\n")
+                    .await
+                    .is_err()
+                {
+                    return End::Closed;
+                }
+                return End::Starttls(r.into_inner().unsplit(w));
+            } else if upper.starts_with("AUTH ") && auth_required && !starttls {
+                match self.auth(&cmd, &mut r, &mut w, encrypted).await {
+                    Some(true) => {
+                        authenticated = true;
+                        "235 2.7.0 authenticated\r\n".into()
+                    }
+                    Some(false) => "535 5.7.8 authentication failed\r\n".into(),
+                    None => "501 5.5.4 bad AUTH\r\n".into(),
+                }
+            } else if upper.starts_with("MAIL FROM") && auth_required && !authenticated {
+                "530 5.7.0 authentication required\r\n".into()
+            } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+                "250 OK\r\n".into()
+            } else if upper.starts_with("MAIL FROM") {
+                from = addr_of(&cmd);
+                rcpts.clear();
+                "250 2.1.0 OK\r\n".into()
+            } else if upper.starts_with("RCPT TO") {
+                let to = addr_of(&cmd);
+                let attempt = {
+                    let mut s = state.lock().unwrap();
+                    let n = s.attempts.entry(to.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let plan = (script.lock().unwrap().clone())(&to, attempt);
+                match plan.rcpt.clone() {
+                    Action::Accept => {
+                        rcpts.push((to, plan));
+                        "250 2.1.5 OK\r\n".into()
+                    }
+                    Action::Reply(code, text) => format!("{code} {text}\r\n"),
+                    Action::Stall => std::future::pending().await,
+                    Action::Drop => return End::Closed,
+                }
+            } else if upper == "DATA" {
+                if rcpts.is_empty() {
+                    "503 5.5.1 no valid recipients\r\n".into()
+                } else {
+                    if w.write_all(b"354 go ahead\r\n").await.is_err() {
+                        return End::Closed;
+                    }
+                    if rcpts.iter().any(|(_, p)| p.data == Action::Drop) {
+                        // Read a little of the message, then hang up mid-DATA.
+                        let mut buf = [0u8; 256];
+                        let _ = r.read(&mut buf).await;
+                        return End::Closed;
+                    }
+                    let mut data = Vec::new();
+                    loop {
+                        let mut l = Vec::new();
+                        match r.read_until(b'\n', &mut l).await {
+                            Ok(0) | Err(_) => return End::Closed,
+                            Ok(_) => {}
+                        }
+                        if l == b".\r\n" {
+                            break;
+                        }
+                        let l = if l.starts_with(b"..") {
+                            l[1..].to_vec()
+                        } else {
+                            l
+                        };
+                        data.extend_from_slice(&l);
+                    }
+                    state
+                        .lock()
+                        .unwrap()
+                        .received
+                        .extend(rcpts.iter().map(|(to, _)| to.clone()));
+                    let d = *delay.lock().unwrap();
+                    if !d.is_zero() {
+                        tokio::time::sleep(d).await;
+                    }
+                    let plan = rcpts[0].1.data.clone();
+                    match plan {
+                        Action::Accept => {
+                            let mut s = state.lock().unwrap();
+                            for (to, _) in &rcpts {
+                                s.accepted.push(Accepted {
+                                    from: from.clone(),
+                                    to: to.clone(),
+                                    data: data.clone(),
+                                });
+                            }
+                            let id = s.accepted.len();
+                            rcpts.clear();
+                            format!("250 2.0.0 Ok: queued as T{id}\r\n")
+                        }
+                        Action::Reply(code, text) => {
+                            rcpts.clear();
+                            format!("{code} {text}\r\n")
+                        }
+                        Action::Stall => std::future::pending().await,
+                        Action::Drop => return End::Closed,
+                    }
+                }
+            } else if upper.starts_with("RSET") {
+                rcpts.clear();
+                "250 2.0.0 OK\r\n".into()
+            } else if upper.starts_with("QUIT") {
+                let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
+                return End::Closed;
+            } else {
+                "500 5.5.2 unrecognized command\r\n".into()
+            };
+            if w.write_all(reply.as_bytes()).await.is_err() {
+                return End::Closed;
+            }
         }
     }
 }
