@@ -949,7 +949,13 @@ impl Engine {
         }
         let attempts = c.attempts.max(1) as u32;
         if attempts >= self.retry.max_attempts || age >= self.retry.max_age {
-            let reason = format!("gave up after {attempts} attempts: {reason}");
+            let reason = if attempts >= self.retry.max_attempts {
+                format!("gave up after {attempts} attempts: {reason}")
+            } else {
+                format!(
+                    "gave up after {attempts} attempts, older than mail.retry.max_age: {reason}"
+                )
+            };
             tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
             (
                 Outcome::Failed {

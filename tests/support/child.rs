@@ -1,7 +1,7 @@
 //! Running the real binary as a child process, as the delivery and lock
 //! tests do.
 
-use std::{process::Stdio, time::Duration};
+use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use tokio::process::{Child, Command};
 
@@ -102,4 +102,20 @@ pub async fn wait_for_log(child: &mut Child, marker: &str) -> String {
     .await;
     assert!(matches!(found, Ok(true)), "no {marker:?} in:\n{seen}");
     seen
+}
+
+/// Each delivery row of DATE, by email.
+pub fn deliveries(s: &Sandbox) -> HashMap<String, serde_json::Value> {
+    let out = s.run(&["deliveries", "--date", DATE, "--json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(out.ok()).unwrap();
+    v.into_iter()
+        .map(|d| (d["email"].as_str().unwrap().to_string(), d))
+        .collect()
+}
+
+/// `env` with `key` set to `value` (replacing an earlier value).
+pub fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
+    env
 }

@@ -132,6 +132,10 @@ struct State {
     attempts: HashMap<String, u32>,
     connections: u32,
     logins: Vec<Login>,
+    /// Every message body read, whatever the reply to it.
+    bodies: Vec<Accepted>,
+    /// The next this many MAIL FROM commands get this reply.
+    mail_refusals: (u32, u16, &'static str),
 }
 
 pub struct SmtpServer {
@@ -178,6 +182,16 @@ impl SmtpServer {
             security,
         )
         .await
+    }
+
+    /// The next `n` MAIL FROM commands are answered `code text`.
+    pub fn refuse_mail(&self, n: u32, code: u16, text: &'static str) {
+        self.state.lock().unwrap().mail_refusals = (n, code, text);
+    }
+
+    /// Every message body the server read, accepted or not, in order.
+    pub fn bodies(&self) -> Vec<Accepted> {
+        self.state.lock().unwrap().bodies.clone()
     }
 
     /// Every AUTH attempt so far.
@@ -424,6 +438,8 @@ impl Session {
             let _ = w.write_all(b"220 paperpost-test ESMTP\r\n").await;
         }
         let mut from = String::new();
+        // A transaction is open (MAIL FROM was accepted).
+        let mut open = false;
         let mut rcpts: Vec<(String, Plan)> = Vec::new();
         let mut line = String::new();
         loop {
@@ -469,7 +485,20 @@ impl Session {
             } else if upper.starts_with("MAIL FROM") {
                 from = addr_of(&cmd);
                 rcpts.clear();
-                "250 2.1.0 OK\r\n".into()
+                let mut st = state.lock().unwrap();
+                match st.mail_refusals {
+                    (n, code, text) if n > 0 => {
+                        st.mail_refusals.0 -= 1;
+                        open = false;
+                        format!("{code} {text}\r\n")
+                    }
+                    _ => {
+                        open = true;
+                        "250 2.1.0 OK\r\n".into()
+                    }
+                }
+            } else if upper.starts_with("RCPT TO") && !open {
+                "503 5.5.1 need MAIL command\r\n".into()
             } else if upper.starts_with("RCPT TO") {
                 let to = addr_of(&cmd);
                 let attempt = {
@@ -518,11 +547,15 @@ impl Session {
                         };
                         data.extend_from_slice(&l);
                     }
-                    state
-                        .lock()
-                        .unwrap()
-                        .received
-                        .extend(rcpts.iter().map(|(to, _)| to.clone()));
+                    {
+                        let mut st = state.lock().unwrap();
+                        st.received.extend(rcpts.iter().map(|(to, _)| to.clone()));
+                        st.bodies.extend(rcpts.iter().map(|(to, _)| Accepted {
+                            from: from.clone(),
+                            to: to.clone(),
+                            data: data.clone(),
+                        }));
+                    }
                     let d = *delay.lock().unwrap();
                     if !d.is_zero() {
                         tokio::time::sleep(d).await;
@@ -540,10 +573,12 @@ impl Session {
                             }
                             let id = s.accepted.len();
                             rcpts.clear();
+                            open = false;
                             format!("250 2.0.0 Ok: queued as T{id}\r\n")
                         }
                         Action::Reply(code, text) => {
                             rcpts.clear();
+                            open = false;
                             format!("{code} {text}\r\n")
                         }
                         Action::Stall => std::future::pending().await,
@@ -552,6 +587,7 @@ impl Session {
                 }
             } else if upper.starts_with("RSET") {
                 rcpts.clear();
+                open = false;
                 "250 2.0.0 OK\r\n".into()
             } else if upper.starts_with("QUIT") {
                 let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
