@@ -133,7 +133,9 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
         let engine = Arc::clone(&engine);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let result = engine.run(None, false, shutdown.clone()).await;
+            let result = engine
+                .run(crate::delivery::Until::Shutdown, shutdown.clone())
+                .await;
             if let Err(e) = &result {
                 tracing::error!(error = %format!("{e:#}"), "the delivery engine stopped");
                 shutdown.cancel();

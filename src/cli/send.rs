@@ -109,7 +109,9 @@ async fn send_locked(
             }
         })
     };
-    let run = engine.run(Some(date), true, shutdown.clone()).await;
+    let run = engine
+        .run(crate::delivery::Until::EditionDone(date), shutdown.clone())
+        .await;
     reporter.abort();
     shutdown.cancel();
     let _ = heartbeat.await;

@@ -117,3 +117,11 @@ pub fn is_busy(e: &anyhow::Error) -> bool {
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+/// Whether the database answers (for /healthz).
+pub async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(())
+}

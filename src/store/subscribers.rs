@@ -866,3 +866,19 @@ pub async fn expire_pending(
         .await?;
     Ok(r.rows_affected())
 }
+
+/// The status of each subscriber in `ids` that exists, by id: one query for a
+/// batch of the delivery workers' checks.
+pub async fn statuses(
+    pool: &SqlitePool,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>, StoreError> {
+    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, status FROM subscribers WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -63,9 +63,7 @@ impl Liveness {
 /// 200 "ok" when the database answers and, in a sending process, the scheduler
 /// runs and holds the lock; 503 with a short reason otherwise.
 pub async fn healthz(State(state): State<WebState>) -> Response {
-    let db = sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(&state.app.pool)
-        .await;
+    let db = store::ping(&state.app.pool).await;
     let problem = match db {
         Err(e) => {
             tracing::warn!(error = %e, "health check: the database does not answer");

@@ -1,0 +1,223 @@
+//! The claimer: takes due rows from the queue in batches and hands them to
+//! the workers.
+
+use super::*;
+
+/// What the claimer works with.
+pub(super) struct Claimer<'a> {
+    pub tx: &'a tokio::sync::mpsc::Sender<Job>,
+    /// Rows handed to the workers and not yet recorded.
+    pub in_flight: &'a AtomicU64,
+    pub until: Until,
+    pub shutdown: &'a CancellationToken,
+}
+
+impl Claimer<'_> {
+    fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps `d`, or less if shutdown comes.
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}
+
+impl Engine {
+    /// Claims due rows in batches and hands them to the workers until
+    /// shutdown, or until `until`'s edition is done.
+    pub(super) async fn claim_loop(&self, c: Claimer<'_>) -> anyhow::Result<()> {
+        let mut swept = Instant::now();
+        while !c.shutdown.is_cancelled() {
+            let Some(limit) = self.batch_size(&c).await else {
+                continue;
+            };
+            if !self.fence.held() {
+                // The heartbeat has not renewed the lock within its TTL.
+                c.pause(Duration::from_millis(200)).await;
+                continue;
+            }
+            // Wait for room before claiming, so claimed rows do not sit in a queue.
+            let permit = tokio::select! {
+                p = c.tx.reserve() => p?,
+                _ = c.shutdown.cancelled() => return Ok(()),
+            };
+            let claimed = match self.claim(limit, c.until.edition()).await {
+                Ok(claimed) => claimed,
+                // Another process holds the database (a large import): wait it out.
+                Err(e) if store::is_busy(&e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; claiming later");
+                    drop(permit);
+                    c.pause(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if claimed.is_empty() {
+                drop(permit);
+                if self.idle(&c, &mut swept).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
+            let subs = {
+                let mut conn = self.pool.acquire().await?;
+                subscribers::get_many(&mut conn, &ids).await?
+            };
+            self.dispatch(claimed, subs, permit, c.tx, c.in_flight)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// How many rows to claim now, once the breaker and the queue allow;
+    /// `None` to look again (the breaker said wait, or shutdown came).
+    async fn batch_size(&self, c: &Claimer<'_>) -> Option<u32> {
+        match self.breaker.allowance() {
+            Allowance::Full => {
+                // Claim in batches: wait until half the queue is free (or
+                // nothing is left to do) rather than claiming row by row.
+                let half = c.tx.max_capacity() / 2;
+                while c.tx.capacity() < half && c.in_flight() as usize > half {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = c.shutdown.cancelled() => return None,
+                    }
+                }
+                Some(c.tx.capacity().max(1) as u32)
+            }
+            Allowance::Probe => {
+                // Wait for the workers to drain before probing with one message.
+                while c.in_flight() > 0 && !c.shutdown.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(1)
+            }
+            Allowance::Wait(d) => {
+                c.pause(d).await;
+                None
+            }
+        }
+    }
+
+    /// Claims up to `limit` due rows (of `only`'s edition, if given).
+    async fn claim(&self, limit: u32, only: Option<NaiveDate>) -> anyhow::Result<Vec<Claimed>> {
+        let mut w = self.writer.acquire().await?;
+        let lease = LEASE.as_millis() as i64;
+        let me = self.fence.me();
+        Ok(deliveries::claim(&mut w, me, limit, lease, only).await?)
+    }
+
+    /// Nothing was due: now and then puts back rows whose lease ran out,
+    /// then waits for the next due row. True when `until`'s edition is done.
+    async fn idle(&self, c: &Claimer<'_>, swept: &mut Instant) -> anyhow::Result<bool> {
+        // A probe that found nothing to send says nothing of the server.
+        if self.breaker.is_open() {
+            self.breaker.probe_unanswered();
+        }
+        if swept.elapsed() >= SWEEP_EVERY {
+            *swept = Instant::now();
+            self.release_expired().await;
+        }
+        let only = c.until.edition();
+        let mut conn = self.pool.acquire().await?;
+        if let Until::EditionDone(date) = c.until
+            && c.in_flight() == 0
+            && deliveries::counts(&mut conn, date).await?.finished()
+        {
+            return Ok(true);
+        }
+        let next = deliveries::next_due(&mut conn, only).await?;
+        drop(conn);
+        let wait = next
+            .map(|at| Duration::from_millis((at - store::now_ms()).clamp(5, 1000) as u64))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.wake.notified() => {}
+            _ = c.shutdown.cancelled() => {}
+        }
+        Ok(false)
+    }
+
+    /// Hands claimed rows to the workers (the first through `permit`). A row
+    /// whose subscriber cannot be read fails alone.
+    pub(super) async fn dispatch(
+        &self,
+        claimed: Vec<Claimed>,
+        subs: HashMap<i64, Result<Subscriber, String>>,
+        permit: tokio::sync::mpsc::Permit<'_, Job>,
+        tx: &tokio::sync::mpsc::Sender<Job>,
+        in_flight: &AtomicU64,
+    ) {
+        let mut permit = Some(permit);
+        for c in claimed {
+            // One subscriber can have rows of several editions in a batch.
+            let subscriber = match subs.get(&c.subscriber_id) {
+                Some(Ok(s)) => s.clone(),
+                Some(Err(e)) => {
+                    let reason = format!("cannot read the subscriber: {e}");
+                    tracing::error!(delivery = c.id, %reason, "failed");
+                    let failed = Outcome::Failed {
+                        id: c.id,
+                        reason,
+                        bounce: None,
+                    };
+                    if let Ok(Ok(())) = self.recorder.ask_record(failed).await {
+                        self.count(Tally::Failed);
+                    }
+                    continue;
+                }
+                // Deleted since the claim (their rows go with them).
+                None => continue,
+            };
+            let job = Job {
+                claimed: c,
+                subscriber,
+            };
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            match permit.take() {
+                Some(p) => p.send(job),
+                None => {
+                    if let Err(e) = tx.send(job).await {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        self.unclaim(&e.0).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts rows whose lease ran out back in the queue.
+    pub(super) async fn release_expired(&self) {
+        let released = async {
+            let mut w = self.writer.acquire().await?;
+            anyhow::Ok(deliveries::release_expired(&mut w, self.fence.me()).await?)
+        }
+        .await;
+        match released {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                messages = n,
+                "claimed messages whose lease ran out go back to the queue (a recipient may get one twice)"
+            ),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot release expired claims"),
+        }
+    }
+
+    pub(super) async fn unclaim(&self, job: &Job) {
+        let r = async {
+            let mut conn = self.writer.acquire().await?;
+            anyhow::Ok(deliveries::unclaim(&mut conn, self.fence.me(), job.claimed.id).await?)
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot release a claimed delivery; it is retried when its lease ends");
+        }
+    }
+}

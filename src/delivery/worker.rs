@@ -1,0 +1,447 @@
+//! A worker: composes one reader's digest, sends it on the worker's
+//! connection, and decides what the outcome means.
+
+use super::*;
+
+/// The claimed rows waiting for a worker, shared by the workers.
+pub(super) type Jobs = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>;
+
+/// The next job and its status re-check, asked for as the one before starts.
+type Next = Option<(Job, StatusReply, Instant)>;
+
+impl Engine {
+    /// One worker: sends the jobs it takes from `jobs` on a connection of its
+    /// own until the claimer stops. The previous message's outcome is written
+    /// while the next one is composed and its MAIL, RCPT and DATA go out; the
+    /// next waits for it only at its point of no return (the server's 354),
+    /// so no worker ever has more than one message delivered but not recorded.
+    pub(super) async fn work(
+        self: Arc<Self>,
+        jobs: Jobs,
+        in_flight: Arc<AtomicU64>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sender = self.mailer.sender();
+        let mut unrecorded: Option<Unrecorded> = None;
+        let mut next: Next = None;
+        loop {
+            let Some((job, status)) = self
+                .take_job(&jobs, &mut next, &mut unrecorded, &in_flight)
+                .await
+            else {
+                break;
+            };
+            if shutdown.is_cancelled() {
+                // Not started: back to the queue untouched.
+                self.settle(&mut unrecorded, &in_flight).await;
+                self.unclaim(&job).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.wake.notify_one();
+                continue;
+            }
+            let status = status
+                .await
+                .unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into()));
+            let answered = Instant::now();
+            next = jobs
+                .try_lock()
+                .ok()
+                .and_then(|mut r| r.try_recv().ok())
+                .map(|j| {
+                    let s = self.recorder.ask_status(j.subscriber.id);
+                    (j, s, Instant::now())
+                });
+            let gate: Gate = Box::pin(self.settle(&mut unrecorded, &in_flight));
+            let (outcome, tally) = self
+                .attempt(&mut sender, &job, (status, answered), gate)
+                .await;
+            // When nothing was sent the gate was never reached.
+            self.settle(&mut unrecorded, &in_flight).await;
+            let (outcome, tally) = self.reconsider(outcome, tally);
+            unrecorded = Some(Unrecorded {
+                id: job.claimed.id,
+                tally,
+                written: self.recorder.ask_record(outcome),
+            });
+        }
+        self.settle(&mut unrecorded, &in_flight).await;
+        sender.close().await;
+    }
+
+    /// The job to send next and its status check: the one already at hand
+    /// (asked again if its answer is stale), or the next from the queue
+    /// (after settling the last outcome). `None` when the claimer stopped.
+    async fn take_job(
+        &self,
+        jobs: &Jobs,
+        next: &mut Next,
+        unrecorded: &mut Option<Unrecorded>,
+        in_flight: &AtomicU64,
+    ) -> Option<(Job, StatusReply)> {
+        Some(match next.take() {
+            // A slow server makes an early answer stale: ask again.
+            Some((job, _, asked)) if asked.elapsed() > STATUS_MAX_AGE => {
+                let status = self.recorder.ask_status(job.subscriber.id);
+                (job, status)
+            }
+            Some((job, status, _)) => (job, status),
+            None => {
+                self.settle(unrecorded, in_flight).await;
+                let job = { jobs.lock().await.recv().await }?;
+                let status = self.recorder.ask_status(job.subscriber.id);
+                (job, status)
+            }
+        })
+    }
+}
+
+impl Engine {
+    /// The edition's prepared papers, prepared once and again only when its
+    /// selection changes (compared at most every [`EDITION_RECHECK`]).
+    pub(super) async fn edition(&self, date: NaiveDate) -> anyhow::Result<Option<Arc<Edition>>> {
+        let mut cache = self.editions.lock().await;
+        if let Some(e) = cache.fresh(date) {
+            return Ok(e);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let version = store::papers::selection_version(&mut conn, date).await?;
+        if let Some(e) = cache.confirm(date, &version) {
+            return Ok(e);
+        }
+        let papers = store::papers::selection(&mut conn, date).await?;
+        let n = papers.len();
+        let edition =
+            (!papers.is_empty()).then(|| Arc::new(Edition::new(date, papers, self.thumbnails)));
+        if cache.put(date, version, edition.clone()) {
+            tracing::info!(%date, papers = n, "the edition's selection changed; readers not yet sent get the new one");
+        }
+        Ok(edition)
+    }
+
+    /// Waits for a worker's last outcome to be committed and counts it; `false`
+    /// if it could not be recorded. Safe to cancel and call again.
+    pub(super) async fn settle(
+        &self,
+        slot: &mut Option<Unrecorded>,
+        in_flight: &AtomicU64,
+    ) -> bool {
+        let Some(u) = slot.as_mut() else {
+            return true;
+        };
+        let result = (&mut u.written)
+            .await
+            .map_err(|_| "the recorder stopped".to_string())
+            .and_then(|r| r);
+        let u = slot.take().expect("checked above");
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        match result {
+            Ok(()) => {
+                self.count(u.tally);
+                true
+            }
+            Err(e) => {
+                // The row keeps its lease and is sent again after a restart.
+                tracing::error!(delivery = u.id, error = %e, "cannot record a delivery outcome");
+                false
+            }
+        }
+    }
+
+    /// Decides what happens to one claimed row: `status` is the subscriber's
+    /// standing as just re-checked. Sends at most one message.
+    pub(super) async fn attempt(
+        &self,
+        sender: &mut Sender,
+        job: &Job,
+        (status, answered): (Standing, Instant),
+        gate: Gate<'_>,
+    ) -> (Outcome, Tally) {
+        let c = &job.claimed;
+        let subscriber = &job.subscriber;
+        let failed = |reason: String| {
+            (
+                Outcome::Failed {
+                    id: c.id,
+                    reason,
+                    bounce: None,
+                },
+                Tally::Failed,
+            )
+        };
+        if !matches!(status, Standing::Active) {
+            return self.not_wanted(job, status);
+        }
+        let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
+            return failed(format!("invalid edition date {:?}", c.edition_date));
+        };
+        let edition = match self.edition(date).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return failed(format!("no papers are selected for {date}")),
+            Err(e) => {
+                let reason = format!("cannot load the edition: {e:#}");
+                return uncounted(
+                    c.id,
+                    reason,
+                    store::now_ms() + self.retry.base_delay.as_millis() as i64,
+                );
+            }
+        };
+        let reader = Reader::from(subscriber);
+        let message = match self.composer.compose(&edition, &reader) {
+            Ok(m) => m,
+            Err(e) => return failed(format!("cannot build the message: {e:#}")),
+        };
+        // Recorded as the message carries it.
+        let message_id = message
+            .headers()
+            .get_raw("Message-ID")
+            .unwrap_or_default()
+            .to_string();
+        let raw = message.formatted();
+        let started = std::time::Instant::now();
+        // Connecting, TLS, AUTH and the gate can take seconds: at the point of
+        // no return, a status answer older than STATUS_MAX_AGE is asked again.
+        let changed: Mutex<Option<Standing>> = Mutex::new(None);
+        let gate: Gate = Box::pin(async {
+            if !gate.await {
+                return false;
+            }
+            if !self.fence.held() {
+                *changed.lock().expect("status lock") = Some(Standing::Fenced);
+                return false;
+            }
+            if answered.elapsed() <= STATUS_MAX_AGE {
+                return true;
+            }
+            let now = self.recorder.ask_status(subscriber.id).await;
+            match now.unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into())) {
+                Standing::Active => true,
+                other => {
+                    *changed.lock().expect("status lock") = Some(other);
+                    false
+                }
+            }
+        });
+        let result = sender.send(message.envelope(), &raw, gate).await;
+        self.metrics
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(standing) = changed.into_inner().expect("status lock") {
+            return self.not_wanted(job, standing);
+        }
+        match result {
+            Ok(reply) => self.sent(job, date, reply, message_id),
+            Err(Failure::Permanent {
+                reason,
+                hard_bounce,
+            }) => self.refused(job, date, reason, hard_bounce),
+            Err(Failure::Transient { reason, connection }) => {
+                self.transient(job, date, reason, connection)
+            }
+        }
+    }
+
+    /// The subscriber is not (known to be) wanting mail: an ended subscription
+    /// cancels the row; an unanswered check retries it soon, uncounted.
+    pub(super) fn not_wanted(&self, job: &Job, standing: Standing) -> (Outcome, Tally) {
+        let id = job.claimed.id;
+        // A probe that is not sent says nothing of the server.
+        if self.breaker.is_open() {
+            self.breaker.probe_unanswered();
+        }
+        match standing {
+            Standing::Ended(status) => {
+                let reason = format!("subscriber {status}");
+                let status = "cancelled";
+                (Outcome::Final { id, status, reason }, Tally::Cancelled)
+            }
+            Standing::Unknown(why) => {
+                let reason = format!("cannot check the subscriber's status: {why}");
+                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                uncounted(id, reason, next_at)
+            }
+            Standing::Fenced => {
+                let reason = "not sent: this process does not hold the sending lock".to_string();
+                uncounted(id, reason, store::now_ms())
+            }
+            // Not reached: only called for a subscriber not known active.
+            Standing::Active => {
+                let reason = "not sent".to_string();
+                let next_at = store::now_ms();
+                uncounted(id, reason, next_at)
+            }
+        }
+    }
+
+    pub(super) fn sent(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reply: String,
+        message_id: String,
+    ) -> (Outcome, Tally) {
+        self.breaker.success();
+        if self.guard.lock().expect("guard lock").accepted() {
+            tracing::info!("the mail server accepts recipients again");
+        }
+        // An alert raised by this process or an earlier one is over.
+        if self.alerted.swap(false, Ordering::Relaxed) {
+            self.alert(None);
+        }
+        tracing::debug!(to = %job.subscriber.email, %date, %reply, "sent");
+        let id = job.claimed.id;
+        (
+            Outcome::Sent {
+                id,
+                reply,
+                message_id,
+            },
+            Tally::Sent,
+        )
+    }
+
+    /// A permanent refusal: about the recipient, unless the guard finds the
+    /// server refusing everyone with the same reply.
+    pub(super) fn refused(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reason: String,
+        bounce: bool,
+    ) -> (Outcome, Tally) {
+        let (id, subscriber) = (job.claimed.id, &job.subscriber);
+        let refusal = guard::Refusal {
+            delivery: id,
+            subscriber: subscriber.id,
+            bounce,
+        };
+        let key = guard::reply_key(&reason, subscriber.email.as_str());
+        let judgement = self.guard.lock().expect("guard lock").refused(key, refusal);
+        let guard::Judgement::Server { undo } = judgement else {
+            self.breaker.success();
+            tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
+            let bounce = bounce.then_some(subscriber.id);
+            return (Outcome::Failed { id, reason, bounce }, Tally::Failed);
+        };
+        if !undo.is_empty() {
+            tracing::error!(
+                reply = %reason,
+                recipients = undo.len() + 1,
+                "the mail server refuses every recipient with the same reply: the fault is the \
+                 server's (relaying, policy, credentials), not the recipients'; sending pauses, \
+                 nobody is suppressed, and the refusals so far are taken back"
+            );
+            self.alerted.store(true, Ordering::Relaxed);
+            self.alert(Some(&reason));
+            self.undo(undo);
+        }
+        self.breaker.trip(&reason);
+        let age = store::now_ms() - job.claimed.first_attempt_at;
+        if age >= self.retry.max_age.as_millis() as i64 {
+            let reason = format!("gave up: older than mail.retry.max_age: {reason}");
+            return (
+                Outcome::Failed {
+                    id,
+                    reason,
+                    bounce: None,
+                },
+                Tally::Failed,
+            );
+        }
+        let next_at = store::now_ms();
+        uncounted(id, reason, next_at)
+    }
+
+    /// Takes back refusals the guard found to be the server's doing: rows
+    /// already recorded as failed go back to the queue (and a bounce they
+    /// counted is taken back); a row not yet recorded is retried, uncounted,
+    /// when its worker records it ([`Engine::reconsider`]).
+    pub(super) fn undo(&self, refusals: Vec<guard::Refusal>) {
+        let mut pending = self.undone.lock().expect("undone lock");
+        for r in refusals {
+            pending.insert(r.delivery);
+            let bounce = r.bounce.then_some(r.subscriber);
+            drop(self.recorder.ask_record(Outcome::Undo {
+                id: r.delivery,
+                bounce,
+            }));
+        }
+    }
+
+    /// A worker's outcome just before it is recorded: a refusal taken back by
+    /// the guard meanwhile becomes an uncounted retry.
+    pub(super) fn reconsider(&self, outcome: Outcome, tally: Tally) -> (Outcome, Tally) {
+        match outcome {
+            Outcome::Failed { id, reason, .. }
+                if self.undone.lock().expect("undone lock").remove(&id) =>
+            {
+                let next_at = store::now_ms();
+                uncounted(id, reason, next_at)
+            }
+            other => (other, tally),
+        }
+    }
+
+    /// Records (or, with `None`, clears) the alert `paperpost status` shows.
+    pub(super) fn alert(&self, reply: Option<&str>) {
+        let (writer, message) = (
+            self.writer.clone(),
+            reply.map(|r| {
+                format!("sending paused: the mail server refuses every recipient with \"{r}\"")
+            }),
+        );
+        tokio::spawn(async move {
+            let r = async {
+                let mut w = writer.acquire().await?;
+                anyhow::Ok(deliveries::set_alert(&mut w, message.as_deref()).await?)
+            };
+            if let Err(e) = r.await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot record the alert for `paperpost status`");
+            }
+        });
+    }
+
+    /// A failure worth another try.
+    pub(super) fn transient(
+        &self,
+        job: &Job,
+        date: NaiveDate,
+        reason: String,
+        connection: bool,
+    ) -> (Outcome, Tally) {
+        let (c, subscriber) = (&job.claimed, &job.subscriber);
+        let age = Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
+        if connection {
+            self.breaker.connection_failure(&reason);
+        } else {
+            self.breaker.success();
+        }
+        let attempts = c.attempts.max(1) as u32;
+        let server_down = connection && self.breaker.is_open();
+        match retry::decide(attempts, age, server_down, &self.retry) {
+            retry::Decision::Uncounted => uncounted(c.id, reason, store::now_ms()),
+            retry::Decision::GiveUp(why) => {
+                let reason = format!("{why}: {reason}");
+                tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
+                let failed = Outcome::Failed {
+                    id: c.id,
+                    reason,
+                    bounce: None,
+                };
+                (failed, Tally::Failed)
+            }
+            retry::Decision::After(delay) => {
+                tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
+                let next_at = store::now_ms() + delay.as_millis() as i64;
+                let retry = Outcome::Retry {
+                    id: c.id,
+                    reason,
+                    next_at,
+                    counted: true,
+                };
+                (retry, Tally::Retried)
+            }
+        }
+    }
+}
