@@ -224,9 +224,15 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     deliveries::mark_retry(&mut conn, "a", id, "late", 0, true)
         .await
         .unwrap();
-    deliveries::mark_final(&mut conn, "a", a[1].id, "failed", "late")
-        .await
-        .unwrap();
+    deliveries::mark_final(
+        &mut conn,
+        "a",
+        a[1].id,
+        paperpost::domain::DeliveryStatus::Failed,
+        "late",
+    )
+    .await
+    .unwrap();
     deliveries::unclaim(&mut conn, "a", a[2].id).await.unwrap();
     let json = format!(r#"[{{"id": {id}, "reply": "250", "message_id": "<x@y>"}}]"#);
     let written = deliveries::mark_sent_many(&mut conn, "a", &json)

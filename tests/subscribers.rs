@@ -436,7 +436,7 @@ async fn sync_manages_only_file_subscribers_and_respects_unsubscribes() {
             &mut conn,
             ada.id,
             paperpost::domain::SubscriberStatus::Unsubscribed,
-            "link",
+            paperpost::domain::EndedBy::Link,
         )
         .await
         .unwrap();
@@ -596,7 +596,7 @@ async fn unbounce_brings_back_subscribers_bounced_since_a_time_or_by_address() {
             &mut conn,
             sub.id,
             paperpost::domain::SubscriberStatus::Bounced,
-            "bounce",
+            paperpost::domain::EndedBy::Bounce,
         )
         .await
         .unwrap();

@@ -218,7 +218,7 @@ async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempote
     assert!(text_of(&r.body).contains("You are unsubscribed"));
     let s = site.get_subscriber("ada@example.org").await;
     assert_eq!(s.status, SubscriberStatus::Unsubscribed);
-    assert_eq!(s.unsubscribed_by.as_deref(), Some("link"));
+    assert_eq!(s.unsubscribed_by, Some(paperpost::domain::EndedBy::Link));
     let mut conn = site.app.pool.acquire().await.unwrap();
     let counts = store::deliveries::counts(&mut conn, date).await.unwrap();
     assert_eq!(
@@ -324,15 +324,20 @@ async fn a_link_unsubscribe_after_a_sync_deactivated_them_is_theirs() {
     let token = site.subscriber("ada@example.org").await;
     let s = site.get_subscriber("ada@example.org").await;
     let mut conn = site.app.pool.acquire().await.unwrap();
-    subs::end_subscription(&mut conn, s.id, SubscriberStatus::Unsubscribed, "sync")
-        .await
-        .unwrap();
+    subs::end_subscription(
+        &mut conn,
+        s.id,
+        SubscriberStatus::Unsubscribed,
+        paperpost::domain::EndedBy::Sync,
+    )
+    .await
+    .unwrap();
     let r = site.post_form(&format!("/unsubscribe/{token}"), "").await;
     assert_eq!(r.status, StatusCode::OK);
     let s = site.get_subscriber("ada@example.org").await;
     assert_eq!(
-        s.unsubscribed_by.as_deref(),
-        Some("link"),
+        s.unsubscribed_by,
+        Some(paperpost::domain::EndedBy::Link),
         "a later sync leaves them out"
     );
 }
@@ -455,9 +460,14 @@ async fn resubscribe_undoes_a_link_unsubscribe_but_not_an_operator_removal() {
     // Removed by the operator: the link cannot bring them back.
     let mut conn = site.app.pool.acquire().await.unwrap();
     let s = site.get_subscriber("ada@example.org").await;
-    subs::end_subscription(&mut conn, s.id, SubscriberStatus::Unsubscribed, "cli")
-        .await
-        .unwrap();
+    subs::end_subscription(
+        &mut conn,
+        s.id,
+        SubscriberStatus::Unsubscribed,
+        paperpost::domain::EndedBy::Cli,
+    )
+    .await
+    .unwrap();
     let r = site.post_form(path_of(resub), "").await;
     assert!(text_of(&r.body).contains("Subscribe again"));
     assert_eq!(

@@ -17,7 +17,7 @@ pub use send::{SendSummary, send};
 use crate::{
     app::App,
     config::Settings,
-    domain::{Format, SubscriberStatus},
+    domain::{DeliveryStatus, Format, SubscriberStatus},
     ingest::{InputError, papers::PaperFormat},
     store,
 };
@@ -109,27 +109,6 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeliveryStatus {
-    Queued,
-    Sending,
-    Sent,
-    Failed,
-    Cancelled,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Sending => "sending",
-            Self::Sent => "sent",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,7 +5,8 @@ use std::io::{IsTerminal, Write};
 use chrono::NaiveDate;
 use futures_util::TryStreamExt;
 
-use super::{DeliveryStatus, output};
+use super::output;
+use crate::domain::DeliveryStatus;
 use crate::{app::App, store};
 
 /// What `send` did.

@@ -123,14 +123,19 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
                 tx.commit().await?;
                 println!("Deleted {} and every record of mail sent to them", s.email);
             } else if s.status == SubscriberStatus::Unsubscribed
-                && s.unsubscribed_by.as_deref() != Some("sync")
+                && s.unsubscribed_by != Some(crate::domain::EndedBy::Sync)
             {
                 println!("{} is already unsubscribed", s.email);
             } else {
                 // Including someone a sync deactivated: now the removal is the
                 // operator's, and a later sync does not bring them back.
-                subs::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "cli")
-                    .await?;
+                subs::end_subscription(
+                    &mut tx,
+                    s.id,
+                    SubscriberStatus::Unsubscribed,
+                    crate::domain::EndedBy::Cli,
+                )
+                .await?;
                 tx.commit().await?;
                 println!(
                     "Unsubscribed {}; their history is kept (--purge deletes it)",

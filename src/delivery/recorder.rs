@@ -48,7 +48,7 @@ pub(super) enum Outcome {
     },
     Final {
         id: i64,
-        status: &'static str,
+        status: crate::domain::DeliveryStatus,
         reason: String,
     },
     /// A refusal taken back (the server refused everyone): a failed row goes
@@ -240,7 +240,7 @@ pub(super) async fn write_outcomes(
                 deliveries::mark_retry(&mut tx, me, *id, reason, *next_at, *counted).await?;
             }
             Outcome::Final { id, status, reason } => {
-                if !deliveries::mark_final(&mut tx, me, *id, status, reason).await? {
+                if !deliveries::mark_final(&mut tx, me, *id, *status, reason).await? {
                     warn_not_ours(1);
                 }
             }
@@ -251,7 +251,15 @@ pub(super) async fn write_outcomes(
                 }
             }
             Outcome::Failed { id, reason, bounce } => {
-                if !deliveries::mark_final(&mut tx, me, *id, "failed", reason).await? {
+                if !deliveries::mark_final(
+                    &mut tx,
+                    me,
+                    *id,
+                    crate::domain::DeliveryStatus::Failed,
+                    reason,
+                )
+                .await?
+                {
                     warn_not_ours(1);
                     continue;
                 }
@@ -262,7 +270,7 @@ pub(super) async fn write_outcomes(
                             &mut tx,
                             subscriber_id,
                             SubscriberStatus::Bounced,
-                            "bounce",
+                            crate::domain::EndedBy::Bounce,
                         )
                         .await?;
                         tracing::warn!(

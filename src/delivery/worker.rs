@@ -157,40 +157,12 @@ impl Engine {
         (status, answered): (Standing, Instant),
         gate: Gate<'_>,
     ) -> (Outcome, Tally) {
-        let c = &job.claimed;
-        let subscriber = &job.subscriber;
-        let failed = |reason: String| {
-            (
-                Outcome::Failed {
-                    id: c.id,
-                    reason,
-                    bounce: None,
-                },
-                Tally::Failed,
-            )
-        };
         if !matches!(status, Standing::Active) {
             return self.not_wanted(job, status);
         }
-        let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
-            return failed(format!("invalid edition date {:?}", c.edition_date));
-        };
-        let edition = match self.edition(date).await {
-            Ok(Some(e)) => e,
-            Ok(None) => return failed(format!("no papers are selected for {date}")),
-            Err(e) => {
-                let reason = format!("cannot load the edition: {e:#}");
-                return uncounted(
-                    c.id,
-                    reason,
-                    store::now_ms() + self.retry.base_delay.as_millis() as i64,
-                );
-            }
-        };
-        let reader = Reader::from(subscriber);
-        let message = match self.composer.compose(&edition, &reader) {
+        let (date, message) = match self.compose(job).await {
             Ok(m) => m,
-            Err(e) => return failed(format!("cannot build the message: {e:#}")),
+            Err(outcome) => return outcome,
         };
         // Recorded as the message carries it.
         let message_id = message
@@ -200,29 +172,8 @@ impl Engine {
             .to_string();
         let raw = message.formatted();
         let started = std::time::Instant::now();
-        // Connecting, TLS, AUTH and the gate can take seconds: at the point of
-        // no return, a status answer older than STATUS_MAX_AGE is asked again.
         let changed: Mutex<Option<Standing>> = Mutex::new(None);
-        let gate: Gate = Box::pin(async {
-            if !gate.await {
-                return false;
-            }
-            if !self.fence.held() {
-                *changed.lock().expect("status lock") = Some(Standing::Fenced);
-                return false;
-            }
-            if answered.elapsed() <= STATUS_MAX_AGE {
-                return true;
-            }
-            let now = self.recorder.ask_status(subscriber.id).await;
-            match now.unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into())) {
-                Standing::Active => true,
-                other => {
-                    *changed.lock().expect("status lock") = Some(other);
-                    false
-                }
-            }
-        });
+        let gate = self.last_look(job, answered, gate, &changed);
         let result = sender.send(message.envelope(), &raw, gate).await;
         self.metrics
             .send_seconds
@@ -242,6 +193,68 @@ impl Engine {
         }
     }
 
+    /// The reader's message for the row's edition, or the outcome when there
+    /// is none to send.
+    async fn compose(&self, job: &Job) -> Result<(NaiveDate, lettre::Message), (Outcome, Tally)> {
+        let c = &job.claimed;
+        let failed = |reason: String| {
+            let bounce = None;
+            let id = c.id;
+            (Outcome::Failed { id, reason, bounce }, Tally::Failed)
+        };
+        let Ok(date) = c.edition_date.parse::<NaiveDate>() else {
+            return Err(failed(format!("invalid edition date {:?}", c.edition_date)));
+        };
+        let edition = match self.edition(date).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(failed(format!("no papers are selected for {date}"))),
+            Err(e) => {
+                let reason = format!("cannot load the edition: {e:#}");
+                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                return Err(uncounted(c.id, reason, next_at));
+            }
+        };
+        let reader = Reader::from(&job.subscriber);
+        match self.composer.compose(&edition, &reader) {
+            Ok(m) => Ok((date, m)),
+            Err(e) => Err(failed(format!("cannot build the message: {e:#}"))),
+        }
+    }
+
+    /// `gate` followed by a last look before the body: this process still
+    /// holds the sending lock, and the reader still wants mail (asked again
+    /// when the answer from `answered` is older than [`STATUS_MAX_AGE`]:
+    /// connecting, TLS, AUTH and the gate can take seconds). What stopped the
+    /// message goes into `changed`.
+    fn last_look<'g>(
+        &'g self,
+        job: &'g Job,
+        answered: Instant,
+        gate: Gate<'g>,
+        changed: &'g Mutex<Option<Standing>>,
+    ) -> Gate<'g> {
+        let stop = move |why: Standing| {
+            *changed.lock().expect("status lock") = Some(why);
+            false
+        };
+        Box::pin(async move {
+            if !gate.await {
+                return false;
+            }
+            if !self.fence.held() {
+                return stop(Standing::Fenced);
+            }
+            if answered.elapsed() <= STATUS_MAX_AGE {
+                return true;
+            }
+            let now = self.recorder.ask_status(job.subscriber.id).await;
+            match now.unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into())) {
+                Standing::Active => true,
+                other => stop(other),
+            }
+        })
+    }
+
     /// The subscriber is not (known to be) wanting mail: an ended subscription
     /// cancels the row; an unanswered check retries it soon, uncounted.
     pub(super) fn not_wanted(&self, job: &Job, standing: Standing) -> (Outcome, Tally) {
@@ -253,7 +266,7 @@ impl Engine {
         match standing {
             Standing::Ended(status) => {
                 let reason = format!("subscriber {status}");
-                let status = "cancelled";
+                let status = crate::domain::DeliveryStatus::Cancelled;
                 (Outcome::Final { id, status, reason }, Tally::Cancelled)
             }
             Standing::Unknown(why) => {

@@ -10,8 +10,31 @@ mod subscriber;
 pub use email::SubscriberEmail;
 pub use paper::{Paper, PaperDraft, PaperId, normalize_ws};
 pub use subscriber::{
-    Format, MaxPapers, SubscriberName, SubscriberSource, SubscriberStatus, TimeZone, Topic, Topics,
+    EndedBy, Format, MaxPapers, SubscriberName, SubscriberSource, SubscriberStatus, TimeZone,
+    Topic, Topics,
 };
+
+/// Where one delivery row is: waiting, being sent, or final (the last three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryStatus {
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
 
 /// Why a value was rejected. The message is meant for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

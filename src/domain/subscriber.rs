@@ -292,6 +292,47 @@ impl FromStr for SubscriberStatus {
     }
 }
 
+/// Who ended a subscription. A `sync` of the subscriber file brings back only
+/// those it ended itself; nobody else's decision is undone by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndedBy {
+    /// The subscriber file no longer listed them.
+    Sync,
+    /// `paperpost subscribers remove`.
+    Cli,
+    /// The subscriber, with a link in a digest or on the web.
+    Link,
+    /// Their mail bounced (`mail.bounce.threshold`).
+    Bounce,
+}
+
+impl EndedBy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Cli => "cli",
+            Self::Link => "link",
+            Self::Bounce => "bounce",
+        }
+    }
+}
+
+impl FromStr for EndedBy {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "sync" => Ok(Self::Sync),
+            "cli" => Ok(Self::Cli),
+            "link" => Ok(Self::Link),
+            "bounce" => Ok(Self::Bounce),
+            other => Err(ParseError::new(format!(
+                "unknown unsubscribed_by {other:?}"
+            ))),
+        }
+    }
+}
+
 /// How a subscriber came to be. A `sync` of the subscriber file only ever
 /// touches subscribers whose source is `File`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! unsubscribed by link (or was removed on the command line) stays unsubscribed
 //! unless named with `--resubscribe`.
 
+use crate::domain::EndedBy;
 use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
@@ -201,21 +202,20 @@ pub async fn sync(
                 }
             }
             SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced => {
-                let by = existing
-                    .unsubscribed_by
-                    .clone()
-                    .unwrap_or_else(|| "unknown".into());
-                if by == "sync" || wanted.contains(&key) {
+                let by = existing.unsubscribed_by;
+                if by == Some(EndedBy::Sync) || wanted.contains(&key) {
                     store::update_profile(&mut tx, existing.id, &entry.profile).await?;
                     store::reactivate(&mut tx, existing.id).await?;
                     report.reactivated.push(entry.email.to_string());
                     used.insert(key);
                 } else {
-                    let how = match (existing.status, by.as_str()) {
+                    let how = match (existing.status, by) {
                         (SubscriberStatus::Bounced, _) => "mail to them bounced".to_string(),
-                        (_, "link") => "unsubscribed by link".to_string(),
-                        (_, "cli") => "removed on the command line".to_string(),
-                        (_, other) => format!("unsubscribed ({other})"),
+                        (_, Some(EndedBy::Link)) => "unsubscribed by link".to_string(),
+                        (_, Some(EndedBy::Cli)) => "removed on the command line".to_string(),
+                        (_, other) => {
+                            format!("unsubscribed ({})", other.map_or("unknown", |b| b.as_str()))
+                        }
                     };
                     report.kept_unsubscribed.push((who(&existing), how));
                 }
@@ -229,7 +229,8 @@ pub async fn sync(
                 SubscriberStatus::Active | SubscriberStatus::Pending
             )
         {
-            store::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, "sync").await?;
+            store::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, EndedBy::Sync)
+                .await?;
             report.deactivated.push(s.email.to_string());
         }
     }

@@ -25,9 +25,14 @@ use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use crate::config::{MailSettings, TlsMode, TransportKind};
+use reply::Step;
 
 mod file;
 pub mod reply;
+mod smtp;
+
+pub use smtp::SmtpTarget;
+use smtp::{MAX_IDLE, tls_parameters};
 
 /// Why a message was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,17 +51,6 @@ impl Failure {
             Failure::Transient { reason, .. } | Failure::Permanent { reason, .. } => reason,
         }
     }
-}
-
-/// How to reach the SMTP server.
-#[derive(Clone)]
-pub struct SmtpTarget {
-    host: String,
-    port: u16,
-    tls: TlsMode,
-    tls_parameters: Option<TlsParameters>,
-    credentials: Option<Credentials>,
-    hello: ClientId,
 }
 
 /// The configured transport and rate limit, shared by all workers.
@@ -127,7 +121,7 @@ impl Mailer {
             conn: None,
             pipelining: false,
             last_used: Instant::now(),
-            failed_at: "",
+            failed_at: None,
         }
     }
 }
@@ -140,21 +134,7 @@ pub struct Sender {
     pipelining: bool,
     last_used: Instant,
     /// The transaction step the last failure happened at.
-    failed_at: &'static str,
-}
-
-/// A kept connection idle longer than this is replaced rather than reused:
-/// servers close idle sessions, and a message should not pay for finding out.
-const MAX_IDLE: Duration = Duration::from_secs(15);
-
-fn timed_out(timeout: Duration) -> Failure {
-    Failure::Transient {
-        reason: format!(
-            "no answer from the mail server within {}",
-            humantime::format_duration(timeout)
-        ),
-        connection: true,
-    }
+    failed_at: Option<Step>,
 }
 
 /// The gate said no: the message was not sent, through no fault of its own.
@@ -165,82 +145,10 @@ fn not_sent() -> Failure {
     }
 }
 
-fn code_of(e: &lettre::transport::smtp::Error) -> Option<u16> {
-    e.status().and_then(|c| c.to_string().parse().ok())
-}
-
-/// TLS for `s.host`, trusting the built-in roots and `s.ca_file`'s certificates.
-fn tls_parameters(s: &crate::config::SmtpSettings) -> anyhow::Result<TlsParameters> {
-    let mut builder = TlsParameters::builder(s.host.clone());
-    if let Some(path) = &s.ca_file {
-        let bad = |why: String| {
-            anyhow::anyhow!(
-                "invalid configuration: mail.smtp.ca_file: {}: {why}",
-                path.display()
-            )
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = lettre::transport::smtp::client::Certificate::from_pem(&pem)
-            .map_err(|e| bad(e.to_string()))?;
-        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-            return Err(bad("no PEM certificate in it".into()));
-        }
-        builder = builder.add_root_certificate(certs);
-    }
-    builder.build().map_err(|e| {
-        anyhow::anyhow!(
-            "invalid configuration: mail.smtp.host: no TLS for {:?}: {e}",
-            s.host
-        )
-    })
-}
-
 /// What a sender waits for between the server's "354" and the message body,
 /// the point after which the message may be delivered: the worker's previous
 /// outcome being recorded. `false` means stop: the message is not sent.
 pub type Gate<'g> = Pin<Box<dyn Future<Output = bool> + Send + 'g>>;
-
-/// How one step of a transaction failed, and whether the connection is still
-/// in a known state (a reply was read) and may be kept after RSET. What a
-/// refusal means is decided by [`reply::judge`].
-fn classify(stage: &'static str, e: lettre::transport::smtp::Error) -> (Failure, bool) {
-    let reason = format!("{stage}: {e}");
-    let Some(code) = code_of(&e) else {
-        return (
-            Failure::Transient {
-                reason,
-                connection: true,
-            },
-            false,
-        );
-    };
-    let step = match stage {
-        "MAIL" => reply::Step::Mail,
-        "RCPT" => reply::Step::Rcpt,
-        _ => reply::Step::Data,
-    };
-    let failure = match reply::judge(step, code, &reply_text(&e)) {
-        reply::Verdict::Retry => Failure::Transient {
-            reason,
-            connection: false,
-        },
-        verdict => Failure::Permanent {
-            reason,
-            hard_bounce: verdict == reply::Verdict::Bounce,
-        },
-    };
-    (failure, true)
-}
-
-/// The text of a server's reply, after its code: lettre shows an error as
-/// "permanent error (550): 5.1.1 User unknown".
-fn reply_text(e: &lettre::transport::smtp::Error) -> String {
-    let shown = e.to_string();
-    match shown.split_once("): ") {
-        Some((_, text)) => text.to_string(),
-        None => shown,
-    }
-}
 
 impl Sender {
     /// Sends one message; returns what the server (or the file system) said.
@@ -293,7 +201,7 @@ impl Sender {
         let result = match result {
             Err(Failure::Transient {
                 connection: true, ..
-            }) if reused && self.failed_at == "MAIL" => {
+            }) if reused && self.failed_at == Some(Step::Mail) => {
                 self.conn = None;
                 self.transaction(&target, envelope, raw, &mut gate).await
             }
@@ -303,289 +211,8 @@ impl Sender {
         result
     }
 
-    /// The open connection (opening one if needed) and whether it pipelines.
-    async fn connect(
-        &mut self,
-        t: &SmtpTarget,
-    ) -> Result<(&mut AsyncSmtpConnection, bool), Failure> {
-        if self.conn.is_none() {
-            let conn_err = |e: lettre::transport::smtp::Error| Failure::Transient {
-                reason: format!("cannot connect to {}:{}: {e}", t.host, t.port),
-                connection: true,
-            };
-            let mut conn = match (t.tls, &t.tls_parameters) {
-                (TlsMode::Tls, Some(params)) => AsyncSmtpConnection::connect_tokio1(
-                    (t.host.as_str(), t.port),
-                    Some(self.mailer.timeout),
-                    &t.hello,
-                    Some(params.clone()),
-                    None,
-                )
-                .await
-                .map_err(conn_err)?,
-                _ => {
-                    // Our own socket, to turn off Nagle's algorithm: a small write
-                    // behind unacknowledged data (such as a command after a body)
-                    // would wait for the server's delayed ACK (about 40 ms).
-                    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
-                        .await
-                        .map_err(|e| Failure::Transient {
-                            reason: format!("cannot connect to {}:{}: {e}", t.host, t.port),
-                            connection: true,
-                        })?;
-                    let _ = tcp.set_nodelay(true);
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello)
-                        .await
-                        .map_err(conn_err)?
-                }
-            };
-            if let (TlsMode::Starttls, Some(params)) = (t.tls, &t.tls_parameters) {
-                conn.starttls(params.clone(), &t.hello)
-                    .await
-                    .map_err(conn_err)?;
-            }
-            // lettre keeps no record of PIPELINING: ask again (EHLO may be
-            // repeated; before AUTH, so the login is not reset).
-            let ehlo = lettre::transport::smtp::commands::Ehlo::new(t.hello.clone());
-            self.pipelining = conn.command(ehlo).await.is_ok_and(|r| {
-                r.message()
-                    .any(|l| l.trim().eq_ignore_ascii_case("PIPELINING"))
-            });
-            if let Some(creds) = &t.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                    .await
-                    .map_err(|e| Failure::Transient {
-                        reason: format!(
-                            "the mail server refused the login (mail.smtp.username/password): {e}"
-                        ),
-                        connection: true,
-                    })?;
-            }
-            self.conn = Some(conn);
-        }
-        Ok((
-            self.conn.as_mut().expect("connected above"),
-            self.pipelining,
-        ))
-    }
-
-    /// One transaction: MAIL, RCPT and DATA (connecting first if needed), the
-    /// gate, then the body. Each half runs under `mail.smtp.timeout`; the gate
-    /// does not, as it waits for our own database, not for the server.
-    async fn transaction(
-        &mut self,
-        t: &SmtpTarget,
-        envelope: &Envelope,
-        raw: &[u8],
-        gate: &mut Option<Gate<'_>>,
-    ) -> Result<String, Failure> {
-        let timeout = self.mailer.timeout;
-        let opened = match tokio::time::timeout(timeout, self.open_data(t, envelope, raw)).await {
-            Ok(r) => r,
-            Err(_) => {
-                // A hung server is not retried at once on a new connection.
-                self.failed_at = "";
-                Err((timed_out(timeout), false))
-            }
-        };
-        if let Err((failure, keep)) = opened {
-            self.abandon(keep).await;
-            return Err(failure);
-        }
-        if let Some(g) = gate.take()
-            && !g.await
-        {
-            // Closing the line in the middle of DATA makes the server discard it.
-            self.conn = None;
-            return Err(not_sent());
-        }
-        self.failed_at = "DATA";
-        let conn = self.conn.as_mut().expect("connected by open_data");
-        let body = async {
-            match std::str::from_utf8(raw) {
-                // The body, dot-stuffed and ended, in one write.
-                Ok(text) => conn.command(DataBody(text)).await,
-                Err(_) => conn.message(raw).await,
-            }
-        };
-        let sent = match tokio::time::timeout(timeout, body).await {
-            Ok(r) => r.map_err(|e| classify("DATA", e)),
-            Err(_) => Err((timed_out(timeout), false)),
-        };
-        match sent {
-            Ok(response) => {
-                self.failed_at = "";
-                Ok(format!(
-                    "{} {}",
-                    response.code(),
-                    response.message().collect::<Vec<_>>().join(" ")
-                ))
-            }
-            Err((failure, keep)) => {
-                self.abandon(keep).await;
-                Err(failure)
-            }
-        }
-    }
-
-    /// After a failed step: RSET to keep the connection if its state is known,
-    /// else drop it.
-    async fn abandon(&mut self, keep: bool) {
-        let clean = match self.conn.as_mut() {
-            Some(conn) if keep => tokio::time::timeout(self.mailer.timeout, conn.command(Rset))
-                .await
-                .is_ok_and(|r| r.is_ok()),
-            _ => false,
-        };
-        if !clean {
-            self.conn = None;
-        }
-    }
-
-    /// Connects if needed and runs MAIL, RCPT and DATA up to the server's 354.
-    /// `self.failed_at` names the step that failed.
-    async fn open_data(
-        &mut self,
-        t: &SmtpTarget,
-        envelope: &Envelope,
-        raw: &[u8],
-    ) -> Result<(), (Failure, bool)> {
-        let mut stage = "MAIL";
-        let result = self.open_data_steps(t, envelope, raw, &mut stage).await;
-        self.failed_at = stage;
-        result
-    }
-
-    async fn open_data_steps(
-        &mut self,
-        t: &SmtpTarget,
-        envelope: &Envelope,
-        raw: &[u8],
-        stage: &mut &'static str,
-    ) -> Result<(), (Failure, bool)> {
-        let (conn, pipelining) = self.connect(t).await.map_err(|f| (f, false))?;
-        let mut params = Vec::new();
-        let non_ascii = envelope
-            .from()
-            .into_iter()
-            .chain(envelope.to())
-            .any(|a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii());
-        if non_ascii {
-            if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
-                let reason =
-                    "the address is not ASCII and the mail server does not support SMTPUTF8";
-                return Err((
-                    Failure::Permanent {
-                        reason: reason.into(),
-                        hard_bounce: false,
-                    },
-                    true,
-                ));
-            }
-            params.push(MailParameter::SmtpUtfEight);
-        }
-        if !raw.is_ascii() {
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-        }
-        let mail = Mail::new(envelope.from().cloned(), params);
-        let data = lettre::transport::smtp::commands::Data;
-        if pipelining && envelope.to().len() == 1 {
-            // MAIL, RCPT and DATA in one write (RFC 2920), then their three
-            // replies in order: two round trips fewer per message. A reply
-            // that could not be read leaves the connection in an unknown state.
-            let rcpt = Rcpt::new(envelope.to()[0].clone(), vec![]);
-            let is_io = |r: &Result<_, lettre::transport::smtp::Error>| {
-                r.as_ref().is_err_and(|e| code_of(e).is_none())
-            };
-            let r_mail = conn.command(format!("{mail}{rcpt}{data}")).await;
-            if is_io(&r_mail) {
-                return Err(classify("MAIL", r_mail.expect_err("an error")));
-            }
-            *stage = "RCPT";
-            let r_rcpt = conn.read_response().await;
-            if is_io(&r_rcpt) {
-                return Err(classify("RCPT", r_rcpt.expect_err("an error")));
-            }
-            *stage = "DATA";
-            let r_data = conn.read_response().await;
-            if is_io(&r_data) {
-                return Err(classify("DATA", r_data.expect_err("an error")));
-            }
-            if r_data.is_ok() && (r_mail.is_err() || r_rcpt.is_err()) {
-                // A server that opened DATA anyway gets an empty message ended at once.
-                let _ = conn.message(b"").await;
-            }
-            for (step, r) in [("MAIL", r_mail), ("RCPT", r_rcpt), ("DATA", r_data)] {
-                if let Err(e) = r {
-                    *stage = step;
-                    return Err(classify(step, e));
-                }
-            }
-        } else {
-            conn.command(mail).await.map_err(|e| classify("MAIL", e))?;
-            *stage = "RCPT";
-            for to in envelope.to() {
-                conn.command(Rcpt::new(to.clone(), vec![]))
-                    .await
-                    .map_err(|e| classify("RCPT", e))?;
-            }
-            *stage = "DATA";
-            conn.command(data).await.map_err(|e| classify("DATA", e))?;
-        }
-        Ok(())
-    }
-
-    async fn drop_connection(&mut self) {
-        if let Some(mut c) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
-        }
-    }
-
     /// Says goodbye to the server (QUIT), if connected.
     pub async fn close(&mut self) {
         self.drop_connection().await;
-    }
-}
-
-/// A message as sent after DATA (RFC 5321 4.5.2): every line that starts with
-/// a dot gets a second one, and the body ends with CRLF "." CRLF. lettre's own
-/// encoder copies byte by byte and writes the ending separately; this finds the
-/// few dots with memchr and is written with the ending in one go.
-struct DataBody<'a>(&'a str);
-
-impl std::fmt::Display for DataBody<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.0;
-        let mut from = 0;
-        if text.starts_with('.') {
-            f.write_str(".")?;
-        }
-        for at in memchr::memmem::find_iter(text.as_bytes(), b"\n.") {
-            // Up to and including the newline, then the extra dot.
-            f.write_str(&text[from..=at])?;
-            f.write_str(".")?;
-            from = at + 1;
-        }
-        f.write_str(&text[from..])?;
-        if !text.is_empty() && !text.ends_with("\r\n") {
-            f.write_str("\r\n")?;
-        }
-        f.write_str(".\r\n")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DataBody;
-
-    #[test]
-    fn data_body_stuffs_leading_dots_and_ends_once() {
-        assert_eq!(
-            DataBody("Subject: x\r\n\r\n.hidden\r\na.b\r\n..\r\n.").to_string(),
-            "Subject: x\r\n\r\n..hidden\r\na.b\r\n...\r\n..\r\n.\r\n"
-        );
-        assert_eq!(DataBody(".x\r\n").to_string(), "..x\r\n.\r\n");
-        assert_eq!(DataBody("").to_string(), ".\r\n");
-        assert_eq!(DataBody("no newline").to_string(), "no newline\r\n.\r\n");
     }
 }

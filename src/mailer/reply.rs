@@ -16,6 +16,16 @@ pub enum Step {
     Data,
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Mail => "MAIL",
+            Step::Rcpt => "RCPT",
+            Step::Data => "DATA",
+        })
+    }
+}
+
 /// What to do about a refused message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

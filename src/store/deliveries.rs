@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{StoreError, now_ms};
+use crate::domain::DeliveryStatus;
 
 /// What [`start_edition`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,15 +183,18 @@ pub async fn mark_final(
     conn: &mut SqliteConnection,
     me: &str,
     id: i64,
-    status: &str,
+    status: DeliveryStatus,
     reason: &str,
 ) -> Result<bool, StoreError> {
-    debug_assert!(matches!(status, "failed" | "cancelled"));
+    debug_assert!(matches!(
+        status,
+        DeliveryStatus::Failed | DeliveryStatus::Cancelled
+    ));
     let r = sqlx::query(
         "UPDATE deliveries SET status = ?, last_error = ?, lease_until = NULL, updated_at = ? \
          WHERE id = ? AND status = 'sending' AND claimed_by = ?",
     )
-    .bind(status)
+    .bind(status.as_str())
     .bind(reason)
     .bind(now_ms())
     .bind(id)

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Format, MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource, SubscriberStatus,
-        TimeZone, Topics,
+        EndedBy, Format, MaxPapers, SubscriberEmail, SubscriberName, SubscriberSource,
+        SubscriberStatus, TimeZone, Topics,
     },
     security::Keys,
 };
@@ -66,8 +66,8 @@ pub struct Subscriber {
     pub profile: Profile,
     pub status: SubscriberStatus,
     pub source: SubscriberSource,
-    /// `link`, `cli`, `sync` or `bounce` for unsubscribed/bounced subscribers.
-    pub unsubscribed_by: Option<String>,
+    /// Who ended it, for unsubscribed and bounced subscribers.
+    pub unsubscribed_by: Option<EndedBy>,
     pub created_at: i64,
     pub updated_at: i64,
     pub unsubscribed_at: Option<i64>,
@@ -100,7 +100,7 @@ impl Subscriber {
             max_papers: self.profile.max_papers.get(),
             status: self.status.as_str(),
             source: self.source.as_str(),
-            unsubscribed_by: self.unsubscribed_by.as_deref(),
+            unsubscribed_by: self.unsubscribed_by.map(|b| b.as_str()),
             created_at: super::format_ms(self.created_at),
             updated_at: super::format_ms(self.updated_at),
         }
@@ -149,7 +149,11 @@ impl<'r> sqlx::FromRow<'r, SqliteRow> for Subscriber {
             },
             status: status.parse().map_err(|e| decode_err("status", e))?,
             source: source.parse().map_err(|e| decode_err("source", e))?,
-            unsubscribed_by: row.try_get("unsubscribed_by")?,
+            unsubscribed_by: row
+                .try_get::<Option<String>, _>("unsubscribed_by")?
+                .map(|b| b.parse())
+                .transpose()
+                .map_err(|e| decode_err("unsubscribed_by", e))?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             unsubscribed_at: row.try_get("unsubscribed_at")?,
@@ -259,7 +263,7 @@ pub async fn end_subscription(
     conn: &mut SqliteConnection,
     id: i64,
     status: SubscriberStatus,
-    by: &str,
+    by: EndedBy,
 ) -> Result<(), StoreError> {
     end_subscriptions(conn, &[id], status, by).await
 }
@@ -269,7 +273,7 @@ pub async fn end_subscriptions(
     conn: &mut SqliteConnection,
     ids: &[i64],
     status: SubscriberStatus,
-    by: &str,
+    by: EndedBy,
 ) -> Result<(), StoreError> {
     debug_assert!(matches!(
         status,
@@ -282,7 +286,7 @@ pub async fn end_subscriptions(
          WHERE id IN (SELECT value FROM json_each(?4))",
     )
     .bind(status.as_str())
-    .bind(by)
+    .bind(by.as_str())
     .bind(now)
     .bind(&ids)
     .execute(&mut *conn)
@@ -346,7 +350,7 @@ pub async fn unsubscribe_by_links(
             s.status,
             SubscriberStatus::Active | SubscriberStatus::Pending
         ) || (s.status == SubscriberStatus::Unsubscribed
-            && s.unsubscribed_by.as_deref() == Some("sync"))
+            && s.unsubscribed_by == Some(EndedBy::Sync))
     };
     let mut ending: Vec<i64> = owners
         .values()
@@ -354,7 +358,7 @@ pub async fn unsubscribe_by_links(
         .map(|s| s.id)
         .collect();
     ending.sort_unstable();
-    end_subscriptions(conn, &ending, SubscriberStatus::Unsubscribed, "link").await?;
+    end_subscriptions(conn, &ending, SubscriberStatus::Unsubscribed, EndedBy::Link).await?;
     let used: Vec<_> = uses
         .iter()
         .zip(&hashes)

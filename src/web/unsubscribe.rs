@@ -131,8 +131,8 @@ pub async fn resubscribe(
     };
     let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
-    let by_link =
-        s.status == SubscriberStatus::Unsubscribed && s.unsubscribed_by.as_deref() == Some("link");
+    let by_link = s.status == SubscriberStatus::Unsubscribed
+        && s.unsubscribed_by == Some(crate::domain::EndedBy::Link);
     if by_link {
         subs::reactivate(&mut tx, s.id).await?;
         events::record(
