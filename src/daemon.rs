@@ -54,6 +54,7 @@ pub async fn sync_subscriber_file(app: &App) {
 /// Starts the edition due at `fire_time`, if there is one, unless that fire
 /// time was handled already (by this process or one before a restart). The
 /// fire time is recorded once handled, so a failure is tried again.
+#[tracing::instrument(name = "fire", skip_all, fields(time = %fire_time.to_rfc3339(), by))]
 pub async fn fire(
     schedule: &Schedule,
     pool: &SqlitePool,
@@ -64,7 +65,7 @@ pub async fn fire(
     let at = fire_time.timestamp_millis();
     let mut conn = pool.acquire().await?;
     if deliveries::fire_handled(&mut conn, at).await? {
-        tracing::info!(fire_time = %fire_time.to_rfc3339(), started_by = by, "fire time already handled; nothing to do");
+        tracing::info!("fire time already handled; nothing to do");
         return Ok(());
     }
     let selected: Vec<_> = store::papers::selected_dates(&mut conn)
@@ -81,7 +82,7 @@ pub async fn fire(
             let send_at = |tz: &str| schedule.send_at(tz, fire_time);
             match deliveries::start_edition(pool, date, by, send_at).await? {
                 deliveries::Started::Now(n) => {
-                    tracing::info!(edition = %date, subscribers = n, started_by = by, "edition started");
+                    tracing::info!(edition = %date, subscribers = n, "edition started");
                     engine.wake();
                 }
                 deliveries::Started::Already => {
@@ -89,7 +90,7 @@ pub async fn fire(
                 }
             }
         }
-        Err(why) => tracing::info!(reason = %why, started_by = by, "no edition to send"),
+        Err(why) => tracing::info!(reason = %why, "no edition to send"),
     }
     let mut conn = pool.acquire().await?;
     deliveries::record_fire(&mut conn, at, by).await?;

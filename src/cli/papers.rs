@@ -40,7 +40,6 @@ pub async fn import_papers(
 }
 
 pub async fn run(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
-    let pool = &ctx.pool;
     match cmd {
         PapersCmd::Import { file, date, format } => {
             let records = ingest::papers::read(&file, format)?;
@@ -53,84 +52,96 @@ pub async fn run(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
             }
             import_papers(ctx, &file, records, date).await?;
         }
-        PapersCmd::List { date, json } => {
-            let mut conn = pool.acquire().await?;
-            let papers = match date {
-                Some(d) => store::papers::selection(&mut conn, d).await?,
-                None => store::papers::all(&mut conn).await?,
-            };
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            if json {
-                serde_json::to_writer_pretty(&mut out, &papers)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{:>3} {:<16} {:>7}  TITLE", "#", "ID", "UPVOTES")?;
-                for (i, p) in papers.iter().enumerate() {
-                    writeln!(
-                        out,
-                        "{:>3} {:<16} {:>7}  {}",
-                        i + 1,
-                        p.id.as_str(),
-                        p.upvotes,
-                        p.title
-                    )?;
-                }
-                match date {
-                    Some(d) if papers.is_empty() => writeln!(out, "no papers selected for {d}")?,
-                    Some(d) => writeln!(out, "{} papers selected for {d}", papers.len())?,
-                    None => {
-                        writeln!(out, "{} papers stored", papers.len())?;
-                        for (d, n) in store::papers::selected_dates(&mut conn).await? {
-                            writeln!(out, "  {d}: {n} selected")?;
-                        }
-                    }
-                }
-            }
-            out.flush()?;
+        PapersCmd::List { date, json } => list(ctx, date, json).await?,
+        PapersCmd::Select { date, ids } => select(ctx, date, ids).await?,
+        PapersCmd::Export { date, out } => export(ctx, date, out).await?,
+    }
+    Ok(())
+}
+
+async fn list(ctx: &App, date: Option<NaiveDate>, json: bool) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let mut conn = pool.acquire().await?;
+    let papers = match date {
+        Some(d) => store::papers::selection(&mut conn, d).await?,
+        None => store::papers::all(&mut conn).await?,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        serde_json::to_writer_pretty(&mut out, &papers)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{:>3} {:<16} {:>7}  TITLE", "#", "ID", "UPVOTES")?;
+        for (i, p) in papers.iter().enumerate() {
+            writeln!(
+                out,
+                "{:>3} {:<16} {:>7}  {}",
+                i + 1,
+                p.id.as_str(),
+                p.upvotes,
+                p.title
+            )?;
         }
-        PapersCmd::Select { date, ids } => {
-            let ids = ids
-                .iter()
-                .map(|i| PaperId::parse(i))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let changed = store::papers::replace_selection(&mut tx, date, &ids)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict(m) | StoreError::NotFound(m) => anyhow::anyhow!(m),
-                    other => other.into(),
-                })?;
-            tx.commit().await?;
-            if changed {
-                println!("Selected {} papers for {date}", ids.len());
-            } else {
-                println!("Selection for {date} unchanged ({} papers)", ids.len());
+        match date {
+            Some(d) if papers.is_empty() => writeln!(out, "no papers selected for {d}")?,
+            Some(d) => writeln!(out, "{} papers selected for {d}", papers.len())?,
+            None => {
+                writeln!(out, "{} papers stored", papers.len())?;
+                for (d, n) in store::papers::selected_dates(&mut conn).await? {
+                    writeln!(out, "  {d}: {n} selected")?;
+                }
             }
         }
-        PapersCmd::Export { date, out } => {
-            let mut conn = pool.acquire().await?;
-            let papers = store::papers::selection(&mut conn, date).await?;
-            if papers.is_empty() {
-                anyhow::bail!("no papers selected for {date}");
-            }
-            let export = ingest::papers::Export {
-                date: Some(date),
-                papers,
-            };
-            let json = serde_json::to_string_pretty(&export)? + "\n";
-            match out {
-                Some(path) => {
-                    std::fs::write(&path, json)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    println!(
-                        "Exported {} papers for {date} to {}",
-                        export.papers.len(),
-                        path.display()
-                    );
-                }
-                None => std::io::stdout().write_all(json.as_bytes())?,
-            }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn select(ctx: &App, date: NaiveDate, ids: Vec<String>) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let ids = ids
+        .iter()
+        .map(|i| PaperId::parse(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let changed = store::papers::replace_selection(&mut tx, date, &ids)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) | StoreError::NotFound(m) => anyhow::anyhow!(m),
+            other => other.into(),
+        })?;
+    tx.commit().await?;
+    if changed {
+        println!("Selected {} papers for {date}", ids.len());
+    } else {
+        println!("Selection for {date} unchanged ({} papers)", ids.len());
+    }
+    Ok(())
+}
+
+async fn export(ctx: &App, date: NaiveDate, out: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let mut conn = pool.acquire().await?;
+    let papers = store::papers::selection(&mut conn, date).await?;
+    if papers.is_empty() {
+        anyhow::bail!("no papers selected for {date}");
+    }
+    let export = ingest::papers::Export {
+        date: Some(date),
+        papers,
+    };
+    let json = serde_json::to_string_pretty(&export)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(&path, json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "Exported {} papers for {date} to {}",
+                export.papers.len(),
+                path.display()
+            );
         }
+        None => std::io::stdout().write_all(json.as_bytes())?,
     }
     Ok(())
 }

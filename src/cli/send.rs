@@ -67,52 +67,10 @@ async fn send_locked(
     let total = before.total() as u64;
     let already = (before.sent + before.failed + before.cancelled) as u64;
     let started = std::time::Instant::now();
-    let reporter = {
-        let engine = std::sync::Arc::clone(&engine);
-        let tty = std::io::stderr().is_terminal();
-        tokio::spawn(async move {
-            let bar = tty.then(|| {
-                let bar = indicatif::ProgressBar::new(total);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                bar
-            });
-            let mut last_log = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let done = already + engine.progress.done();
-                let paused = if engine.breaker.is_open() {
-                    "(mail server unreachable: paused)"
-                } else {
-                    ""
-                };
-                match &bar {
-                    Some(b) => {
-                        b.set_position(done);
-                        b.set_message(paused);
-                    }
-                    None if last_log.elapsed().as_secs() >= 5 => {
-                        eprintln!("progress: {done}/{total} {paused}");
-                        last_log = std::time::Instant::now();
-                    }
-                    None => {}
-                }
-                if done >= total {
-                    if let Some(b) = &bar {
-                        b.finish_and_clear();
-                    }
-                    return;
-                }
-            }
-        })
-    };
-    let run = engine
-        .run(crate::delivery::Until::EditionDone(date), shutdown.clone())
-        .await;
+    let reporter = report_progress(std::sync::Arc::clone(&engine), total, already);
+    let until = crate::delivery::Until::EditionDone(date);
+    let span = tracing::info_span!("edition", %date);
+    let run = tracing::Instrument::instrument(engine.run(until, shutdown.clone()), span).await;
     reporter.abort();
     shutdown.cancel();
     let _ = heartbeat.await;
@@ -143,6 +101,55 @@ async fn send_locked(
         counts,
         sent_now: now_sent,
         seconds,
+    })
+}
+
+/// Shows progress on standard error until `total` rows are final: a bar on a
+/// terminal, a line every 5 s otherwise.
+fn report_progress(
+    engine: std::sync::Arc<crate::delivery::Engine>,
+    total: u64,
+    already: u64,
+) -> tokio::task::JoinHandle<()> {
+    let tty = std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let mut last_log = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let done = already + engine.progress.done();
+            let paused = if engine.breaker.is_open() {
+                "(mail server unreachable: paused)"
+            } else {
+                ""
+            };
+            match &bar {
+                Some(b) => {
+                    b.set_position(done);
+                    b.set_message(paused);
+                }
+                None if last_log.elapsed().as_secs() >= 5 => {
+                    eprintln!("progress: {done}/{total} {paused}");
+                    last_log = std::time::Instant::now();
+                }
+                None => {}
+            }
+            if done >= total {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return;
+            }
+        }
     })
 }
 

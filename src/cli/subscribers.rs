@@ -1,6 +1,9 @@
 //! `paperpost subscribers ...`
 
-use std::{io::Write, path::Path};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
@@ -74,159 +77,197 @@ fn describe(s: &subs::Subscriber) -> String {
 pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
     let pool = &ctx.pool;
     match cmd {
-        SubscribersCmd::Add { email, profile } => {
-            let email = SubscriberEmail::parse(&email)?;
-            let profile = parse_changes(profile)?.apply_to(&ctx.defaults());
-            let mut conn = pool.acquire().await?;
-            if let Some(existing) = subs::find_by_email(&mut conn, email.as_str()).await? {
-                anyhow::bail!(
-                    "{} is already a subscriber ({}); change them with `paperpost subscribers edit`",
-                    existing.email,
-                    existing.status.as_str()
-                );
-            }
-            let s = subs::insert(
-                &mut conn,
-                &ctx.keys,
-                &email,
-                &profile,
-                SubscriberStatus::Active,
-                SubscriberSource::Cli,
-            )
-            .await?;
-            println!("Added {}", describe(&s));
-        }
-        SubscribersCmd::Edit { email, profile } => {
-            let changes = parse_changes(profile)?;
-            if changes.is_empty() {
-                anyhow::bail!(
-                    "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
-                );
-            }
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let s = subs::get_by_email(&mut tx, &email).await?;
-            let changed =
-                subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
-            let s = subs::get_by_email(&mut tx, &email).await?;
-            tx.commit().await?;
-            if changed {
-                println!("Updated {}", describe(&s));
-            } else {
-                println!("No change: {}", describe(&s));
-            }
-        }
-        SubscribersCmd::Remove { email, purge } => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let s = subs::get_by_email(&mut tx, &email).await?;
-            if purge {
-                subs::purge(&mut tx, s.id).await?;
-                tx.commit().await?;
-                println!("Deleted {} and every record of mail sent to them", s.email);
-            } else if s.status == SubscriberStatus::Unsubscribed
-                && s.unsubscribed_by != Some(crate::domain::EndedBy::Sync)
-            {
-                println!("{} is already unsubscribed", s.email);
-            } else {
-                // Including someone a sync deactivated: now the removal is the
-                // operator's, and a later sync does not bring them back.
-                subs::end_subscription(
-                    &mut tx,
-                    s.id,
-                    SubscriberStatus::Unsubscribed,
-                    crate::domain::EndedBy::Cli,
-                )
-                .await?;
-                tx.commit().await?;
-                println!(
-                    "Unsubscribed {}; their history is kept (--purge deletes it)",
-                    s.email
-                );
-            }
-        }
-        SubscribersCmd::Unbounce { since, emails } => {
-            let since = since.as_deref().map(parse_since).transpose()?;
-            let emails = emails
-                .iter()
-                .map(|e| SubscriberEmail::parse(e))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut conn = pool.acquire().await?;
-            let back = subs::unbounce(&mut conn, since, &emails).await?;
-            println!(
-                "{} active again",
-                output::plural(back.len(), "subscriber is", "subscribers are")
-            );
-            for e in &back {
-                println!("  {e}");
-            }
-            if !back.is_empty() {
-                println!(
-                    "Their failed digests stay failed: `paperpost resend --date D --failed` queues them again"
-                );
-            }
-        }
-        SubscribersCmd::RotateToken { email } => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let s = subs::get_by_email(&mut tx, &email).await?;
-            subs::rotate_token(&mut tx, &ctx.keys, s.id).await?;
-            events::record(&mut tx, s.id, Action::Rotate, Channel::Cli, None).await?;
-            tx.commit().await?;
-            println!(
-                "New link token for {}: the links in mail sent to them before no longer work",
-                s.email
-            );
-        }
+        SubscribersCmd::Add { email, profile } => add(ctx, email, profile).await?,
+        SubscribersCmd::Edit { email, profile } => edit(ctx, email, profile).await?,
+        SubscribersCmd::Remove { email, purge } => remove(ctx, email, purge).await?,
+        SubscribersCmd::Unbounce { since, emails } => unbounce(ctx, since, emails).await?,
+        SubscribersCmd::RotateToken { email } => rotate_token(ctx, email).await?,
         SubscribersCmd::List { status, json } => list_subscribers(pool, status, json).await?,
-        SubscribersCmd::Import { file } => {
-            let r = subscriber_csv::import(pool, &ctx.keys, &ctx.defaults(), &file).await?;
-            println!(
-                "Imported {}: {} rows: {} added, {} updated, {} unchanged, {} skipped",
-                file.display(),
-                r.rows,
-                r.added,
-                r.updated,
-                r.unchanged,
-                r.skipped.len()
-            );
-            for s in &r.skipped {
-                let who = match &s.name {
-                    Some(n) => format!("{n} <{}>", s.email),
-                    None => s.email.clone(),
-                };
-                let why = match (s.status.as_str(), s.by.as_deref()) {
-                    ("bounced", _) => "mail to them bounced".to_string(),
-                    (_, Some("link")) => "they unsubscribed by link".to_string(),
-                    (_, Some(by)) => format!("unsubscribed ({by})"),
-                    (st, None) => st.to_string(),
-                };
-                println!("  skipped {who}: {why}; left as is");
-            }
-        }
-        SubscribersCmd::Export { file, status } => match file {
-            Some(path) => {
-                let f = std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                let n = subscriber_csv::export(pool, status, std::io::BufWriter::new(f)).await?;
-                println!("Exported {n} subscribers to {}", path.display());
-            }
-            None => {
-                subscriber_csv::export(pool, status, std::io::stdout().lock()).await?;
-            }
-        },
+        SubscribersCmd::Import { file } => import(ctx, file).await?,
+        SubscribersCmd::Export { file, status } => export(ctx, file, status).await?,
         SubscribersCmd::Sync {
             file,
             resubscribe,
             dry_run,
-        } => {
-            let path = file.unwrap_or_else(|| ctx.settings.subscribers.file.clone());
-            let entries = subscriber_file::read(&path, &ctx.defaults())?;
-            let resubscribe = resubscribe
-                .iter()
-                .map(|e| SubscriberEmail::parse(e))
-                .collect::<Result<Vec<_>, _>>()?;
-            let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, dry_run).await?;
-            print_sync(&path, &r, dry_run);
+        } => sync(ctx, file, resubscribe, dry_run).await?,
+    }
+    Ok(())
+}
+
+async fn add(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let email = SubscriberEmail::parse(&email)?;
+    let profile = parse_changes(profile)?.apply_to(&ctx.defaults());
+    let mut conn = pool.acquire().await?;
+    if let Some(existing) = subs::find_by_email(&mut conn, email.as_str()).await? {
+        anyhow::bail!(
+            "{} is already a subscriber ({}); change them with `paperpost subscribers edit`",
+            existing.email,
+            existing.status.as_str()
+        );
+    }
+    let s = subs::insert(
+        &mut conn,
+        &ctx.keys,
+        &email,
+        &profile,
+        SubscriberStatus::Active,
+        SubscriberSource::Cli,
+    )
+    .await?;
+    println!("Added {}", describe(&s));
+    Ok(())
+}
+
+async fn edit(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let changes = parse_changes(profile)?;
+    if changes.is_empty() {
+        anyhow::bail!(
+            "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
+        );
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subs::get_by_email(&mut tx, &email).await?;
+    let changed = subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
+    let s = subs::get_by_email(&mut tx, &email).await?;
+    tx.commit().await?;
+    if changed {
+        println!("Updated {}", describe(&s));
+    } else {
+        println!("No change: {}", describe(&s));
+    }
+    Ok(())
+}
+
+async fn remove(ctx: &App, email: String, purge: bool) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subs::get_by_email(&mut tx, &email).await?;
+    if purge {
+        subs::purge(&mut tx, s.id).await?;
+        tx.commit().await?;
+        println!("Deleted {} and every record of mail sent to them", s.email);
+    } else if s.status == SubscriberStatus::Unsubscribed
+        && s.unsubscribed_by != Some(crate::domain::EndedBy::Sync)
+    {
+        println!("{} is already unsubscribed", s.email);
+    } else {
+        // Including someone a sync deactivated: now the removal is the
+        // operator's, and a later sync does not bring them back.
+        subs::end_subscription(
+            &mut tx,
+            s.id,
+            SubscriberStatus::Unsubscribed,
+            crate::domain::EndedBy::Cli,
+        )
+        .await?;
+        tx.commit().await?;
+        println!(
+            "Unsubscribed {}; their history is kept (--purge deletes it)",
+            s.email
+        );
+    }
+    Ok(())
+}
+
+async fn unbounce(ctx: &App, since: Option<String>, emails: Vec<String>) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let since = since.as_deref().map(parse_since).transpose()?;
+    let emails = emails
+        .iter()
+        .map(|e| SubscriberEmail::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut conn = pool.acquire().await?;
+    let back = subs::unbounce(&mut conn, since, &emails).await?;
+    println!(
+        "{} active again",
+        output::plural(back.len(), "subscriber is", "subscribers are")
+    );
+    for e in &back {
+        println!("  {e}");
+    }
+    if !back.is_empty() {
+        println!(
+            "Their failed digests stay failed: `paperpost resend --date D --failed` queues them again"
+        );
+    }
+    Ok(())
+}
+
+async fn rotate_token(ctx: &App, email: String) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let s = subs::get_by_email(&mut tx, &email).await?;
+    subs::rotate_token(&mut tx, &ctx.keys, s.id).await?;
+    events::record(&mut tx, s.id, Action::Rotate, Channel::Cli, None).await?;
+    tx.commit().await?;
+    println!(
+        "New link token for {}: the links in mail sent to them before no longer work",
+        s.email
+    );
+    Ok(())
+}
+
+async fn import(ctx: &App, file: PathBuf) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let r = subscriber_csv::import(pool, &ctx.keys, &ctx.defaults(), &file).await?;
+    println!(
+        "Imported {}: {} rows: {} added, {} updated, {} unchanged, {} skipped",
+        file.display(),
+        r.rows,
+        r.added,
+        r.updated,
+        r.unchanged,
+        r.skipped.len()
+    );
+    for s in &r.skipped {
+        let who = match &s.name {
+            Some(n) => format!("{n} <{}>", s.email),
+            None => s.email.clone(),
+        };
+        let why = match (s.status.as_str(), s.by.as_deref()) {
+            ("bounced", _) => "mail to them bounced".to_string(),
+            (_, Some("link")) => "they unsubscribed by link".to_string(),
+            (_, Some(by)) => format!("unsubscribed ({by})"),
+            (st, None) => st.to_string(),
+        };
+        println!("  skipped {who}: {why}; left as is");
+    }
+    Ok(())
+}
+
+async fn export(ctx: &App, file: Option<PathBuf>, status: SubscriberStatus) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    match file {
+        Some(path) => {
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let n = subscriber_csv::export(pool, status, std::io::BufWriter::new(f)).await?;
+            println!("Exported {n} subscribers to {}", path.display());
+        }
+        None => {
+            subscriber_csv::export(pool, status, std::io::stdout().lock()).await?;
         }
     }
+    Ok(())
+}
+
+async fn sync(
+    ctx: &App,
+    file: Option<PathBuf>,
+    resubscribe: Vec<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
+    let path = file.unwrap_or_else(|| ctx.settings.subscribers.file.clone());
+    let entries = subscriber_file::read(&path, &ctx.defaults())?;
+    let resubscribe = resubscribe
+        .iter()
+        .map(|e| SubscriberEmail::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, dry_run).await?;
+    print_sync(&path, &r, dry_run);
     Ok(())
 }
 

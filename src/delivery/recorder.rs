@@ -229,65 +229,70 @@ pub(super) async fn write_outcomes(
     }
     let mut tx = writer.begin().await?;
     for o in items {
-        match o {
-            Outcome::Sent { .. } => {}
-            Outcome::Retry {
-                id,
-                reason,
-                next_at,
-                counted,
-            } => {
-                deliveries::mark_retry(&mut tx, me, *id, reason, *next_at, *counted).await?;
-            }
-            Outcome::Final { id, status, reason } => {
-                if !deliveries::mark_final(&mut tx, me, *id, *status, reason).await? {
-                    warn_not_ours(1);
-                }
-            }
-            Outcome::Undo { id, bounce } => {
-                let undone = deliveries::undo_refusal(&mut tx, *id).await?;
-                if let (true, Some(subscriber_id)) = (undone, bounce) {
-                    subscribers::undo_bounce(&mut tx, *subscriber_id, bounce_threshold).await?;
-                }
-            }
-            Outcome::Failed { id, reason, bounce } => {
-                if !deliveries::mark_final(
-                    &mut tx,
-                    me,
-                    *id,
-                    crate::domain::DeliveryStatus::Failed,
-                    reason,
-                )
-                .await?
-                {
-                    warn_not_ours(1);
-                    continue;
-                }
-                if let Some(subscriber_id) = *bounce {
-                    let n = deliveries::add_hard_bounce(&mut tx, subscriber_id).await?;
-                    if n >= bounce_threshold {
-                        subscribers::end_subscription(
-                            &mut tx,
-                            subscriber_id,
-                            SubscriberStatus::Bounced,
-                            crate::domain::EndedBy::Bounce,
-                        )
-                        .await?;
-                        tracing::warn!(
-                            subscriber = subscriber_id,
-                            bounces = n,
-                            "marked bounced; no more mail goes to this address"
-                        );
-                    }
-                }
-            }
-        }
+        write_one(&mut tx, me, o, bounce_threshold).await?;
     }
     if let Some(sent) = &sent {
         let written = deliveries::mark_sent_many(&mut tx, me, sent).await?;
         warn_not_ours(sent_n - written);
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Writes one outcome other than a plain "sent" (those go in one statement).
+async fn write_one(
+    tx: &mut sqlx::SqliteConnection,
+    me: &str,
+    o: &Outcome,
+    bounce_threshold: i64,
+) -> anyhow::Result<()> {
+    match o {
+        Outcome::Sent { .. } => {}
+        Outcome::Retry {
+            id,
+            reason,
+            next_at,
+            counted,
+        } => {
+            deliveries::mark_retry(tx, me, *id, reason, *next_at, *counted).await?;
+        }
+        Outcome::Final { id, status, reason } => {
+            if !deliveries::mark_final(tx, me, *id, *status, reason).await? {
+                warn_not_ours(1);
+            }
+        }
+        Outcome::Undo { id, bounce } => {
+            let undone = deliveries::undo_refusal(tx, *id).await?;
+            if let (true, Some(subscriber_id)) = (undone, bounce) {
+                subscribers::undo_bounce(tx, *subscriber_id, bounce_threshold).await?;
+            }
+        }
+        Outcome::Failed { id, reason, bounce } => {
+            if !deliveries::mark_final(tx, me, *id, crate::domain::DeliveryStatus::Failed, reason)
+                .await?
+            {
+                warn_not_ours(1);
+                return Ok(());
+            }
+            if let Some(subscriber_id) = *bounce {
+                let n = deliveries::add_hard_bounce(tx, subscriber_id).await?;
+                if n >= bounce_threshold {
+                    subscribers::end_subscription(
+                        tx,
+                        subscriber_id,
+                        SubscriberStatus::Bounced,
+                        crate::domain::EndedBy::Bounce,
+                    )
+                    .await?;
+                    tracing::warn!(
+                        subscriber = subscriber_id,
+                        bounces = n,
+                        "marked bounced; no more mail goes to this address"
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }
 

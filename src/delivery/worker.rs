@@ -2,6 +2,7 @@
 //! connection, and decides what the outcome means.
 
 use super::*;
+use tracing::Instrument;
 
 /// The claimed rows waiting for a worker, shared by the workers.
 pub(super) type Jobs = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>;
@@ -52,8 +53,17 @@ impl Engine {
                     (j, s, Instant::now())
                 });
             let gate: Gate = Box::pin(self.settle(&mut unrecorded, &in_flight));
+            // The span names the row; addresses are left to debug logs.
+            let span = tracing::info_span!(
+                "delivery",
+                id = job.claimed.id,
+                subscriber = job.subscriber.id,
+                edition = %job.claimed.edition_date,
+                attempt = job.claimed.attempts,
+            );
             let (outcome, tally) = self
                 .attempt(&mut sender, &job, (status, answered), gate)
+                .instrument(span)
                 .await;
             // When nothing was sent the gate was never reached.
             self.settle(&mut unrecorded, &in_flight).await;
@@ -160,7 +170,7 @@ impl Engine {
         if !matches!(status, Standing::Active) {
             return self.not_wanted(job, status);
         }
-        let (date, message) = match self.compose(job).await {
+        let message = match self.compose(job).await {
             Ok(m) => m,
             Err(outcome) => return outcome,
         };
@@ -182,20 +192,20 @@ impl Engine {
             return self.not_wanted(job, standing);
         }
         match result {
-            Ok(reply) => self.sent(job, date, reply, message_id),
+            Ok(reply) => self.sent(job, reply, message_id),
             Err(Failure::Permanent {
                 reason,
                 hard_bounce,
-            }) => self.refused(job, date, reason, hard_bounce),
+            }) => self.refused(job, reason, hard_bounce),
             Err(Failure::Transient { reason, connection }) => {
-                self.transient(job, date, reason, connection)
+                self.transient(job, reason, connection)
             }
         }
     }
 
     /// The reader's message for the row's edition, or the outcome when there
     /// is none to send.
-    async fn compose(&self, job: &Job) -> Result<(NaiveDate, lettre::Message), (Outcome, Tally)> {
+    async fn compose(&self, job: &Job) -> Result<lettre::Message, (Outcome, Tally)> {
         let c = &job.claimed;
         let failed = |reason: String| {
             let bounce = None;
@@ -216,7 +226,7 @@ impl Engine {
         };
         let reader = Reader::from(&job.subscriber);
         match self.composer.compose(&edition, &reader) {
-            Ok(m) => Ok((date, m)),
+            Ok(m) => Ok(m),
             Err(e) => Err(failed(format!("cannot build the message: {e:#}"))),
         }
     }
@@ -287,13 +297,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn sent(
-        &self,
-        job: &Job,
-        date: NaiveDate,
-        reply: String,
-        message_id: String,
-    ) -> (Outcome, Tally) {
+    pub(super) fn sent(&self, job: &Job, reply: String, message_id: String) -> (Outcome, Tally) {
         self.breaker.success();
         if self.guard.lock().expect("guard lock").accepted() {
             tracing::info!("the mail server accepts recipients again");
@@ -302,7 +306,7 @@ impl Engine {
         if self.alerted.swap(false, Ordering::Relaxed) {
             self.alert(None);
         }
-        tracing::debug!(to = %job.subscriber.email, %date, %reply, "sent");
+        tracing::debug!(to = %job.subscriber.email, %reply, "sent");
         let id = job.claimed.id;
         (
             Outcome::Sent {
@@ -316,13 +320,7 @@ impl Engine {
 
     /// A permanent refusal: about the recipient, unless the guard finds the
     /// server refusing everyone with the same reply.
-    pub(super) fn refused(
-        &self,
-        job: &Job,
-        date: NaiveDate,
-        reason: String,
-        bounce: bool,
-    ) -> (Outcome, Tally) {
+    pub(super) fn refused(&self, job: &Job, reason: String, bounce: bool) -> (Outcome, Tally) {
         let (id, subscriber) = (job.claimed.id, &job.subscriber);
         let refusal = guard::Refusal {
             delivery: id,
@@ -333,7 +331,7 @@ impl Engine {
         let judgement = self.guard.lock().expect("guard lock").refused(key, refusal);
         let guard::Judgement::Server { undo } = judgement else {
             self.breaker.success();
-            tracing::warn!(to = %subscriber.email, %date, %reason, "rejected");
+            tracing::warn!(%reason, "rejected");
             let bounce = bounce.then_some(subscriber.id);
             return (Outcome::Failed { id, reason, bounce }, Tally::Failed);
         };
@@ -419,11 +417,10 @@ impl Engine {
     pub(super) fn transient(
         &self,
         job: &Job,
-        date: NaiveDate,
         reason: String,
         connection: bool,
     ) -> (Outcome, Tally) {
-        let (c, subscriber) = (&job.claimed, &job.subscriber);
+        let c = &job.claimed;
         let age = Duration::from_millis((store::now_ms() - c.first_attempt_at).max(0) as u64);
         if connection {
             self.breaker.connection_failure(&reason);
@@ -436,7 +433,7 @@ impl Engine {
             retry::Decision::Uncounted => uncounted(c.id, reason, store::now_ms()),
             retry::Decision::GiveUp(why) => {
                 let reason = format!("{why}: {reason}");
-                tracing::warn!(to = %subscriber.email, %date, %reason, "failed");
+                tracing::warn!(%reason, "failed");
                 let failed = Outcome::Failed {
                     id: c.id,
                     reason,
@@ -445,7 +442,7 @@ impl Engine {
                 (failed, Tally::Failed)
             }
             retry::Decision::After(delay) => {
-                tracing::info!(to = %subscriber.email, %date, %reason, retry_in = ?delay, attempt = attempts, "will retry");
+                tracing::info!(%reason, retry_in = ?delay, "will retry");
                 let next_at = store::now_ms() + delay.as_millis() as i64;
                 let retry = Outcome::Retry {
                     id: c.id,
