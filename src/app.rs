@@ -43,6 +43,12 @@ impl App {
         Composer::new(&self.settings, self.keys.clone())
     }
 
+    /// The day a fetch without a date fetches: `papers.fetch_days_ago` days
+    /// before today.
+    pub fn fetch_date(&self) -> NaiveDate {
+        self.today() - chrono::Duration::days(i64::from(self.settings.papers.fetch_days_ago))
+    }
+
     /// The configured transport (SMTP or the outbox folder) and rate limit.
     pub fn mailer(&self) -> anyhow::Result<Arc<Mailer>> {
         Mailer::from_settings(&self.settings.mail)

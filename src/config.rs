@@ -38,8 +38,33 @@ pub struct Settings {
     pub http: HttpSettings,
     pub newsletter: NewsletterSettings,
     pub subscribers: SubscribersSettings,
+    pub papers: PapersSettings,
     pub security: SecuritySettings,
     pub log: LogSettings,
+}
+
+/// Papers on autopilot: the daemon fetches each day's papers itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PapersSettings {
+    /// The URL to GET a day's papers from, `{date}` standing for the date;
+    /// `None` turns fetching off.
+    #[serde(deserialize_with = "de::source_url")]
+    pub source_url: Option<String>,
+    /// When the daemon fetches (in `schedule.timezone`).
+    pub fetch_cron: CronExpr,
+    /// Which day it fetches: this many days before the fetch's own date.
+    #[serde(deserialize_with = "de::days_ago")]
+    pub fetch_days_ago: u32,
+    /// Keep the top K papers by upvotes; 0 keeps all, in the source's order.
+    #[serde(deserialize_with = "de::auto_select")]
+    pub auto_select: u32,
+    /// How long one request may take.
+    #[serde(deserialize_with = "de::duration")]
+    pub fetch_timeout: Duration,
+    /// How long the daemon waits before trying a failed fetch again.
+    #[serde(deserialize_with = "de::duration")]
+    pub fetch_retry: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +443,30 @@ mod de {
                 format!("invalid duration {s:?}: {e} (write e.g. \"100ms\", \"30s\", \"5m\", \"6h\", \"2days\")")
             })
         })
+    }
+
+    /// An http(s) URL once `{date}` is filled in; empty is `None`.
+    pub fn source_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            let url = url::Url::parse(&s.replace("{date}", "2024-03-11"))
+                .map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!("{s:?} is not an http or https URL"));
+            }
+            Ok(Some(s.to_string()))
+        })
+    }
+
+    pub fn days_ago<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 0, 7, "days").map(|n| n as u32)
+    }
+
+    pub fn auto_select<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 0, 200, "papers").map(|n| n as u32)
     }
 
     pub fn lock_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

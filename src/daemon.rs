@@ -124,6 +124,13 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
     crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
 
     tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
+    if let Some(fetcher) = crate::ingest::fetch::Fetcher::new(&settings.papers)? {
+        tracker.spawn(crate::autopilot::run(
+            app.clone(),
+            fetcher,
+            shutdown.clone(),
+        ));
+    }
     {
         let liveness = Arc::clone(&liveness);
         tracker.spawn(lock.heartbeat(shutdown.clone(), move || liveness.lock_held()));

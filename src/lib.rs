@@ -4,6 +4,7 @@
 //! Data flows one way: ingest → store → digest → mailer → delivery → store.
 
 pub mod app;
+pub mod autopilot;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP request latency by route.
     pub http_seconds: Family<RouteLabel, Histogram>,
+    /// Fetches of a day's papers by outcome (ok, failed).
+    pub fetches: Family<OutcomeLabel, Counter>,
+    /// When a fetch last succeeded (Unix seconds; 0 = never).
+    pub fetch_success_time: Gauge,
 }
 
 /// The counter of each delivery outcome.
@@ -112,6 +116,8 @@ impl Metrics {
             confirmation_mails: Family::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            fetches: Family::default(),
+            fetch_success_time: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -163,6 +169,16 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route, method and status",
             m.http_requests.clone(),
+        );
+        r.register(
+            "paper_fetches",
+            "Fetches of a day's papers from papers.source_url, by outcome",
+            m.fetches.clone(),
+        );
+        r.register(
+            "paper_fetch_success_time_seconds",
+            "When a fetch of a day's papers last succeeded (Unix time)",
+            m.fetch_success_time.clone(),
         );
         r.register(
             "http_request_seconds",

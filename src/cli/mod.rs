@@ -223,6 +223,14 @@ pub enum PapersCmd {
         #[arg(long, value_enum, default_value = "auto")]
         format: PaperFormat,
     },
+    /// Fetch a day's papers from papers.source_url and select them (never
+    /// replacing a selection made by hand or by a file import).
+    Fetch {
+        /// The day to fetch (default: papers.fetch_days_ago days before today,
+        /// in schedule.timezone).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<NaiveDate>,
+    },
     /// List the papers selected for a date, or all stored papers.
     List {
         #[arg(long, value_name = "YYYY-MM-DD")]

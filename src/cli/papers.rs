@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use super::PapersCmd;
 use crate::{
     app::App,
-    domain::PaperId,
+    domain::{PaperId, SelectionOrigin},
     ingest::{self, papers::Record},
     store::{self, StoreError},
 };
@@ -20,7 +20,7 @@ pub async fn import_papers(
     date: Option<NaiveDate>,
 ) -> anyhow::Result<()> {
     let groups = ingest::papers::by_date(label, &records, date, Some(ctx.today()))?;
-    let r = ingest::papers::store(&ctx.pool, &records, &groups).await?;
+    let r = ingest::papers::store(&ctx.pool, &records, &groups, SelectionOrigin::File).await?;
     println!(
         "Imported {}: {} papers ({} added, {} updated, {} unchanged)",
         label.display(),
@@ -52,6 +52,7 @@ pub async fn run(ctx: &App, cmd: PapersCmd) -> anyhow::Result<()> {
             }
             import_papers(ctx, &file, records, date).await?;
         }
+        PapersCmd::Fetch { date } => fetch(ctx, date).await?,
         PapersCmd::List { date, json } => list(ctx, date, json).await?,
         PapersCmd::Select { date, ids } => select(ctx, date, ids).await?,
         PapersCmd::Export { date, out } => export(ctx, date, out).await?,
@@ -110,6 +111,7 @@ async fn select(ctx: &App, date: NaiveDate, ids: Vec<String>) -> anyhow::Result<
             StoreError::Conflict(m) | StoreError::NotFound(m) => anyhow::anyhow!(m),
             other => other.into(),
         })?;
+    store::papers::set_origin(&mut tx, date, SelectionOrigin::Hand).await?;
     tx.commit().await?;
     if changed {
         println!("Selected {} papers for {date}", ids.len());
@@ -143,5 +145,21 @@ async fn export(ctx: &App, date: NaiveDate, out: Option<std::path::PathBuf>) -> 
         }
         None => std::io::stdout().write_all(json.as_bytes())?,
     }
+    Ok(())
+}
+
+async fn fetch(ctx: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
+    let Some(fetcher) = ingest::fetch::Fetcher::new(&ctx.settings.papers)? else {
+        anyhow::bail!(
+            "papers.source_url is not set; set it (PAPERPOST__PAPERS__SOURCE_URL) to fetch papers"
+        );
+    };
+    let date = date.unwrap_or_else(|| ctx.fetch_date());
+    let r = ingest::fetch::fetch_and_import(ctx, &fetcher, date).await?;
+    println!(
+        "Fetched {}: {}",
+        fetcher.url(date),
+        ingest::fetch::summary(&r, date)
+    );
     Ok(())
 }

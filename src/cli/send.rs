@@ -158,6 +158,15 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
     if let Some((message, at)) = store::deliveries::alert(&mut conn).await? {
         println!("ALERT since {}: {message}", store::format_ms(at));
     }
+    if let Some(f) = store::papers::last_fetch(&mut conn).await? {
+        let how = if f.ok { "ok" } else { "FAILED" };
+        println!(
+            "Last fetch {} ({}): {how}: {}",
+            store::format_ms(f.at),
+            f.edition_date,
+            f.message
+        );
+    }
     let editions = store::deliveries::editions(&mut conn).await?;
     let editions: Vec<_> = editions
         .into_iter()

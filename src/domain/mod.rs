@@ -36,6 +36,27 @@ impl DeliveryStatus {
     }
 }
 
+/// Who made a date's selection. A fetch replaces only a selection a fetch made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectionOrigin {
+    /// `paperpost papers import`.
+    File,
+    /// `paperpost papers select`.
+    Hand,
+    /// The daemon or `paperpost papers fetch`, from `papers.source_url`.
+    Fetch,
+}
+
+impl SelectionOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Hand => "hand",
+            Self::Fetch => "fetch",
+        }
+    }
+}
+
 /// Why a value was rejected. The message is meant for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

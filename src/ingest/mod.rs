@@ -3,6 +3,7 @@
 //! Everything is validated into domain types here; a bad record is reported as
 //! `FILE:LINE: reason` and nothing is stored.
 
+pub mod fetch;
 pub mod papers;
 pub mod subscriber_csv;
 pub mod subscriber_file;

@@ -10,7 +10,7 @@ use sqlx::SqlitePool;
 
 use super::InputError;
 use crate::{
-    domain::{Paper, PaperDraft},
+    domain::{Paper, PaperDraft, SelectionOrigin},
     store::papers::{self as store, Upsert},
 };
 
@@ -375,6 +375,9 @@ pub struct ImportReport {
     pub unchanged: usize,
     /// Each date whose selection the file sets: (date, papers, changed?).
     pub dates: Vec<(NaiveDate, usize, bool)>,
+    /// Dates a fetch left alone, and why (the editor's selection, an
+    /// edition already started).
+    pub kept: Vec<(NaiveDate, &'static str)>,
 }
 
 /// Groups records by date: `date` when given, else each record's own date;
@@ -411,6 +414,7 @@ pub async fn store(
     pool: &SqlitePool,
     records: &[Record],
     groups: &[(NaiveDate, Vec<usize>)],
+    origin: SelectionOrigin,
 ) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -422,10 +426,35 @@ pub async fn store(
         }
     }
     for (date, idx) in groups {
+        if origin == SelectionOrigin::Fetch
+            && let Some(why) = fetch_keeps(&mut tx, *date).await?
+        {
+            report.kept.push((*date, why));
+            continue;
+        }
         let ids: Vec<_> = idx.iter().map(|&i| records[i].paper.id.clone()).collect();
         let changed = store::replace_selection(&mut tx, *date, &ids).await?;
+        store::set_origin(&mut tx, *date, origin).await?;
         report.dates.push((*date, ids.len(), changed));
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Why a fetch must leave `date`'s selection alone, if it must: the editor
+/// made it, or its edition has started.
+async fn fetch_keeps(
+    conn: &mut sqlx::SqliteConnection,
+    date: NaiveDate,
+) -> anyhow::Result<Option<&'static str>> {
+    match store::selection_origin(&mut *conn, date).await? {
+        Some(SelectionOrigin::File | SelectionOrigin::Hand) => {
+            return Ok(Some("the editor's selection is kept"));
+        }
+        Some(SelectionOrigin::Fetch) | None => {}
+    }
+    let started = crate::store::deliveries::started_dates(conn).await?;
+    Ok(started
+        .contains(&date)
+        .then_some("its edition has started; the selection it was sent with is kept"))
 }

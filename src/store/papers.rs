@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 
 use super::{StoreError, now_ms};
-use crate::domain::{Paper, PaperId};
+use crate::domain::{Paper, PaperId, SelectionOrigin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsert {
@@ -200,4 +200,78 @@ pub async fn selected_dates(
         .into_iter()
         .filter_map(|(d, n)| d.parse().ok().map(|d| (d, n)))
         .collect())
+}
+
+/// Who made `date`'s selection: `None` if nothing is selected; a selection
+/// older than the record of origins counts as the editor's file import.
+pub async fn selection_origin(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+) -> Result<Option<SelectionOrigin>, StoreError> {
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT origin FROM selection_origins WHERE edition_date = ?")
+            .bind(date.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match row.as_deref() {
+        Some("fetch") => Some(SelectionOrigin::Fetch),
+        Some("hand") => Some(SelectionOrigin::Hand),
+        Some(_) => Some(SelectionOrigin::File),
+        None if selection_ids(&mut *conn, date).await?.is_empty() => None,
+        None => Some(SelectionOrigin::File),
+    })
+}
+
+/// Records who made `date`'s selection.
+pub async fn set_origin(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+    origin: SelectionOrigin,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO selection_origins (edition_date, origin, at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (edition_date) DO UPDATE SET origin = ?2, at = ?3",
+    )
+    .bind(date.to_string())
+    .bind(origin.as_str())
+    .bind(super::now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The last fetch: its date, when, whether it worked, and what happened.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FetchRecord {
+    pub edition_date: String,
+    pub at: i64,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub async fn record_fetch(
+    conn: &mut SqliteConnection,
+    date: NaiveDate,
+    ok: bool,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO fetch_status (id, edition_date, at, ok, message) VALUES (1, ?1, ?2, ?3, ?4) \
+         ON CONFLICT (id) DO UPDATE SET edition_date = ?1, at = ?2, ok = ?3, message = ?4",
+    )
+    .bind(date.to_string())
+    .bind(super::now_ms())
+    .bind(ok)
+    .bind(message)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn last_fetch(conn: &mut SqliteConnection) -> Result<Option<FetchRecord>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT edition_date, at, ok, message FROM fetch_status WHERE id = 1")
+            .fetch_optional(conn)
+            .await?,
+    )
 }

@@ -1,0 +1,102 @@
+//! The daemon's own paper fetching (`papers.source_url`): at each
+//! `papers.fetch_cron` time it fetches the day `papers.fetch_days_ago` before
+//! and selects its papers, so that the next edition exists when the edition
+//! cron fires. At start it fetches at once if that day has nothing selected
+//! yet. A failed fetch changes nothing and is tried again every
+//! `papers.fetch_retry` until it works or the next fetch time comes.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::App,
+    ingest::fetch::{self, Fetcher},
+    schedule::Schedule,
+};
+
+/// Runs until `shutdown`.
+pub async fn run(app: App, fetcher: Fetcher, shutdown: CancellationToken) {
+    let cron = fetch_schedule(&app);
+    let mut pending = match first_date(&app).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot tell whether today's papers are in; fetching them");
+            Some(app.fetch_date())
+        }
+    };
+    loop {
+        let mut retry_at = None;
+        if let Some(date) = pending {
+            if attempt(&app, &fetcher, date).await {
+                pending = None;
+            } else {
+                retry_at = Some(Utc::now() + app.settings.papers.fetch_retry);
+            }
+        }
+        let next_fire = cron.next_after(Utc::now());
+        let (wake, fires) = match (next_fire, retry_at) {
+            (Some(f), Some(r)) if r < f => (Some(r), false),
+            (Some(f), _) => (Some(f), true),
+            (None, r) => (r, false),
+        };
+        if !sleep_until(wake, &shutdown).await {
+            return;
+        }
+        if fires {
+            pending = Some(app.fetch_date());
+        }
+    }
+}
+
+/// The fetch cron in the schedule's time zone.
+fn fetch_schedule(app: &App) -> Schedule {
+    let mut s = app.settings.schedule.clone();
+    s.cron = app.settings.papers.fetch_cron.clone();
+    Schedule::from_settings(&s)
+}
+
+/// The day to fetch at start: the current fetch day, if nothing is selected
+/// for it yet.
+async fn first_date(app: &App) -> anyhow::Result<Option<NaiveDate>> {
+    let date = app.fetch_date();
+    let mut conn = app.pool.acquire().await?;
+    let selected = crate::store::papers::selection_origin(&mut conn, date).await?;
+    Ok(selected.is_none().then_some(date))
+}
+
+/// One fetch; true if it worked.
+async fn attempt(app: &App, fetcher: &Fetcher, date: NaiveDate) -> bool {
+    use tracing::Instrument;
+    let span = tracing::info_span!("fetch", %date, url = %fetcher.url(date));
+    let result = fetch::fetch_and_import(app, fetcher, date)
+        .instrument(span.clone())
+        .await;
+    // No await below: the span is entered only to log.
+    let _enter = span.enter();
+    match result {
+        Ok(r) => {
+            tracing::info!(result = %fetch::summary(&r, date), "fetched the day's papers");
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %format!("{e:#}"),
+                retry_in = ?app.settings.papers.fetch_retry,
+                "cannot fetch the day's papers; nothing changed"
+            );
+            false
+        }
+    }
+}
+
+/// Sleeps until `t` (for ever if `None`); false if shutdown came first.
+async fn sleep_until(t: Option<DateTime<Utc>>, shutdown: &CancellationToken) -> bool {
+    let wait = match t {
+        Some(t) => (t - Utc::now()).to_std().unwrap_or_default(),
+        None => std::time::Duration::from_secs(365 * 86_400),
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
