@@ -97,24 +97,73 @@ pub async fn fire(
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT.
+/// Runs until SIGTERM or SIGINT. While another process sends for the same
+/// database, serves the web endpoint only, and takes over sending when it
+/// stops.
 pub async fn run(app: App) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     crate::security::report_new_secret();
-    let lock = Lock::acquire(&app.pool, app.settings.database.lock_ttl).await?;
-    let result = serve(&app, &lock, signals).await;
-    lock.release().await;
+    let shutdown = CancellationToken::new();
+    let signal_task = tokio::spawn(signals.handle(shutdown.clone(), app.clone()));
+    let result = match acquire_or_stand_by(&app, &shutdown).await {
+        Ok(Some(lock)) => {
+            let result = serve(&app, &lock, shutdown.clone()).await;
+            lock.release().await;
+            result
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    signal_task.abort();
     tracing::info!("paperpost stopped");
     result
 }
 
-async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
+/// The sending lock; while another process holds it, serves the web
+/// endpoint alone until the lock frees up. `None` if shutdown came first.
+async fn acquire_or_stand_by(
+    app: &App,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Lock>> {
+    let ttl = app.settings.database.lock_ttl;
+    match Lock::acquire(&app.pool, ttl).await {
+        Ok(lock) => return Ok(Some(lock)),
+        Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {
+            tracing::warn!("{e:#}; serving the web endpoint only, and sending once it stops");
+        }
+        Err(e) => return Err(e),
+    }
+    let web_stop = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let liveness = Arc::new(Liveness::default());
+    crate::web::start(app, liveness, None, &tracker, web_stop.clone()).await?;
+    tracker.close();
+    crate::systemd::standing_by();
+    let lock = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = shutdown.cancelled() => break None,
+        }
+        match Lock::acquire(&app.pool, ttl).await {
+            Ok(lock) => {
+                tracing::info!("the sending process stopped; this one sends from now on");
+                break Some(lock);
+            }
+            Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot take the sending lock"),
+        }
+    };
+    web_stop.cancel();
+    tracker.wait().await;
+    Ok(lock)
+}
+
+async fn serve(app: &App, lock: &Lock, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (settings, pool) = (&app.settings, &app.pool);
     recover(pool).await?;
     sync_subscriber_file(app).await;
     let schedule = Schedule::from_settings(&settings.schedule);
     let engine = app.engine(lock.fence())?;
-    let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let liveness = Arc::new(Liveness::sending(settings.database.lock_ttl));
@@ -123,7 +172,6 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
     let web = Some(Arc::clone(&engine));
     crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
 
-    tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
     if let Some(fetcher) = crate::ingest::fetch::Fetcher::new(&settings.papers)? {
         tracker.spawn(crate::autopilot::run(
             app.clone(),
@@ -151,8 +199,14 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
             result
         })
     };
+    tracker.spawn(crate::systemd::watch(
+        pool.clone(),
+        Arc::clone(&liveness),
+        shutdown.clone(),
+    ));
     tracker.close();
 
+    crate::systemd::ready();
     let next = schedule.next_after(Utc::now());
     tracing::info!(
         cron = %settings.schedule.cron.source,
@@ -174,6 +228,7 @@ async fn serve(app: &App, lock: &Lock, signals: Signals) -> anyhow::Result<()> {
         firing.fire(missed, "catch-up").await;
     }
     schedule_loop(&schedule, pool, &engine, &liveness, &shutdown).await;
+    crate::systemd::stopping();
     tracing::info!("stopping: finishing the messages in flight");
     tracker.wait().await;
     engine_task
@@ -282,7 +337,9 @@ pub async fn serve_web(app: App) -> anyhow::Result<()> {
     crate::web::start(&app, liveness, None, &tracker, shutdown.clone()).await?;
     tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
     tracker.close();
+    crate::systemd::ready();
     shutdown.cancelled().await;
+    crate::systemd::stopping();
     tracing::info!("stopping: finishing the requests in flight");
     tracker.wait().await;
     tracing::info!("paperpost stopped");

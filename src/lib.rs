@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod schedule;
 pub mod security;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod web;

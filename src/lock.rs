@@ -197,6 +197,17 @@ impl Fence {
     }
 }
 
+/// Another process holds the lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another paperpost process ({holder}) is sending for this database; only one may at a time \
+     (its lock expires {left} s after it stops)"
+)]
+pub struct Held {
+    pub holder: String,
+    pub left: i64,
+}
+
 /// The sending lock, taken by `run` and `send`.
 pub struct Lock {
     pool: SqlitePool,
@@ -229,11 +240,11 @@ impl Lock {
             return Ok(taken(pool));
         }
         let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
-        anyhow::bail!(
-            "another paperpost process ({}) is sending for this database; only one may at a time \
-             (its lock expires {left} s after it stops)",
-            other.holder
-        )
+        Err(Held {
+            holder: other.holder,
+            left,
+        }
+        .into())
     }
 
     pub fn fence(&self) -> Fence {

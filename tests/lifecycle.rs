@@ -1,0 +1,165 @@
+//! The daemon as a system service: what it tells systemd (through a fake
+//! NOTIFY_SOCKET), a second daemon on the same database standing by, and
+//! SIGTERM in the middle of an edition.
+
+mod support;
+
+use std::{os::unix::net::UnixDatagram, time::Duration};
+
+use support::{
+    child::{DATE, command, finish, setup, smtp_env, wait_for, wait_for_log, with},
+    smtp::SmtpServer,
+};
+
+/// A notify socket like systemd's; collects the datagrams the daemon sends.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) -> &[String] {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.extend(text.lines().map(str::to_string));
+        }
+        &self.seen
+    }
+
+    fn has(&mut self, line: &str) -> bool {
+        self.drain().iter().any(|l| l.starts_with(line))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_tells_systemd_it_is_ready_alive_busy_and_stopping() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(100));
+    let s = setup(20);
+    let mut notify = NotifySocket::new();
+    let env = smtp_env(server.port(), 1);
+    let env = with(env, "NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    // A watchdog of 2 s: pinged every second while the scheduler is alive.
+    let env = with(env, "WATCHDOG_USEC", "2000000");
+    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    // The edition is queued before the daemon starts; it resumes it.
+    paperpost::store::deliveries::start_edition(
+        &s.pool().await,
+        DATE.parse().unwrap(),
+        "test",
+        |_| 0,
+    )
+    .await
+    .unwrap();
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("READY=1", || notify.has("READY=1")).await;
+    wait_for("a watchdog ping", || notify.has("WATCHDOG=1")).await;
+    wait_for("the sending status", || {
+        notify
+            .drain()
+            .iter()
+            .any(|l| l.starts_with("STATUS=sending 2024-03-11: ") && l.ends_with("/20"))
+    })
+    .await;
+    wait_for("the edition sent", || server.accepted().len() == 20).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    assert!(notify.has("STOPPING=1"), "{:?}", notify.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the_first_stops() {
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let env = smtp_env(server.port(), 1);
+    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
+    let mut first = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for_log(&mut first, "paperpost is running").await;
+    let mut second = command(&s, &env, &["run"]).spawn().unwrap();
+    let seen = wait_for_log(&mut second, "web endpoint listening").await;
+    assert!(seen.contains("serving the web endpoint only"), "{seen}");
+    let addr = seen
+        .split("web endpoint listening addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The first one sends; the second does not (one edition, three readers).
+    paperpost::store::deliveries::start_edition(
+        &s.pool().await,
+        DATE.parse().unwrap(),
+        "test",
+        |_| 0,
+    )
+    .await
+    .unwrap();
+    wait_for("the edition", || server.accepted().len() == 3).await;
+
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(first).await.code, 0);
+    let seen = wait_for_log(&mut second, "paperpost is running").await;
+    assert!(seen.contains("this one sends from now on"), "{seen}");
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(second).await.code, 0);
+    assert!(
+        server.counts().values().all(|&n| n == 1),
+        "{:?}",
+        server.counts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(50));
+    let s = setup(40);
+    let env = smtp_env(server.port(), 2);
+    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    paperpost::store::deliveries::start_edition(
+        &s.pool().await,
+        DATE.parse().unwrap(),
+        "test",
+        |_| 0,
+    )
+    .await
+    .unwrap();
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("some messages", || server.accepted().len() >= 10).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    let out = finish(daemon).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let before = server.accepted().len();
+    assert!(before < 40, "stopped before the end ({before})");
+    // A graceful stop finishes what is in flight and records it: nothing
+    // is left `sending`, and the restart sends each of the rest once.
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("every reader", || server.counts().len() == 40).await;
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    assert!(
+        server.counts().values().all(|&n| n == 1),
+        "a graceful stop duplicated: {:?}",
+        server.counts()
+    );
+}
