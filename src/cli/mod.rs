@@ -84,6 +84,14 @@ pub enum Command {
     },
     /// Create the database or bring its schema up to date (also done on every start).
     Migrate,
+    /// Write a consistent copy of the database to FILE, while the daemon runs.
+    Backup {
+        /// Where the copy goes; it must not exist yet.
+        file: PathBuf,
+    },
+    /// Exit 0 if the web endpoint's /healthz (on http.bind) answers 200, else 1
+    /// (for container health checks; needs no curl).
+    Healthcheck,
     /// Check the configuration and print the effective settings (secrets hidden).
     Config,
     /// Add, edit, remove, list, import, export and sync subscribers.
@@ -349,6 +357,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Demo => demo::demo(&App::open(settings).await?).await,
         Command::Subscribers(cmd) => subscribers::run(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
+        Command::Backup { file } => backup(&settings, &file).await,
+        Command::Healthcheck => healthcheck(&settings).await,
         Command::Run => crate::daemon::run(App::open(settings).await?).await,
         Command::Serve => crate::daemon::serve_web(App::open(settings).await?).await,
         Command::Send { date } => {
@@ -384,4 +394,54 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// `paperpost backup FILE`.
+async fn backup(settings: &Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if file.exists() {
+        anyhow::bail!("{} exists already; give a new file name", file.display());
+    }
+    let pool = store::connect(&settings.database).await?;
+    store::backup(&pool, file)
+        .await
+        .with_context(|| format!("cannot write the backup {}", file.display()))?;
+    pool.close().await;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "Backed up {} to {} ({:.1} MB)",
+        settings.database.path.display(),
+        file.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// `paperpost healthcheck`: GET /healthz on the configured bind address (a
+/// wildcard address is asked on loopback).
+async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut addr = settings.http.bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} does not answer"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}: {}", body.trim());
+    }
+    println!("{url}: {}", body.trim());
+    Ok(())
 }

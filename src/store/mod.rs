@@ -80,11 +80,52 @@ pub fn writer(pool: &SqlitePool) -> SqlitePool {
         .connect_lazy_with((*pool.connect_options()).clone())
 }
 
+/// Applies pending migrations, logging what it did. A database that a newer
+/// paperpost has migrated further is refused with a clear message, untouched.
 pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = schema_version(pool).await?;
+    if applied > known {
+        anyhow::bail!(
+            "the database was migrated by a newer paperpost (schema version {applied}; this \
+             binary knows up to {known}): run that version or a later one, or restore a \
+             backup made before the upgrade"
+        );
+    }
     MIGRATOR
         .run(pool)
         .await
         .context("cannot apply database migrations")?;
+    if applied < known {
+        tracing::info!(from = applied, to = known, "applied database migrations");
+    }
+    Ok(())
+}
+
+/// The newest migration applied to the database (0 for a new one).
+pub async fn schema_version(pool: &SqlitePool) -> Result<i64, StoreError> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// A consistent copy of the database in `to` (which must not exist), made
+/// while other processes read and write it (`VACUUM INTO`).
+pub async fn backup(pool: &SqlitePool, to: &std::path::Path) -> Result<(), StoreError> {
+    sqlx::query("VACUUM INTO ?")
+        .bind(to.to_string_lossy().into_owned())
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

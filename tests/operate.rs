@@ -1,0 +1,103 @@
+//! What an operator does around the daemon: back up while it runs, restore,
+//! upgrade (and refuse a database from a newer paperpost), and ask whether it
+//! is healthy as a container health check does.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    Sandbox,
+    child::{DATE, command, finish, setup, smtp_env, wait_for, wait_for_log, with},
+    smtp::SmtpServer,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() {
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(50));
+    let s = setup(30);
+    let env = with(
+        smtp_env(server.port(), 1),
+        "PAPERPOST__SCHEDULE__CRON",
+        "0 0 0 1 1 * 2099",
+    );
+    paperpost::store::deliveries::start_edition(
+        &s.pool().await,
+        DATE.parse().unwrap(),
+        "test",
+        |_| 0,
+    )
+    .await
+    .unwrap();
+    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for("the edition under way", || server.accepted().len() >= 5).await;
+    let copy = s.path("backup.db");
+    let out = s.run(&["backup", copy.to_str().unwrap()]);
+    assert!(out.ok().contains("Backed up"), "{}", out.stdout);
+    let again = s.run(&["backup", copy.to_str().unwrap()]);
+    assert!(again.fails().contains("exists already"), "{}", again.stderr);
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+
+    // Restore: the copy replaces the database (the WAL files go with it).
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", s.db_path().display()));
+    }
+    std::fs::copy(&copy, s.db_path()).unwrap();
+    assert_eq!(s.subscribers().len(), 30);
+    let status = s.run(&["status"]);
+    assert!(status.ok().contains("2024-03-11"), "{}", status.stdout);
+}
+
+#[test]
+fn a_database_from_a_newer_paperpost_is_refused_untouched() {
+    let s = Sandbox::with_sample_papers();
+    s.run(&["subscribers", "add", "ada@example.org"]).ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pool = s.pool().await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    let before = std::fs::read(s.db_path()).unwrap();
+    let out = s.run(&["subscribers", "list"]);
+    assert!(
+        out.fails()
+            .contains("migrated by a newer paperpost (schema version 9999"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(s.db_path()).unwrap(), before, "changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_while_the_daemon_is_healthy_and_1_when_it_is_gone() {
+    let s = Sandbox::with_sample_papers();
+    let bind = format!("0.0.0.0:{}", free_port());
+    let env = with(vec![], "PAPERPOST__HTTP__BIND", &bind);
+    let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    wait_for_log(&mut daemon, "paperpost is running").await;
+    let check = |env: &[(&str, &str)]| s.run_env(env, &["healthcheck"]);
+    let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
+    assert!(out.ok().contains("/healthz: ok"), "{}", out.stdout);
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
+    assert!(out.fails().contains("does not answer"), "{}", out.stderr);
+}
