@@ -38,6 +38,11 @@ impl App {
         })
     }
 
+    /// A composer for other (reloaded) settings, with this process's keys.
+    pub fn composer_for(&self, settings: &Settings) -> anyhow::Result<Composer> {
+        Composer::new(settings, self.keys.clone())
+    }
+
     /// Renders and builds messages with the configured look, headers and keys.
     pub fn composer(&self) -> anyhow::Result<Composer> {
         Composer::new(&self.settings, self.keys.clone())

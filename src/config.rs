@@ -41,6 +41,10 @@ pub struct Settings {
     pub papers: PapersSettings,
     pub security: SecuritySettings,
     pub log: LogSettings,
+    /// The configuration file these settings were read from, if any (SIGHUP
+    /// reads it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Papers on autopilot: the daemon fetches each day's papers itself.
@@ -273,6 +277,17 @@ pub struct LogSettings {
     #[serde(deserialize_with = "de::log_level")]
     pub level: String,
     pub format: LogFormat,
+    /// Show subscribers' email addresses in info-level logs.
+    pub addresses: bool,
+}
+
+/// What a configuration reload changed ([`Settings::changes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Applied at once.
+    pub live: Vec<&'static str>,
+    /// Take effect at the next start.
+    pub restart: Vec<&'static str>,
 }
 
 /// A parsed cron expression (with seconds) and the text it came from.
@@ -351,7 +366,7 @@ impl Settings {
             key: "(layers)".into(),
             message: e.to_string(),
         })?;
-        let settings = serde_path_to_error::deserialize::<_, Settings>(cfg).map_err(|e| {
+        let mut settings = serde_path_to_error::deserialize::<_, Settings>(cfg).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
             ConfigError::Invalid {
@@ -360,7 +375,57 @@ impl Settings {
             }
         })?;
         settings.check()?;
+        settings.source = file.map(Path::to_path_buf);
         Ok(settings)
+    }
+
+    /// What changed from `self` to `new`: the keys applied while running
+    /// (the rate limit, the retry policy, the newsletter texts, the log
+    /// level and addresses) and those that take effect at the next start.
+    pub fn changes(&self, new: &Settings) -> Changes {
+        let differ = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut c = Changes::default();
+        let mut live = |key: &'static str, changed: bool| {
+            if changed {
+                c.live.push(key);
+            }
+        };
+        live(
+            "mail.rate_limit",
+            self.mail.rate_limit != new.mail.rate_limit,
+        );
+        live("mail.retry", differ(&self.mail.retry, &new.mail.retry));
+        live("newsletter", differ(&self.newsletter, &new.newsletter));
+        live("log.level", self.log.level != new.log.level);
+        live("log.addresses", self.log.addresses != new.log.addresses);
+        // The rest of [mail], with the live keys as they were.
+        let mut mail = new.mail.clone();
+        mail.rate_limit = self.mail.rate_limit;
+        mail.retry = self.mail.retry.clone();
+        let restart: [(&'static str, bool); 10] = [
+            ("database", differ(&self.database, &new.database)),
+            ("schedule", differ(&self.schedule, &new.schedule)),
+            ("mail", differ(&self.mail, &mail)),
+            ("http", differ(&self.http, &new.http)),
+            ("subscribers", differ(&self.subscribers, &new.subscribers)),
+            ("papers", differ(&self.papers, &new.papers)),
+            ("security", differ(&self.security, &new.security)),
+            ("log.format", differ(&self.log.format, &new.log.format)),
+            ("mail.smtp.password", {
+                use secrecy::ExposeSecret;
+                self.mail.smtp.password.expose_secret() != new.mail.smtp.password.expose_secret()
+            }),
+            ("security.secret", {
+                use secrecy::ExposeSecret;
+                self.security.secret.expose_secret() != new.security.secret.expose_secret()
+            }),
+        ];
+        c.restart = restart
+            .into_iter()
+            .filter(|(_, d)| *d)
+            .map(|(k, _)| k)
+            .collect();
+        c
     }
 
     /// Rules that span several keys.

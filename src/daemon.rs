@@ -42,12 +42,61 @@ pub async fn sync_subscriber_file(app: &App) {
                 "applied the subscriber file"
             );
             for (who, how) in &r.kept_unsubscribed {
-                tracing::info!(%who, %how, "listed in the subscriber file but unsubscribed; left unsubscribed");
+                tracing::info!(who = %crate::telemetry::address(who), %how, "listed in the subscriber file but unsubscribed; left unsubscribed");
             }
         }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %format!("{e:#}"), "cannot apply the subscriber file; nothing changed")
         }
+    }
+}
+
+/// On each SIGHUP until `stop`: applies the subscriber file, then reads the
+/// configuration again. The settings that can change while running (the rate
+/// limit, the retry policy, the newsletter texts, the log level) are applied
+/// and logged; others are named as needing a restart. A broken file is
+/// reported and the old settings stay.
+async fn reloader(
+    app: App,
+    engine: Option<Arc<Engine>>,
+    hup: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let mut applied = app.settings.clone();
+    loop {
+        tokio::select! {
+            _ = hup.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        sync_subscriber_file(&app).await;
+        let new = match crate::config::Settings::load(applied.source.as_deref()) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the configuration again; the old one stays");
+                continue;
+            }
+        };
+        let changes = applied.changes(&new);
+        if let Some(engine) = &engine {
+            match app.composer_for(&new) {
+                Ok(composer) => engine.reload(&new, composer),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot apply the new configuration; the old one stays");
+                    continue;
+                }
+            }
+        }
+        crate::telemetry::reload(&new.log);
+        if changes.live.is_empty() && changes.restart.is_empty() {
+            tracing::info!("the configuration is unchanged");
+        }
+        if !changes.live.is_empty() {
+            tracing::info!(keys = %changes.live.join(", "), "configuration applied");
+        }
+        if !changes.restart.is_empty() {
+            tracing::warn!(keys = %changes.restart.join(", "), "changed settings that take effect at the next start (systemctl restart paperpost)");
+        }
+        applied = new;
     }
 }
 
@@ -104,10 +153,11 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     crate::security::report_new_secret();
     let shutdown = CancellationToken::new();
-    let signal_task = tokio::spawn(signals.handle(shutdown.clone(), app.clone()));
-    let result = match acquire_or_stand_by(&app, &shutdown).await {
+    let hup = Arc::new(tokio::sync::Notify::new());
+    let signal_task = tokio::spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
+    let result = match acquire_or_stand_by(&app, &shutdown, &hup).await {
         Ok(Some(lock)) => {
-            let result = serve(&app, &lock, shutdown.clone()).await;
+            let result = serve(&app, &lock, shutdown.clone(), hup).await;
             lock.release().await;
             result
         }
@@ -124,6 +174,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
 async fn acquire_or_stand_by(
     app: &App,
     shutdown: &CancellationToken,
+    hup: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<Option<Lock>> {
     let ttl = app.settings.database.lock_ttl;
     match Lock::acquire(&app.pool, ttl).await {
@@ -137,6 +188,12 @@ async fn acquire_or_stand_by(
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());
     crate::web::start(app, liveness, None, &tracker, web_stop.clone()).await?;
+    tracker.spawn(reloader(
+        app.clone(),
+        None,
+        Arc::clone(hup),
+        web_stop.clone(),
+    ));
     tracker.close();
     crate::systemd::standing_by();
     let lock = loop {
@@ -158,7 +215,12 @@ async fn acquire_or_stand_by(
     Ok(lock)
 }
 
-async fn serve(app: &App, lock: &Lock, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn serve(
+    app: &App,
+    lock: &Lock,
+    shutdown: CancellationToken,
+    hup: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
     let (settings, pool) = (&app.settings, &app.pool);
     recover(pool).await?;
     sync_subscriber_file(app).await;
@@ -172,6 +234,12 @@ async fn serve(app: &App, lock: &Lock, shutdown: CancellationToken) -> anyhow::R
     let web = Some(Arc::clone(&engine));
     crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
 
+    tracker.spawn(reloader(
+        app.clone(),
+        Some(Arc::clone(&engine)),
+        hup,
+        shutdown.clone(),
+    ));
     if let Some(fetcher) = crate::ingest::fetch::Fetcher::new(&settings.papers)? {
         tracker.spawn(crate::autopilot::run(
             app.clone(),
@@ -335,7 +403,9 @@ pub async fn serve_web(app: App) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());
     crate::web::start(&app, liveness, None, &tracker, shutdown.clone()).await?;
-    tracker.spawn(signals.handle(shutdown.clone(), app.clone()));
+    let hup = Arc::new(tokio::sync::Notify::new());
+    tracker.spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
+    tracker.spawn(reloader(app.clone(), None, hup, shutdown.clone()));
     tracker.close();
     crate::systemd::ready();
     shutdown.cancelled().await;
@@ -364,15 +434,15 @@ impl Signals {
         })
     }
 
-    /// Cancels `shutdown` on SIGTERM or SIGINT; SIGHUP applies the subscriber file.
-    async fn handle(mut self, shutdown: CancellationToken, app: App) {
+    /// Cancels `shutdown` on SIGTERM or SIGINT; SIGHUP wakes the reloader.
+    async fn handle(mut self, shutdown: CancellationToken, hup: Arc<tokio::sync::Notify>) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
                 _ = self.int.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP received: applying the subscriber file");
-                    sync_subscriber_file(&app).await;
+                    tracing::info!("SIGHUP received: reading the subscriber file and the configuration again");
+                    hup.notify_one();
                 }
                 _ = shutdown.cancelled() => return,
             }

@@ -1,18 +1,31 @@
-//! Logging: tracing to stderr, as text for people or JSON for collectors.
+//! Logging: tracing to stderr, as text for people or JSON for collectors. The
+//! level can change while running (SIGHUP); addresses are shown at info level
+//! only with `log.addresses`.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tracing_subscriber::{EnvFilter, Registry, fmt, prelude::*, reload};
 
 use crate::config::{LogFormat, LogSettings};
+
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+static ADDRESSES: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init(settings: &LogSettings) {
-    let filter = std::env::var("RUST_LOG")
+    ADDRESSES.store(settings.addresses, Ordering::Relaxed);
+    let from_env = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(&settings.level));
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let env_wins = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&settings.level));
+    let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = match settings.format {
+    let installed = match settings.format {
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init(),
@@ -25,4 +38,29 @@ pub fn init(settings: &LogSettings) {
             )
             .try_init(),
     };
+    if installed.is_ok() && !env_wins {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies changed log settings while running (`RUST_LOG`, when set, stays).
+pub fn reload(settings: &LogSettings) {
+    ADDRESSES.store(settings.addresses, Ordering::Relaxed);
+    if let Some(handle) = FILTER.get()
+        && let Err(e) = handle.reload(EnvFilter::new(&settings.level))
+    {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
+}
+
+/// An email address as info-level logs show it: itself with `log.addresses`,
+/// else only its domain.
+pub fn address(email: &str) -> String {
+    if ADDRESSES.load(Ordering::Relaxed) {
+        return email.to_string();
+    }
+    match email.rsplit_once('@') {
+        Some((_, domain)) => format!("…@{domain}"),
+        None => "…".to_string(),
+    }
 }

@@ -163,3 +163,68 @@ async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
         server.counts()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file() {
+    let server = SmtpServer::start().await;
+    let s = setup(2);
+    let file = s.write(
+        "paperpost.toml",
+        "[newsletter]\ntitle = \"Morning Papers\"\n",
+    );
+    let env = with(
+        smtp_env(server.port(), 1),
+        "PAPERPOST__SCHEDULE__CRON",
+        "0 0 0 1 1 * 2099",
+    );
+    let mut daemon = command(&s, &env, &["run", "--config", file.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    wait_for_log(&mut daemon, "paperpost is running").await;
+    let pid = daemon.id().unwrap() as i32;
+
+    s.write(
+        "paperpost.toml",
+        "[newsletter]\ntitle = \"Evening Papers\"\n[mail]\nrate_limit = 50\n[http]\nsubscribe_per_minute = 3\n",
+    );
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let seen = wait_for_log(&mut daemon, "take effect at the next start").await;
+    assert!(
+        seen.contains("configuration applied keys=mail.rate_limit, newsletter"),
+        "{seen}"
+    );
+    assert!(seen.contains("keys=http"), "{seen}");
+    let subject = |m: &support::smtp::Accepted| {
+        mail_parser::MessageParser::default()
+            .parse(&m.data)
+            .unwrap()
+            .subject()
+            .unwrap()
+            .to_string()
+    };
+    let pool = s.pool().await;
+    paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "test", |_| 0)
+        .await
+        .unwrap();
+    wait_for("the edition", || server.accepted().len() == 2).await;
+    assert!(subject(&server.accepted()[0]).starts_with("Evening Papers"));
+
+    s.write("paperpost.toml", "[newsletter\ntitle = ");
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let seen = wait_for_log(&mut daemon, "cannot read the configuration again").await;
+    assert!(seen.contains("paperpost.toml"), "{seen}");
+    s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
+        .ok();
+    paperpost::store::deliveries::start_edition(
+        &pool,
+        "2024-03-12".parse().unwrap(),
+        "test",
+        |_| 0,
+    )
+    .await
+    .unwrap();
+    wait_for("the next edition", || server.accepted().len() == 4).await;
+    assert!(subject(&server.accepted()[3]).starts_with("Evening Papers"));
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+}

@@ -110,9 +110,11 @@ pub struct Engine {
     pool: SqlitePool,
     /// The process's one writing connection ([`store::writer`]).
     writer: SqlitePool,
-    composer: Composer,
+    /// Swapped when the newsletter texts change (SIGHUP).
+    composer: std::sync::RwLock<Arc<Composer>>,
     mailer: Arc<Mailer>,
-    retry: RetrySettings,
+    /// Swapped when the retry policy changes (SIGHUP).
+    retry: std::sync::RwLock<RetrySettings>,
     concurrency: usize,
     thumbnails: bool,
     editions: tokio::sync::Mutex<EditionCache>,
@@ -152,9 +154,9 @@ impl Engine {
             fence,
             pool,
             writer,
-            composer,
+            composer: std::sync::RwLock::new(Arc::new(composer)),
             mailer,
-            retry: settings.mail.retry.clone(),
+            retry: std::sync::RwLock::new(settings.mail.retry.clone()),
             concurrency: usize::from(settings.mail.concurrency),
             thumbnails: settings.newsletter.thumbnails,
             editions: Default::default(),
@@ -166,6 +168,24 @@ impl Engine {
             alerted: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
         })
+    }
+
+    /// The retry policy now.
+    fn retry(&self) -> RetrySettings {
+        self.retry.read().expect("retry lock").clone()
+    }
+
+    /// The composer now.
+    fn composer(&self) -> Arc<Composer> {
+        Arc::clone(&self.composer.read().expect("composer lock"))
+    }
+
+    /// Applies the live parts of reloaded settings: the retry policy, the
+    /// newsletter texts and the rate limit.
+    pub fn reload(&self, settings: &Settings, composer: Composer) {
+        *self.retry.write().expect("retry lock") = settings.mail.retry.clone();
+        *self.composer.write().expect("composer lock") = Arc::new(composer);
+        self.mailer.set_rate_limit(settings.mail.rate_limit);
     }
 
     /// Where messages go, for logs.

@@ -220,12 +220,12 @@ impl Engine {
             Ok(None) => return Err(failed(format!("no papers are selected for {date}"))),
             Err(e) => {
                 let reason = format!("cannot load the edition: {e:#}");
-                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                let next_at = store::now_ms() + self.retry().base_delay.as_millis() as i64;
                 return Err(uncounted(c.id, reason, next_at));
             }
         };
         let reader = Reader::from(&job.subscriber);
-        match self.composer.compose(&edition, &reader) {
+        match self.composer().compose(&edition, &reader) {
             Ok(m) => Ok(m),
             Err(e) => Err(failed(format!("cannot build the message: {e:#}"))),
         }
@@ -281,7 +281,7 @@ impl Engine {
             }
             Standing::Unknown(why) => {
                 let reason = format!("cannot check the subscriber's status: {why}");
-                let next_at = store::now_ms() + self.retry.base_delay.as_millis() as i64;
+                let next_at = store::now_ms() + self.retry().base_delay.as_millis() as i64;
                 uncounted(id, reason, next_at)
             }
             Standing::Fenced => {
@@ -349,7 +349,7 @@ impl Engine {
         }
         self.breaker.trip(&reason);
         let age = store::now_ms() - job.claimed.first_attempt_at;
-        if age >= self.retry.max_age.as_millis() as i64 {
+        if age >= self.retry().max_age.as_millis() as i64 {
             let reason = format!("gave up: older than mail.retry.max_age: {reason}");
             return (
                 Outcome::Failed {
@@ -429,7 +429,7 @@ impl Engine {
         }
         let attempts = c.attempts.max(1) as u32;
         let server_down = connection && self.breaker.is_open();
-        match retry::decide(attempts, age, server_down, &self.retry) {
+        match retry::decide(attempts, age, server_down, &self.retry()) {
             retry::Decision::Uncounted => uncounted(c.id, reason, store::now_ms()),
             retry::Decision::GiveUp(why) => {
                 let reason = format!("{why}: {reason}");

@@ -56,7 +56,8 @@ impl Failure {
 /// The configured transport and rate limit, shared by all workers.
 pub struct Mailer {
     transport: Transport,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Swapped when `mail.rate_limit` changes (SIGHUP).
+    limiter: std::sync::RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
     timeout: Duration,
 }
 
@@ -97,13 +98,16 @@ impl Mailer {
                 })
             }
         };
-        let limiter =
-            NonZeroU32::new(m.rate_limit).map(|n| RateLimiter::direct(Quota::per_second(n)));
         Ok(Arc::new(Self {
             transport,
-            limiter,
+            limiter: std::sync::RwLock::new(limiter(m.rate_limit)),
             timeout: m.smtp.timeout,
         }))
+    }
+
+    /// Changes the rate limit (messages per second; 0 = unlimited).
+    pub fn set_rate_limit(&self, per_second: u32) {
+        *self.limiter.write().expect("limiter lock") = limiter(per_second);
     }
 
     /// Where messages go, for logs: "smtp://host:port" or the outbox folder.
@@ -145,6 +149,11 @@ fn not_sent() -> Failure {
     }
 }
 
+/// A limiter for `per_second` messages a second; `None` for 0 (unlimited).
+fn limiter(per_second: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
+    NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::direct(Quota::per_second(n))))
+}
+
 /// What a sender waits for between the server's "354" and the message body,
 /// the point after which the message may be delivered: the worker's previous
 /// outcome being recorded. `false` means stop: the message is not sent.
@@ -162,7 +171,8 @@ impl Sender {
         raw: &[u8],
         gate: Gate<'_>,
     ) -> Result<String, Failure> {
-        if let Some(l) = &self.mailer.limiter {
+        let limiter = self.mailer.limiter.read().expect("limiter lock").clone();
+        if let Some(l) = limiter {
             l.until_ready().await;
         }
         let mut gate = Some(gate);
