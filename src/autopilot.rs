@@ -14,19 +14,36 @@ use crate::{
     schedule::Schedule,
 };
 
-/// Runs until `shutdown`.
-pub async fn run(app: App, fetcher: Fetcher, shutdown: CancellationToken) {
-    let cron = fetch_schedule(&app);
-    let mut pending = match first_date(&app).await {
-        Ok(d) => d,
+/// At start: fetches the current fetch day if nothing is selected for it
+/// yet. Returns the day if it is still to be fetched (the fetch failed).
+async fn at_start(app: &App, fetcher: &Fetcher) -> Option<NaiveDate> {
+    let date = match first_date(app).await {
+        Ok(d) => d?,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot tell whether today's papers are in; fetching them");
-            Some(app.fetch_date())
+            tracing::warn!(error = %format!("{e:#}"), "cannot tell whether the day's papers are in; fetching them");
+            app.fetch_date()
         }
     };
+    (!attempt(app, fetcher, date).await).then_some(date)
+}
+
+/// Runs until `shutdown`. The first fetch (at start, if the day's papers are
+/// not in) is reported on `started`, so the daemon can catch up a missed
+/// edition with them.
+pub async fn run(
+    app: App,
+    fetcher: Fetcher,
+    started: tokio::sync::oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    let mut pending = at_start(&app, &fetcher).await;
+    let _ = started.send(());
+    let cron = fetch_schedule(&app);
+    let mut retry_at = pending.map(|_| Utc::now() + app.settings.papers.fetch_retry);
     loop {
-        let mut retry_at = None;
-        if let Some(date) = pending {
+        if retry_at.is_none()
+            && let Some(date) = pending
+        {
             if attempt(&app, &fetcher, date).await {
                 pending = None;
             } else {
@@ -42,6 +59,7 @@ pub async fn run(app: App, fetcher: Fetcher, shutdown: CancellationToken) {
         if !sleep_until(wake, &shutdown).await {
             return;
         }
+        retry_at = None;
         if fires {
             pending = Some(app.fetch_date());
         }

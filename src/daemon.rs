@@ -240,12 +240,15 @@ async fn serve(
         hup,
         shutdown.clone(),
     ));
-    if let Some(fetcher) = crate::ingest::fetch::Fetcher::new(&settings.papers)? {
-        tracker.spawn(crate::autopilot::run(
-            app.clone(),
-            fetcher,
-            shutdown.clone(),
-        ));
+    // The day's papers first (if fetching is on and they are not in), so that
+    // a catch-up below has them; a slow source is not waited for long.
+    let (fetched, first_fetch) = tokio::sync::oneshot::channel();
+    match crate::ingest::fetch::Fetcher::new(&settings.papers)? {
+        Some(fetcher) => {
+            let fetching = crate::autopilot::run(app.clone(), fetcher, fetched, shutdown.clone());
+            tracker.spawn(fetching);
+        }
+        None => drop(fetched),
     }
     {
         let liveness = Arc::clone(&liveness);
@@ -284,6 +287,7 @@ async fn serve(
         database = %settings.database.path.display(),
         "paperpost is running"
     );
+    let _ = tokio::time::timeout(FIRST_FETCH_PATIENCE, first_fetch).await;
     if let Some(missed) = schedule.missed(Utc::now()) {
         tracing::info!(fire_time = %missed.to_rfc3339(), "catching up a fire time missed while stopped");
         let firing = Firing {
@@ -304,6 +308,9 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("the delivery engine panicked: {e}"))?
         .context("the delivery engine stopped")
 }
+
+/// How long a catch-up at start waits for the first fetch of the day's papers.
+const FIRST_FETCH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What firing a fire time needs.
 struct Firing<'a> {

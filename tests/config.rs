@@ -189,3 +189,41 @@ fn a_password_in_clear_to_a_remote_host_is_refused() {
     ];
     s.run_env(&local, &["config"]).ok();
 }
+
+/// The commented /etc/paperpost/paperpost.toml the .deb installs shows every
+/// key of the built-in defaults with its default value, and is valid as is.
+#[test]
+fn the_packaged_config_file_lists_every_default_key() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let defaults = std::fs::read_to_string(root.join("config/default.toml")).unwrap();
+    let packaged = std::fs::read_to_string(root.join("config/paperpost.toml")).unwrap();
+    let keys = |text: &str, prefix: &str| -> Vec<String> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some(line) = line.strip_prefix(prefix) else {
+                continue;
+            };
+            if line.starts_with('[') && line.ends_with(']') {
+                section = line.trim_matches(['[', ']']).to_string();
+            } else if let Some((k, v)) = line.split_once(" = ")
+                && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
+                out.push(format!("{section}.{k} = {v}"));
+            }
+        }
+        out
+    };
+    assert_eq!(keys(&packaged, "# "), keys(&defaults, ""));
+    let s = support::Sandbox::new();
+    let out = s.run(&[
+        "config",
+        "--config",
+        root.join("config/paperpost.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.ok().contains("configuration is valid"),
+        "{}",
+        out.stderr
+    );
+}

@@ -28,7 +28,27 @@ impl Source {
         let hits = Arc::new(AtomicUsize::new(0));
         let sample = std::fs::read(support::fixture("daily_papers-2024-03-11.json")).unwrap();
         let app = Router::new()
-            .route("/api/daily_papers", get(move || async move { sample }))
+            .route(
+                "/api/daily_papers",
+                get({
+                    let sample = sample.clone();
+                    move || async move { sample }
+                }),
+            )
+            .route(
+                "/flaky",
+                get({
+                    let calls = Arc::new(AtomicUsize::new(0));
+                    move || async move {
+                        // One fetch (three requests) fails, the next works.
+                        if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                            Err(StatusCode::BAD_GATEWAY)
+                        } else {
+                            Ok(sample)
+                        }
+                    }
+                }),
+            )
             .route(
                 "/error",
                 get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
@@ -213,4 +233,29 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
     unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
     assert_eq!(finish(daemon).await.code, 0);
     assert_eq!(source.hits(), 1, "fetched once");
+}
+
+/// A fetch that fails at start is tried again after papers.fetch_retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_tries_a_failed_fetch_again() {
+    let source = Source::start().await;
+    let s = Sandbox::new();
+    let env = with(
+        vec![],
+        "PAPERPOST__PAPERS__SOURCE_URL",
+        &source.url("/flaky"),
+    );
+    let env = with(env, "PAPERPOST__PAPERS__FETCH_RETRY", "1s");
+    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
+    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let seen = wait_for_log(&mut daemon, "fetched the day's papers").await;
+    assert!(seen.contains("answered HTTP 502"), "{seen}");
+    assert!(
+        seen.contains("cannot fetch the day's papers; nothing changed"),
+        "{seen}"
+    );
+    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(source.hits(), 4);
 }

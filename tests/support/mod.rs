@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod child;
 pub mod http;
 pub mod smtp;

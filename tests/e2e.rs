@@ -1,0 +1,210 @@
+//! The whole machine on autopilot, end to end: `paperpost run` with
+//! `papers.source_url` pointing at a local HTTP server that serves the sample
+//! daily_papers JSON, and a schedule a few seconds ahead. The daemon fetches
+//! the papers, the edition goes through Postfix into a Maildir (each reader
+//! once, with the right headers and parts), an unsubscribe link from a
+//! delivered mail is clicked in headless Chromium, SIGTERM ends the daemon
+//! with exit 0 within the grace period, and a restart sends nothing again.
+//!
+//! Needs Postfix, chromium and chromedriver (installed by .ci/run); skipped
+//! without them, except under CI, where it fails.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use chrono::Timelike;
+use mail_parser::{MessageParser, MimeHeaders};
+use support::{
+    Sandbox,
+    browser::{Browser, link_in, mail_to, tools, wait},
+    http,
+};
+
+/// The daily_papers source, on a runtime of its own.
+fn serve_sample() -> (tokio::runtime::Runtime, u16) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sample = std::fs::read(support::fixture("daily_papers-2024-03-11.json")).unwrap();
+    let port = rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/api/daily_papers",
+            axum::routing::get(move || async move { sample }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    });
+    (rt, port)
+}
+
+/// A running daemon whose standard error lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: String,
+}
+
+impl Daemon {
+    fn start(s: &Sandbox, env: &[(String, String)]) -> Self {
+        let mut child = s
+            .command()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            log: String::new(),
+        }
+    }
+
+    /// Waits (30 s at most) for a log line containing `marker`.
+    fn wait_log(&mut self, marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push_str(&line);
+                self.log.push('\n');
+                if line.contains(marker) {
+                    return;
+                }
+            }
+        }
+        panic!("no {marker:?} in:\n{}", self.log);
+    }
+
+    /// SIGTERM; the exit code, which must come within the unit's 60 s grace.
+    fn stop(mut self) -> i32 {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
+    let Some((host, port, maildir)) = tools() else {
+        return;
+    };
+    let (_source_rt, source_port) = serve_sample();
+    let s = Sandbox::new();
+    let id = format!("{:x}", chrono::Utc::now().timestamp_micros());
+    let readers: Vec<String> = (0..5).map(|i| format!("e2e{id}-{i}@example.org")).collect();
+    for r in &readers {
+        s.run(&["subscribers", "add", r]).ok();
+    }
+    let web = format!("127.0.0.1:{}", http::free_port());
+    // The edition fires once, a few seconds from now.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(8);
+    let cron = format!("{} {} {} * * *", at.second(), at.minute(), at.hour());
+    let env: Vec<(String, String)> = [
+        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
+        ("PAPERPOST__MAIL__SMTP__HOST", host.clone()),
+        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
+        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
+        (
+            "PAPERPOST__MAIL__FROM",
+            "Paperpost <digest@paperpost-ci.localdomain>".into(),
+        ),
+        (
+            "PAPERPOST__PAPERS__SOURCE_URL",
+            format!("http://127.0.0.1:{source_port}/api/daily_papers?date={{date}}"),
+        ),
+        ("PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0".into()),
+        ("PAPERPOST__SCHEDULE__CRON", cron),
+        ("PAPERPOST__HTTP__BIND", web.clone()),
+        ("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{web}")),
+        ("PAPERPOST__LOG__LEVEL", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let mut daemon = Daemon::start(&s, &env);
+    daemon.wait_log("fetched the day's papers");
+    daemon.wait_log("edition started");
+    for r in &readers {
+        wait(&format!("the digest to {r}"), || {
+            (mail_to(&maildir, r).len() == 1).then_some(())
+        });
+    }
+    for r in &readers {
+        let raw = mail_to(&maildir, r).remove(0);
+        let m = MessageParser::default().parse(&raw).unwrap();
+        assert!(
+            m.subject().unwrap().contains("ShiftAddLLM"),
+            "{:?}",
+            m.subject()
+        );
+        for header in [
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "List-Id",
+            "Message-ID",
+        ] {
+            assert!(m.header_raw(header).is_some(), "{header} missing for {r}");
+        }
+        let types: Vec<String> = m
+            .parts
+            .iter()
+            .filter_map(|p| p.content_type())
+            .map(|c| format!("{}/{}", c.c_type, c.subtype().unwrap_or("")))
+            .collect();
+        assert!(types.contains(&"text/plain".to_string()), "{types:?}");
+        assert!(types.contains(&"text/html".to_string()), "{types:?}");
+    }
+
+    // The first reader unsubscribes with the link from their mail.
+    let first = MessageParser::default()
+        .parse(&mail_to(&maildir, &readers[0]).remove(0))
+        .unwrap()
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .to_string();
+    let browser = Browser::start();
+    browser.open(&link_in(&first, "/unsubscribe/"));
+    browser.shows("Stop sending");
+    browser.click("button[type=submit]");
+    browser.shows("You are unsubscribed");
+    assert_eq!(s.subscriber(&readers[0]).unwrap()["status"], "unsubscribed");
+
+    assert_eq!(daemon.stop(), 0, "SIGTERM is a clean exit");
+
+    // A restart finds the fire time handled and the papers in: nothing again.
+    let mut daemon = Daemon::start(&s, &env);
+    daemon.wait_log("paperpost is running");
+    daemon.wait_log("fire time already handled");
+    assert_eq!(daemon.stop(), 0);
+    for r in &readers {
+        assert_eq!(mail_to(&maildir, r).len(), 1, "{r} got another message");
+    }
+}
