@@ -1,12 +1,15 @@
 # paperpost in a container. Build: docker build -t paperpost .
-# Run:   docker run -d --name paperpost -v paperpost-data:/data \
+# Run:   docker run -d --name paperpost -v paperpost-data:/data -p 8080:8080 \
 #          -e PAPERPOST__MAIL__TRANSPORT=smtp -e PAPERPOST__MAIL__SMTP__HOST=mail.example.org \
-#          -e PAPERPOST__MAIL__SMTP__PASSWORD=... paperpost
-# The database, the link secret and the file outbox live in /data.
+#          -e PAPERPOST__MAIL__SMTP__PASSWORD=... \
+#          -e PAPERPOST__PAPERS__SOURCE_URL='https://huggingface.co/api/daily_papers?date={date}' paperpost
+# The database, the link secret and the file outbox live in /data. Settings come
+# from the environment (PAPERPOST__SECTION__KEY), or mount a file and set
+# PAPERPOST_CONFIG=/config/paperpost.toml. `docker kill -s HUP` reloads.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked && strip target/release/paperpost
+RUN cargo build --release --locked --bin paperpost && strip target/release/paperpost
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates tzdata \
@@ -25,7 +28,12 @@ ENV PAPERPOST__DATABASE__PATH=/data/paperpost.db \
 VOLUME ["/data"]
 # The web endpoint (links in mail, subscribe form, /healthz, /metrics).
 EXPOSE 8080
-# SIGTERM (docker stop) is a graceful stop.
+# `paperpost healthcheck` GETs /healthz on PAPERPOST__HTTP__BIND (the slim
+# image has no curl): unhealthy when the database, the scheduler or the lock is.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["paperpost", "healthcheck"]
+# SIGTERM (docker stop) is a graceful stop; give it time to finish the
+# messages in flight: docker stop -t 60.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["paperpost"]
 CMD ["run"]
