@@ -234,47 +234,8 @@ async fn serve(
     let web = Some(Arc::clone(&engine));
     crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
 
-    tracker.spawn(reloader(
-        app.clone(),
-        Some(Arc::clone(&engine)),
-        hup,
-        shutdown.clone(),
-    ));
-    // The day's papers first (if fetching is on and they are not in), so that
-    // a catch-up below has them; a slow source is not waited for long.
-    let (fetched, first_fetch) = tokio::sync::oneshot::channel();
-    match crate::ingest::fetch::Fetcher::new(&settings.papers)? {
-        Some(fetcher) => {
-            let fetching = crate::autopilot::run(app.clone(), fetcher, fetched, shutdown.clone());
-            tracker.spawn(fetching);
-        }
-        None => drop(fetched),
-    }
-    {
-        let liveness = Arc::clone(&liveness);
-        tracker.spawn(lock.heartbeat(shutdown.clone(), move || liveness.lock_held()));
-    }
-    // The engine's error, if it stops on one, is the daemon's: it exits
-    // non-zero, so systemd's Restart=on-failure restarts it.
-    let engine_task = {
-        let engine = Arc::clone(&engine);
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let result = engine
-                .run(crate::delivery::Until::Shutdown, shutdown.clone())
-                .await;
-            if let Err(e) = &result {
-                tracing::error!(error = %format!("{e:#}"), "the delivery engine stopped");
-                shutdown.cancel();
-            }
-            result
-        })
-    };
-    tracker.spawn(crate::systemd::watch(
-        pool.clone(),
-        Arc::clone(&liveness),
-        shutdown.clone(),
-    ));
+    let (engine_task, first_fetch) =
+        spawn_tasks(app, lock, &engine, &liveness, &tracker, (hup, &shutdown))?;
     tracker.close();
 
     crate::systemd::ready();
@@ -307,6 +268,54 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("the delivery engine panicked: {e}"))?
         .context("the delivery engine stopped")
+}
+
+/// The daemon's tasks beside the scheduler: the reloader, the paper
+/// fetcher, the lock's heartbeat, the delivery engine and the systemd
+/// watch. Returns the engine's task (its error is the daemon's: it exits
+/// non-zero, so systemd's Restart=on-failure restarts it) and the signal of
+/// the first fetch.
+fn spawn_tasks(
+    app: &App,
+    lock: &Lock,
+    engine: &Arc<Engine>,
+    liveness: &Arc<Liveness>,
+    tracker: &TaskTracker,
+    (hup, shutdown): (Arc<tokio::sync::Notify>, &CancellationToken),
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    let reload = reloader(app.clone(), Some(Arc::clone(engine)), hup, shutdown.clone());
+    tracker.spawn(reload);
+    // The day's papers first (if fetching is on and they are not in), so that
+    // a catch-up has them; a slow source is not waited for long.
+    let (fetched, first_fetch) = tokio::sync::oneshot::channel();
+    match crate::ingest::fetch::Fetcher::new(&app.settings.papers)? {
+        Some(fetcher) => {
+            let fetching = crate::autopilot::run(app.clone(), fetcher, fetched, shutdown.clone());
+            tracker.spawn(fetching);
+        }
+        None => drop(fetched),
+    }
+    let held = Arc::clone(liveness);
+    tracker.spawn(lock.heartbeat(shutdown.clone(), move || held.lock_held()));
+    let engine_task = {
+        let (engine, shutdown) = (Arc::clone(engine), shutdown.clone());
+        tracker.spawn(async move {
+            let result = engine
+                .run(crate::delivery::Until::Shutdown, shutdown.clone())
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %format!("{e:#}"), "the delivery engine stopped");
+                shutdown.cancel();
+            }
+            result
+        })
+    };
+    let watch = crate::systemd::watch(app.pool.clone(), Arc::clone(liveness), shutdown.clone());
+    tracker.spawn(watch);
+    Ok((engine_task, first_fetch))
 }
 
 /// How long a catch-up at start waits for the first fetch of the day's papers.

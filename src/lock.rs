@@ -141,6 +141,8 @@ pub struct Fence(Arc<FenceState>);
 #[derive(Debug)]
 struct FenceState {
     me: String,
+    /// This process's claim token: `claimed_by` on the rows it claims.
+    token: i64,
     ttl: Duration,
     /// Held until then, unless renewed.
     until: Mutex<Instant>,
@@ -153,6 +155,7 @@ impl Fence {
     pub fn new(me: String, ttl: Duration, at: Instant) -> Self {
         let fence = Fence(Arc::new(FenceState {
             me,
+            token: fastrand::i64(1..),
             ttl,
             until: Mutex::new(at),
             lost: AtomicBool::new(false),
@@ -164,6 +167,11 @@ impl Fence {
     /// The holder's identity, as claims and outcomes carry it.
     pub fn me(&self) -> &str {
         &self.0.me
+    }
+
+    /// The claim token the rows this process claims carry.
+    pub fn token(&self) -> i64 {
+        self.0.token
     }
 
     /// The lock was renewed by a statement sent at `at`: held until `at` plus

@@ -198,7 +198,7 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
             .unwrap()
             .is_none()
     );
-    let a = deliveries::claim(&mut conn, "a", 10, 300_000, None)
+    let a = deliveries::claim(&mut conn, "a", 1, 10, 300_000, None)
         .await
         .unwrap();
     assert_eq!(a.len(), 3);
@@ -209,44 +209,44 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     assert!(other.is_none());
     // A no longer holds the lock: it cannot claim.
     assert!(
-        deliveries::claim(&mut conn, "a", 10, 300_000, None)
+        deliveries::claim(&mut conn, "a", 1, 10, 300_000, None)
             .await
             .unwrap()
             .is_empty()
     );
     deliveries::release_in_flight(&mut conn).await.unwrap();
-    let b = deliveries::claim(&mut conn, "b", 10, 300_000, None)
+    let b = deliveries::claim(&mut conn, "b", 2, 10, 300_000, None)
         .await
         .unwrap();
     assert_eq!(b.len(), 3);
     // A's late outcomes and unclaims touch none of B's rows.
     let id = a[0].id;
-    deliveries::mark_retry(&mut conn, "a", id, "late", 0, true)
+    deliveries::mark_retry(&mut conn, 1, id, "late", 0, true)
         .await
         .unwrap();
     deliveries::mark_final(
         &mut conn,
-        "a",
+        1,
         a[1].id,
         paperpost::domain::DeliveryStatus::Failed,
         "late",
     )
     .await
     .unwrap();
-    deliveries::unclaim(&mut conn, "a", a[2].id).await.unwrap();
+    deliveries::unclaim(&mut conn, 1, a[2].id).await.unwrap();
     let json = format!(r#"[{{"id": {id}, "reply": "250", "message_id": "<x@y>"}}]"#);
-    let written = deliveries::mark_sent_many(&mut conn, "a", &json)
+    let written = deliveries::mark_sent_many(&mut conn, 1, &json)
         .await
         .unwrap();
     assert_eq!(written, 0);
-    let rows: Vec<(String, Option<String>)> =
+    let rows: Vec<(String, Option<i64>)> =
         sqlx::query_as("SELECT status, claimed_by FROM deliveries ORDER BY id")
             .fetch_all(&mut *conn)
             .await
             .unwrap();
     assert_eq!(
         rows,
-        vec![("sending".to_string(), Some("b".to_string())); 3],
+        vec![("sending".to_string(), Some(2)); 3],
         "A's late writes changed B's rows"
     );
 }

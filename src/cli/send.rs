@@ -38,18 +38,7 @@ async fn send_locked(
     }
     drop(conn);
     let engine = app.engine(lock.fence())?;
-    match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
-        store::deliveries::Started::Now(n) => println!(
-            "Edition {date}: sending to {n} subscribers via {}",
-            engine.describe_transport()
-        ),
-        store::deliveries::Started::Already => {
-            println!(
-                "Edition {date} was started before; sending what is left via {}",
-                engine.describe_transport()
-            )
-        }
-    }
+    start(app, &engine, date).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let heartbeat = tokio::spawn(lock.heartbeat(shutdown.clone(), || {}));
     {
@@ -79,6 +68,30 @@ async fn send_locked(
     let mut conn = app.pool.acquire().await?;
     let counts = store::deliveries::counts(&mut conn, date).await?;
     let now_sent = engine.progress.sent.load(Ordering::Relaxed);
+    print_summary(date, &counts, now_sent, seconds);
+    Ok(SendSummary {
+        counts,
+        sent_now: now_sent,
+        seconds,
+    })
+}
+
+/// Starts the edition (or finds it started) and says so.
+async fn start(app: &App, engine: &crate::delivery::Engine, date: NaiveDate) -> anyhow::Result<()> {
+    let how = engine.describe_transport();
+    match store::deliveries::start_edition(&app.pool, date, "send", |_| store::now_ms()).await? {
+        store::deliveries::Started::Now(n) => {
+            println!("Edition {date}: sending to {n} subscribers via {how}")
+        }
+        store::deliveries::Started::Already => {
+            println!("Edition {date} was started before; sending what is left via {how}")
+        }
+    }
+    Ok(())
+}
+
+/// `Edition D: N sent, N failed, N skipped ...` and what to do next.
+fn print_summary(date: NaiveDate, counts: &store::deliveries::Counts, now_sent: u64, seconds: f64) {
     println!(
         "Edition {date}: {} sent, {} failed, {} skipped (unsubscribed) in {seconds:.1} s ({:.0} messages/s)",
         counts.sent,
@@ -97,11 +110,6 @@ async fn send_locked(
             counts.queued + counts.sending
         );
     }
-    Ok(SendSummary {
-        counts,
-        sent_now: now_sent,
-        seconds,
-    })
 }
 
 /// Shows progress on standard error until `total` rows are final: a bar on a
@@ -167,40 +175,7 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
             f.message
         );
     }
-    let editions = store::deliveries::editions(&mut conn).await?;
-    let editions: Vec<_> = editions
-        .into_iter()
-        .filter(|(d, _, _)| date.is_none_or(|x| x == *d))
-        .collect();
-    if editions.is_empty() {
-        match date {
-            Some(d) => println!("Edition {d} has not started"),
-            None => println!("No edition has started yet"),
-        }
-    } else {
-        println!(
-            "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  STATE",
-            "EDITION", "STARTED", "BY", "SENT", "FAILED", "SKIPPED", "QUEUED"
-        );
-        for (d, at, by) in &editions {
-            let c = store::deliveries::counts(&mut conn, *d).await?;
-            println!(
-                "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  {}",
-                d.to_string(),
-                store::format_ms(*at),
-                by,
-                c.sent,
-                c.failed,
-                c.cancelled,
-                c.queued + c.sending,
-                if c.finished() {
-                    "finished"
-                } else {
-                    "in progress"
-                }
-            );
-        }
-    }
+    print_editions(&mut conn, date).await?;
     let links = store::events::counts(&app.pool).await?;
     if !links.is_empty() {
         let uses: Vec<String> = links
@@ -220,6 +195,48 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
                 e.email,
                 e.attempts,
                 e.last_error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One line per edition (or just `date`'s): its counts and state.
+async fn print_editions(
+    conn: &mut sqlx::SqliteConnection,
+    date: Option<NaiveDate>,
+) -> anyhow::Result<()> {
+    let editions = store::deliveries::editions(&mut *conn).await?;
+    let editions: Vec<_> = editions
+        .into_iter()
+        .filter(|(d, _, _)| date.is_none_or(|x| x == *d))
+        .collect();
+    if editions.is_empty() {
+        match date {
+            Some(d) => println!("Edition {d} has not started"),
+            None => println!("No edition has started yet"),
+        }
+    } else {
+        println!(
+            "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  STATE",
+            "EDITION", "STARTED", "BY", "SENT", "FAILED", "SKIPPED", "QUEUED"
+        );
+        for (d, at, by) in &editions {
+            let c = store::deliveries::counts(&mut *conn, *d).await?;
+            println!(
+                "{:<10}  {:<23}  {:<9} {:>8} {:>7} {:>8} {:>7}  {}",
+                d.to_string(),
+                store::format_ms(*at),
+                by,
+                c.sent,
+                c.failed,
+                c.cancelled,
+                c.queued + c.sending,
+                if c.finished() {
+                    "finished"
+                } else {
+                    "in progress"
+                }
             );
         }
     }

@@ -110,7 +110,7 @@ impl Engine {
         let mut w = self.writer.acquire().await?;
         let lease = LEASE.as_millis() as i64;
         let me = self.fence.me();
-        Ok(deliveries::claim(&mut w, me, limit, lease, only).await?)
+        Ok(deliveries::claim(&mut w, me, self.fence.token(), limit, lease, only).await?)
     }
 
     /// Nothing was due: now and then puts back rows whose lease ran out,
@@ -213,7 +213,7 @@ impl Engine {
     pub(super) async fn unclaim(&self, job: &Job) {
         let r = async {
             let mut conn = self.writer.acquire().await?;
-            anyhow::Ok(deliveries::unclaim(&mut conn, self.fence.me(), job.claimed.id).await?)
+            anyhow::Ok(deliveries::unclaim(&mut conn, self.fence.token(), job.claimed.id).await?)
         }
         .await;
         if let Err(e) = r {

@@ -146,7 +146,7 @@ impl Engine {
         let recorder = Recorder::start(
             pool.clone(),
             writer.clone(),
-            fence.me().to_string(),
+            fence.token(),
             i64::from(settings.mail.bounce.threshold),
         );
         Arc::new(Self {

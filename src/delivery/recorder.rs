@@ -87,7 +87,7 @@ impl Recorder {
     pub(super) fn start(
         pool: SqlitePool,
         writer: SqlitePool,
-        me: String,
+        token: i64,
         bounce_threshold: i64,
     ) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
@@ -133,7 +133,7 @@ impl Recorder {
                         return;
                     }
                     let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
-                    let result = write_patiently(&writer, &me, &items, bounce_threshold)
+                    let result = write_patiently(&writer, token, &items, bounce_threshold)
                         .await
                         .map_err(|e| format!("{e:#}"));
                     for reply in replies {
@@ -174,7 +174,7 @@ pub(super) const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 
 pub(super) async fn write_patiently(
     writer: &SqlitePool,
-    me: &str,
+    token: i64,
     items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
@@ -182,7 +182,7 @@ pub(super) async fn write_patiently(
     let mut pause = Duration::from_millis(50);
     let mut warned = false;
     loop {
-        match write_outcomes(writer, me, items, bounce_threshold).await {
+        match write_outcomes(writer, token, items, bounce_threshold).await {
             Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
                 if !warned {
                     tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; waiting to record delivery outcomes");
@@ -202,7 +202,7 @@ pub(super) async fn write_patiently(
 
 pub(super) async fn write_outcomes(
     writer: &SqlitePool,
-    me: &str,
+    token: i64,
     items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
@@ -223,16 +223,16 @@ pub(super) async fn write_outcomes(
     // The common case, a batch of accepted messages: one statement, autocommit.
     if all_sent && let Some(sent) = &sent {
         let mut conn = writer.acquire().await?;
-        let written = deliveries::mark_sent_many(&mut conn, me, sent).await?;
+        let written = deliveries::mark_sent_many(&mut conn, token, sent).await?;
         warn_not_ours(sent_n - written);
         return Ok(());
     }
     let mut tx = writer.begin().await?;
     for o in items {
-        write_one(&mut tx, me, o, bounce_threshold).await?;
+        write_one(&mut tx, token, o, bounce_threshold).await?;
     }
     if let Some(sent) = &sent {
-        let written = deliveries::mark_sent_many(&mut tx, me, sent).await?;
+        let written = deliveries::mark_sent_many(&mut tx, token, sent).await?;
         warn_not_ours(sent_n - written);
     }
     tx.commit().await?;
@@ -242,7 +242,7 @@ pub(super) async fn write_outcomes(
 /// Writes one outcome other than a plain "sent" (those go in one statement).
 async fn write_one(
     tx: &mut sqlx::SqliteConnection,
-    me: &str,
+    token: i64,
     o: &Outcome,
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
@@ -254,10 +254,10 @@ async fn write_one(
             next_at,
             counted,
         } => {
-            deliveries::mark_retry(tx, me, *id, reason, *next_at, *counted).await?;
+            deliveries::mark_retry(tx, token, *id, reason, *next_at, *counted).await?;
         }
         Outcome::Final { id, status, reason } => {
-            if !deliveries::mark_final(tx, me, *id, *status, reason).await? {
+            if !deliveries::mark_final(tx, token, *id, *status, reason).await? {
                 warn_not_ours(1);
             }
         }
@@ -268,8 +268,14 @@ async fn write_one(
             }
         }
         Outcome::Failed { id, reason, bounce } => {
-            if !deliveries::mark_final(tx, me, *id, crate::domain::DeliveryStatus::Failed, reason)
-                .await?
+            if !deliveries::mark_final(
+                tx,
+                token,
+                *id,
+                crate::domain::DeliveryStatus::Failed,
+                reason,
+            )
+            .await?
             {
                 warn_not_ours(1);
                 return Ok(());

@@ -94,19 +94,20 @@ pub struct Claimed {
 pub async fn claim(
     conn: &mut SqliteConnection,
     me: &str,
+    token: i64,
     limit: u32,
     lease_ms: i64,
     only: Option<NaiveDate>,
 ) -> Result<Vec<Claimed>, StoreError> {
     let now = now_ms();
     let date_filter = if only.is_some() {
-        "AND edition_date = ?5"
+        "AND edition_date = ?6"
     } else {
         ""
     };
     let sql = format!(
         "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
-           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1, claimed_by = ?4 \
+           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1, claimed_by = ?5 \
          WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
                       WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
                       ORDER BY next_attempt_at LIMIT ?3) \
@@ -117,7 +118,8 @@ pub async fn claim(
         .bind(now)
         .bind(lease_ms)
         .bind(i64::from(limit))
-        .bind(me);
+        .bind(me)
+        .bind(token);
     if let Some(d) = only {
         q = q.bind(d.to_string());
     }
@@ -129,11 +131,11 @@ const HOLDS_LOCK: &str =
     "EXISTS (SELECT 1 FROM scheduler_lock WHERE id = 1 AND holder = ?4 AND expires_at > ?1)";
 
 /// Records many accepted messages in one statement. `json` is an array of
-/// `{"id", "reply", "message_id"}` objects. Only rows `me` is sending are
-/// changed; returns how many were.
+/// `{"id", "reply", "message_id"}` objects. Only rows the claim `token` is
+/// sending are changed; returns how many were.
 pub async fn mark_sent_many(
     conn: &mut SqliteConnection,
-    me: &str,
+    token: i64,
     json: &str,
 ) -> Result<u64, StoreError> {
     let now = now_ms();
@@ -145,7 +147,7 @@ pub async fn mark_sent_many(
     )
     .bind(now)
     .bind(json)
-    .bind(me)
+    .bind(token)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
@@ -155,7 +157,7 @@ pub async fn mark_sent_many(
 /// false the attempt is given back (it never reached a live server).
 pub async fn mark_retry(
     conn: &mut SqliteConnection,
-    me: &str,
+    token: i64,
     id: i64,
     error: &str,
     next_at: i64,
@@ -171,17 +173,17 @@ pub async fn mark_retry(
     .bind(next_at)
     .bind(now_ms())
     .bind(id)
-    .bind(me)
+    .bind(token)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Ends a row `me` is sending as failed or cancelled, with the reason; false
-/// if the row is not (or no longer) `me`'s.
+/// Ends a row the claim `token` is sending as failed or cancelled, with the
+/// reason; false if the row is not (or no longer) that claim's.
 pub async fn mark_final(
     conn: &mut SqliteConnection,
-    me: &str,
+    token: i64,
     id: i64,
     status: DeliveryStatus,
     reason: &str,
@@ -198,7 +200,7 @@ pub async fn mark_final(
     .bind(reason)
     .bind(now_ms())
     .bind(id)
-    .bind(me)
+    .bind(token)
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -219,14 +221,14 @@ pub async fn add_hard_bounce(
     Ok(n)
 }
 
-/// Gives a row `me` claimed back untouched (the attempt is not counted).
-pub async fn unclaim(conn: &mut SqliteConnection, me: &str, id: i64) -> Result<(), StoreError> {
+/// Gives a row the claim `token` took back untouched (the attempt is not counted).
+pub async fn unclaim(conn: &mut SqliteConnection, token: i64, id: i64) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
          WHERE id = ? AND status = 'sending' AND claimed_by = ?",
     )
     .bind(id)
-    .bind(me)
+    .bind(token)
     .execute(conn)
     .await?;
     Ok(())
