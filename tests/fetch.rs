@@ -12,7 +12,7 @@ use std::sync::{
 use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
 use support::{
     Sandbox,
-    child::{command, finish, wait_for, wait_for_log, with},
+    child::{command, never_fires, stop, wait_for, wait_for_log, with},
 };
 
 const DATE: &str = "2024-03-11";
@@ -230,8 +230,7 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
         })
     })
     .await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert_eq!(source.hits(), 1, "fetched once");
 }
 
@@ -246,7 +245,7 @@ async fn the_daemon_tries_a_failed_fetch_again() {
         &source.url("/flaky"),
     );
     let env = with(env, "PAPERPOST__PAPERS__FETCH_RETRY", "1s");
-    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = never_fires(env);
     let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     let seen = wait_for_log(&mut daemon, "fetched the day's papers").await;
@@ -255,7 +254,6 @@ async fn the_daemon_tries_a_failed_fetch_again() {
         seen.contains("cannot fetch the day's papers; nothing changed"),
         "{seen}"
     );
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert_eq!(source.hits(), 4);
 }

@@ -7,7 +7,10 @@ mod support;
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
 use support::{
-    child::{DATE, command, finish, setup, smtp_env, wait_for, wait_for_log, with},
+    child::{
+        DATE, command, finish, never_fires, queue_edition, setup, smtp_env, stop, wait_for,
+        wait_for_log, with,
+    },
     smtp::SmtpServer,
 };
 
@@ -57,16 +60,9 @@ async fn the_daemon_tells_systemd_it_is_ready_alive_busy_and_stopping() {
     let env = with(env, "NOTIFY_SOCKET", notify.path.to_str().unwrap());
     // A watchdog of 2 s: pinged every second while the scheduler is alive.
     let env = with(env, "WATCHDOG_USEC", "2000000");
-    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = never_fires(env);
     // The edition is queued before the daemon starts; it resumes it.
-    paperpost::store::deliveries::start_edition(
-        &s.pool().await,
-        DATE.parse().unwrap(),
-        "test",
-        |_| 0,
-    )
-    .await
-    .unwrap();
+    queue_edition(&s, DATE).await;
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("READY=1", || notify.has("READY=1")).await;
     wait_for("a watchdog ping", || notify.has("WATCHDOG=1")).await;
@@ -78,8 +74,7 @@ async fn the_daemon_tells_systemd_it_is_ready_alive_busy_and_stopping() {
     })
     .await;
     wait_for("the edition sent", || server.accepted().len() == 20).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert!(notify.has("STOPPING=1"), "{:?}", notify.seen);
 }
 
@@ -88,7 +83,7 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
     let server = SmtpServer::start().await;
     let s = setup(3);
     let env = smtp_env(server.port(), 1);
-    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = never_fires(env);
     let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
     let mut first = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for_log(&mut first, "paperpost is running").await;
@@ -106,22 +101,13 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
         .unwrap();
     assert_eq!(health.status(), 200);
     // The first one sends; the second does not (one edition, three readers).
-    paperpost::store::deliveries::start_edition(
-        &s.pool().await,
-        DATE.parse().unwrap(),
-        "test",
-        |_| 0,
-    )
-    .await
-    .unwrap();
+    queue_edition(&s, DATE).await;
     wait_for("the edition", || server.accepted().len() == 3).await;
 
-    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(first).await.code, 0);
+    assert_eq!(stop(first).await.code, 0);
     let seen = wait_for_log(&mut second, "paperpost is running").await;
     assert!(seen.contains("this one sends from now on"), "{seen}");
-    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(second).await.code, 0);
+    assert_eq!(stop(second).await.code, 0);
     assert!(
         server.counts().values().all(|&n| n == 1),
         "{:?}",
@@ -135,19 +121,11 @@ async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
     server.set_delay(Duration::from_millis(50));
     let s = setup(40);
     let env = smtp_env(server.port(), 2);
-    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
-    paperpost::store::deliveries::start_edition(
-        &s.pool().await,
-        DATE.parse().unwrap(),
-        "test",
-        |_| 0,
-    )
-    .await
-    .unwrap();
+    let env = never_fires(env);
+    queue_edition(&s, DATE).await;
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("some messages", || server.accepted().len() >= 10).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = server.accepted().len();
     assert!(before < 40, "stopped before the end ({before})");
@@ -155,8 +133,7 @@ async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
     // is left `sending`, and the restart sends each of the rest once.
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("every reader", || server.counts().len() == 40).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert!(
         server.counts().values().all(|&n| n == 1),
         "a graceful stop duplicated: {:?}",

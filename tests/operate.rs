@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::{
     Sandbox,
-    child::{DATE, command, finish, setup, smtp_env, wait_for, wait_for_log, with},
+    child::{DATE, command, queue_edition, setup, smtp_env, stop, wait_for, wait_for_log, with},
     smtp::SmtpServer,
 };
 
@@ -30,14 +30,7 @@ async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() 
         "PAPERPOST__SCHEDULE__CRON",
         "0 0 0 1 1 * 2099",
     );
-    paperpost::store::deliveries::start_edition(
-        &s.pool().await,
-        DATE.parse().unwrap(),
-        "test",
-        |_| 0,
-    )
-    .await
-    .unwrap();
+    queue_edition(&s, DATE).await;
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("the edition under way", || server.accepted().len() >= 5).await;
     let copy = s.path("backup.db");
@@ -45,8 +38,7 @@ async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() 
     assert!(out.ok().contains("Backed up"), "{}", out.stdout);
     let again = s.run(&["backup", copy.to_str().unwrap()]);
     assert!(again.fails().contains("exists already"), "{}", again.stderr);
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
 
     // Restore: the copy replaces the database (the WAL files go with it).
     for ext in ["", "-wal", "-shm"] {
@@ -96,8 +88,7 @@ async fn healthcheck_exits_0_while_the_daemon_is_healthy_and_1_when_it_is_gone()
     let check = |env: &[(&str, &str)]| s.run_env(env, &["healthcheck"]);
     let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
     assert!(out.ok().contains("/healthz: ok"), "{}", out.stdout);
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
     assert!(out.fails().contains("does not answer"), "{}", out.stderr);
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use support::{
     child::{
-        DATE, command, deliveries, email, finish, run, setup, smtp_env, wait_for, wait_for_log,
-        with,
+        DATE, command, deliveries, email, finish, never_fires, run, setup, smtp_env, stop,
+        wait_for, wait_for_log, with,
     },
     smtp::{Action, Plan, SmtpServer},
 };
@@ -262,15 +262,14 @@ async fn the_daemon_finishes_an_unfinished_edition_at_start() {
     send.start_kill().unwrap();
     let _ = send.wait().await;
     // A schedule that does not fire: the daemon only resumes.
-    let env = with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099");
+    let env = never_fires(env);
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("every reader", || server.counts().len() == 25).await;
     wait_for("the edition recorded as finished", || {
         deliveries(&s).values().all(|r| r["status"] == "sent")
     })
     .await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let duplicates: usize = server.counts().values().map(|n| n - 1).sum();
     assert!(duplicates <= 2, "{:?}", server.counts());

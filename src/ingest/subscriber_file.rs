@@ -174,52 +174,9 @@ pub async fn sync(
     for entry in entries {
         let key = entry.email.as_str().to_lowercase();
         listed.insert(key.clone());
-        let Some(existing) = store::find_by_email(&mut tx, entry.email.as_str()).await? else {
-            store::insert(
-                &mut tx,
-                keys,
-                &entry.email,
-                &entry.profile,
-                SubscriberStatus::Active,
-                SubscriberSource::File,
-            )
-            .await?;
-            report.added.push(entry.email.to_string());
-            continue;
-        };
-        if existing.source != SubscriberSource::File {
-            report
-                .not_managed
-                .push((who(&existing), existing.source.as_str().to_string()));
-            continue;
-        }
-        match existing.status {
-            SubscriberStatus::Active | SubscriberStatus::Pending => {
-                if store::update_profile(&mut tx, existing.id, &entry.profile).await? {
-                    report.updated.push(entry.email.to_string());
-                } else {
-                    report.unchanged += 1;
-                }
-            }
-            SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced => {
-                let by = existing.unsubscribed_by;
-                if by == Some(EndedBy::Sync) || wanted.contains(&key) {
-                    store::update_profile(&mut tx, existing.id, &entry.profile).await?;
-                    store::reactivate(&mut tx, existing.id).await?;
-                    report.reactivated.push(entry.email.to_string());
-                    used.insert(key);
-                } else {
-                    let how = match (existing.status, by) {
-                        (SubscriberStatus::Bounced, _) => "mail to them bounced".to_string(),
-                        (_, Some(EndedBy::Link)) => "unsubscribed by link".to_string(),
-                        (_, Some(EndedBy::Cli)) => "removed on the command line".to_string(),
-                        (_, other) => {
-                            format!("unsubscribed ({})", other.map_or("unknown", |b| b.as_str()))
-                        }
-                    };
-                    report.kept_unsubscribed.push((who(&existing), how));
-                }
-            }
+        let resubscribing = wanted.contains(&key);
+        if apply_entry(&mut tx, keys, entry, resubscribing, &mut report).await? {
+            used.insert(key);
         }
     }
     for s in store::list_by_source(&mut tx, SubscriberSource::File).await? {
@@ -253,4 +210,54 @@ pub async fn sync(
         tx.commit().await?;
     }
     Ok(report)
+}
+
+/// Applies one listed subscriber: adds, updates, or (if a sync ended them,
+/// or `resubscribing`) reactivates them; anyone else's decision is kept.
+/// True if `resubscribing` was used.
+async fn apply_entry(
+    tx: &mut sqlx::SqliteConnection,
+    keys: &Keys,
+    entry: &FileSubscriber,
+    resubscribing: bool,
+    report: &mut SyncReport,
+) -> anyhow::Result<bool> {
+    let Some(existing) = store::find_by_email(&mut *tx, entry.email.as_str()).await? else {
+        let (email, profile) = (&entry.email, &entry.profile);
+        let (active, file) = (SubscriberStatus::Active, SubscriberSource::File);
+        store::insert(&mut *tx, keys, email, profile, active, file).await?;
+        report.added.push(entry.email.to_string());
+        return Ok(false);
+    };
+    if existing.source != SubscriberSource::File {
+        let source = existing.source.as_str().to_string();
+        report.not_managed.push((who(&existing), source));
+        return Ok(false);
+    }
+    if matches!(
+        existing.status,
+        SubscriberStatus::Active | SubscriberStatus::Pending
+    ) {
+        if store::update_profile(&mut *tx, existing.id, &entry.profile).await? {
+            report.updated.push(entry.email.to_string());
+        } else {
+            report.unchanged += 1;
+        }
+        return Ok(false);
+    }
+    let by = existing.unsubscribed_by;
+    if by == Some(EndedBy::Sync) || resubscribing {
+        store::update_profile(&mut *tx, existing.id, &entry.profile).await?;
+        store::reactivate(&mut *tx, existing.id).await?;
+        report.reactivated.push(entry.email.to_string());
+        return Ok(resubscribing);
+    }
+    let how = match (existing.status, by) {
+        (SubscriberStatus::Bounced, _) => "mail to them bounced".to_string(),
+        (_, Some(EndedBy::Link)) => "unsubscribed by link".to_string(),
+        (_, Some(EndedBy::Cli)) => "removed on the command line".to_string(),
+        (_, other) => format!("unsubscribed ({})", other.map_or("unknown", |b| b.as_str())),
+    };
+    report.kept_unsubscribed.push((who(&existing), how));
+    Ok(false)
 }

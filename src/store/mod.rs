@@ -96,8 +96,12 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("cannot apply database migrations")?;
-    if applied < known {
+    // An upgrade is worth a line; creating a new database is not (on a first
+    // run the first line of standard error should be the error, if any).
+    if applied > 0 && applied < known {
         tracing::info!(from = applied, to = known, "applied database migrations");
+    } else if applied < known {
+        tracing::debug!(schema = known, "created the database");
     }
     Ok(())
 }

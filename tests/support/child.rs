@@ -119,3 +119,25 @@ pub fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
     env.push((key.to_string(), value.to_string()));
     env
 }
+
+/// SIGTERM to a running daemon, then its output once it exits.
+pub async fn stop(child: Child) -> Run {
+    // SAFETY: sends a signal to our own child process.
+    unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) };
+    finish(child).await
+}
+
+/// Queues `date`'s edition for every active subscriber, due now, as a fire
+/// time would.
+pub async fn queue_edition(s: &Sandbox, date: &str) {
+    let pool = s.pool().await;
+    paperpost::store::deliveries::start_edition(&pool, date.parse().unwrap(), "test", |_| 0)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// `env` with a schedule that does not fire during a test.
+pub fn never_fires(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099")
+}
