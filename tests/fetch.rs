@@ -12,7 +12,7 @@ use std::sync::{
 use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
 use support::{
     Sandbox,
-    child::{command, never_fires, stop, wait_for, wait_for_log, with},
+    child::{command, listening_addr, never_fires, stop, wait_for, wait_for_log, with},
 };
 
 const DATE: &str = "2024-03-11";
@@ -158,10 +158,7 @@ async fn failed_fetches_say_why_change_nothing_and_show_in_status() {
     )
     .ok();
     let before = selected(&s);
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = support::http::free_port();
     let cases = [
         (source.url("/error"), "answered HTTP 500", 3),
         (source.url("/bad"), "did not send daily_papers JSON", 1),
@@ -202,12 +199,7 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
     let seen = wait_for_log(&mut daemon, "fetched the day's papers").await;
     assert!(seen.contains("5 papers selected"), "{seen}");
     // /metrics counts it.
-    let addr = seen
-        .split("web endpoint listening addr=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("the listening address is logged")
-        .to_string();
+    let addr = listening_addr(&seen);
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -8,8 +8,8 @@ use std::{os::unix::net::UnixDatagram, time::Duration};
 
 use support::{
     child::{
-        DATE, command, finish, never_fires, queue_edition, setup, smtp_env, stop, wait_for,
-        wait_for_log, with,
+        DATE, command, finish, listening_addr, never_fires, queue_edition, setup, smtp_env, stop,
+        wait_for, wait_for_log, with,
     },
     smtp::SmtpServer,
 };
@@ -90,12 +90,7 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
     let mut second = command(&s, &env, &["run"]).spawn().unwrap();
     let seen = wait_for_log(&mut second, "web endpoint listening").await;
     assert!(seen.contains("serving the web endpoint only"), "{seen}");
-    let addr = seen
-        .split("web endpoint listening addr=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let addr = listening_addr(&seen);
     let health = reqwest::get(format!("http://{addr}/healthz"))
         .await
         .unwrap();

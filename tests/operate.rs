@@ -12,14 +12,6 @@ use support::{
     smtp::SmtpServer,
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() {
     let server = SmtpServer::start().await;
@@ -80,7 +72,7 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_exits_0_while_the_daemon_is_healthy_and_1_when_it_is_gone() {
     let s = Sandbox::with_sample_papers();
-    let bind = format!("0.0.0.0:{}", free_port());
+    let bind = format!("0.0.0.0:{}", support::http::free_port());
     let env = with(vec![], "PAPERPOST__HTTP__BIND", &bind);
     let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();

@@ -5,6 +5,7 @@
 mod support;
 
 use support::{
+    Run, Sandbox,
     child::{DATE, run, setup, smtp_env},
     smtp::{SmtpServer, Tls},
 };
@@ -31,22 +32,23 @@ fn env(server: &SmtpServer, tls: &str, password: &str, ca: bool) -> Vec<(String,
     env
 }
 
+/// `send` of the sample edition, which must end with `summary` ("3 sent, 0 failed").
+async fn send(s: &Sandbox, env: &[(String, String)], summary: &str) -> Run {
+    let out = run(s, env, &["send", "--date", DATE]).await;
+    assert!(out.ok().contains(summary), "{}\n{}", out.stdout, out.stderr);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_and_auth_deliver_with_the_password_encrypted() {
     let server = SmtpServer::start_secure(Tls::Starttls, Some(("digest", "s3cret"))).await;
     let s = setup(3);
-    let out = run(
+    send(
         &s,
         &env(&server, "starttls", "s3cret", true),
-        &["send", "--date", DATE],
+        "3 sent, 0 failed",
     )
     .await;
-    assert!(
-        out.ok().contains("3 sent, 0 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
     let logins = server.logins();
     assert!(!logins.is_empty());
     assert!(
@@ -59,18 +61,7 @@ async fn starttls_and_auth_deliver_with_the_password_encrypted() {
 async fn implicit_tls_and_auth_deliver() {
     let server = SmtpServer::start_secure(Tls::Implicit, Some(("digest", "s3cret"))).await;
     let s = setup(3);
-    let out = run(
-        &s,
-        &env(&server, "tls", "s3cret", true),
-        &["send", "--date", DATE],
-    )
-    .await;
-    assert!(
-        out.ok().contains("3 sent, 0 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    send(&s, &env(&server, "tls", "s3cret", true), "3 sent, 0 failed").await;
     assert!(server.logins().iter().all(|l| l.encrypted && l.accepted));
 }
 
@@ -79,18 +70,12 @@ async fn a_certificate_nobody_vouches_for_is_refused_before_the_password() {
     let server = SmtpServer::start_secure(Tls::Starttls, Some(("digest", "s3cret"))).await;
     let s = setup(2);
     // Without mail.smtp.ca_file the private CA is not trusted.
-    let out = run(
+    let out = send(
         &s,
         &env(&server, "starttls", "s3cret", false),
-        &["send", "--date", DATE],
+        "0 sent, 2 failed",
     )
     .await;
-    assert!(
-        out.ok().contains("0 sent, 2 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
     assert!(
         out.stderr.to_lowercase().contains("certificate"),
         "{}",
@@ -105,18 +90,12 @@ async fn starttls_required_but_not_offered_sends_no_password() {
     // A plain server (no STARTTLS) that would take a password in clear.
     let server = SmtpServer::start_secure(Tls::None, Some(("digest", "s3cret"))).await;
     let s = setup(2);
-    let out = run(
+    send(
         &s,
         &env(&server, "starttls", "s3cret", true),
-        &["send", "--date", DATE],
+        "0 sent, 2 failed",
     )
     .await;
-    assert!(
-        out.ok().contains("0 sent, 2 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
     assert!(server.logins().is_empty(), "{:?}", server.logins());
 }
 
@@ -124,18 +103,12 @@ async fn starttls_required_but_not_offered_sends_no_password() {
 async fn a_wrong_password_fails_without_suppressing_anyone() {
     let server = SmtpServer::start_secure(Tls::Starttls, Some(("digest", "s3cret"))).await;
     let s = setup(2);
-    let out = run(
+    send(
         &s,
         &env(&server, "starttls", "wrong", true),
-        &["send", "--date", DATE],
+        "0 sent, 2 failed",
     )
     .await;
-    assert!(
-        out.ok().contains("0 sent, 2 failed"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
     let logins = server.logins();
     assert!(!logins.is_empty() && logins.iter().all(|l| l.encrypted && !l.accepted));
     for sub in s.subscribers() {
@@ -145,7 +118,7 @@ async fn a_wrong_password_fails_without_suppressing_anyone() {
 
 #[test]
 fn a_ca_file_that_holds_no_certificate_stops_start_up_naming_the_key() {
-    let s = support::Sandbox::with_sample_papers();
+    let s = Sandbox::with_sample_papers();
     s.write("bad.pem", "not a certificate");
     let bad = s.path("bad.pem").display().to_string();
     let out = s.run_env(

@@ -141,3 +141,12 @@ pub async fn queue_edition(s: &Sandbox, date: &str) {
 pub fn never_fires(env: Vec<(String, String)>) -> Vec<(String, String)> {
     with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099")
 }
+
+/// The address a daemon logged its web endpoint listening on.
+pub fn listening_addr(log: &str) -> String {
+    log.split("web endpoint listening addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the listening address is logged")
+        .to_string()
+}
