@@ -42,23 +42,33 @@ pub fn stopping() {
 /// its period while the scheduler is alive, and updates STATUS= with what the
 /// daemon is doing, at least every 5 s.
 pub async fn watch(pool: SqlitePool, liveness: Arc<Liveness>, shutdown: CancellationToken) {
+    // Not under systemd: no status to keep current, no query every 5 s.
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog
         .map(|d| d / 2)
         .unwrap_or(Duration::from_secs(5))
         .min(Duration::from_secs(5));
     let mut last_status = String::new();
+    let mut last_problem = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match liveness.problem(store::now_ms()) {
+        let problem = liveness.problem(store::now_ms());
+        match problem {
             None if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             None => {}
             // No ping: systemd restarts a daemon whose scheduler is stuck.
-            Some(problem) => tracing::warn!(problem, "unhealthy; not pinging the watchdog"),
+            Some(p) if last_problem != problem => {
+                tracing::warn!(problem = p, "unhealthy; not pinging the watchdog")
+            }
+            Some(_) => {}
         }
+        last_problem = problem;
         let status = describe(&pool).await;
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
