@@ -427,8 +427,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (state, script, delay, pipelining) =
-            (&self.state, &self.script, &self.delay, self.pipelining);
+        let (state, script, pipelining) = (&self.state, &self.script, self.pipelining);
         let starttls = self.security.tls == Tls::Starttls && !encrypted && offer_starttls;
         let auth_required = self.security.auth.is_some();
         let mut authenticated = false;
@@ -530,59 +529,16 @@ impl Session {
                         let _ = r.read(&mut buf).await;
                         return End::Closed;
                     }
-                    let mut data = Vec::new();
-                    loop {
-                        let mut l = Vec::new();
-                        match r.read_until(b'\n', &mut l).await {
-                            Ok(0) | Err(_) => return End::Closed,
-                            Ok(_) => {}
-                        }
-                        if l == b".\r\n" {
-                            break;
-                        }
-                        let l = if l.starts_with(b"..") {
-                            l[1..].to_vec()
-                        } else {
-                            l
-                        };
-                        data.extend_from_slice(&l);
-                    }
-                    {
-                        let mut st = state.lock().unwrap();
-                        st.received.extend(rcpts.iter().map(|(to, _)| to.clone()));
-                        st.bodies.extend(rcpts.iter().map(|(to, _)| Accepted {
-                            from: from.clone(),
-                            to: to.clone(),
-                            data: data.clone(),
-                        }));
-                    }
-                    let d = *delay.lock().unwrap();
-                    if !d.is_zero() {
-                        tokio::time::sleep(d).await;
-                    }
-                    let plan = rcpts[0].1.data.clone();
-                    match plan {
-                        Action::Accept => {
-                            let mut s = state.lock().unwrap();
-                            for (to, _) in &rcpts {
-                                s.accepted.push(Accepted {
-                                    from: from.clone(),
-                                    to: to.clone(),
-                                    data: data.clone(),
-                                });
-                            }
-                            let id = s.accepted.len();
+                    let Some(data) = read_body(&mut r).await else {
+                        return End::Closed;
+                    };
+                    match self.answer_data(&rcpts, &from, data).await {
+                        Some(reply) => {
                             rcpts.clear();
                             open = false;
-                            format!("250 2.0.0 Ok: queued as T{id}\r\n")
+                            reply
                         }
-                        Action::Reply(code, text) => {
-                            rcpts.clear();
-                            open = false;
-                            format!("{code} {text}\r\n")
-                        }
-                        Action::Stall => std::future::pending().await,
-                        Action::Drop => return End::Closed,
+                        None => return End::Closed,
                     }
                 }
             } else if upper.starts_with("RSET") {
@@ -598,6 +554,66 @@ impl Session {
             if w.write_all(reply.as_bytes()).await.is_err() {
                 return End::Closed;
             }
+        }
+    }
+}
+
+/// The message body after DATA's 354, up to the lone dot, un-dot-stuffed;
+/// `None` if the connection ends first.
+async fn read_body<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let mut l = Vec::new();
+        if r.read_until(b'\n', &mut l).await.ok()? == 0 {
+            return None;
+        }
+        if l == b".\r\n" {
+            return Some(data);
+        }
+        let l = if l.starts_with(b"..") {
+            &l[1..]
+        } else {
+            &l[..]
+        };
+        data.extend_from_slice(l);
+    }
+}
+
+impl Session {
+    /// Records a body read for `rcpts`, waits the configured delay, and
+    /// answers as the first recipient's plan says; `None` to hang up.
+    async fn answer_data(
+        &self,
+        rcpts: &[(String, Plan)],
+        from: &str,
+        data: Vec<u8>,
+    ) -> Option<String> {
+        let message = |to: &String| Accepted {
+            from: from.to_string(),
+            to: to.clone(),
+            data: data.clone(),
+        };
+        {
+            let mut st = self.state.lock().unwrap();
+            st.received.extend(rcpts.iter().map(|(to, _)| to.clone()));
+            st.bodies.extend(rcpts.iter().map(|(to, _)| message(to)));
+        }
+        let d = *self.delay.lock().unwrap();
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+        match rcpts[0].1.data.clone() {
+            Action::Accept => {
+                let mut st = self.state.lock().unwrap();
+                st.accepted.extend(rcpts.iter().map(|(to, _)| message(to)));
+                Some(format!(
+                    "250 2.0.0 Ok: queued as T{}\r\n",
+                    st.accepted.len()
+                ))
+            }
+            Action::Reply(code, text) => Some(format!("{code} {text}\r\n")),
+            Action::Stall => std::future::pending().await,
+            Action::Drop => None,
         }
     }
 }
