@@ -8,7 +8,8 @@ use std::time::Duration;
 use support::{
     Sandbox,
     child::{
-        DATE, command, deliveries, email, finish, run, setup, smtp_env, wait_for, wait_for_log,
+        DATE, command, deliveries, email, finish, never_fires, run, setup, smtp_env, stop,
+        wait_for, wait_for_log,
     },
     smtp::{Action, Plan, SmtpServer},
 };
@@ -392,12 +393,8 @@ async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing()
 async fn only_one_process_sends_for_a_database() {
     let server = SmtpServer::start().await;
     let s = setup(3);
-    let mut env = smtp_env(server.port(), 2);
     // A schedule that does not fire during the test.
-    env.push((
-        "PAPERPOST__SCHEDULE__CRON".into(),
-        "0 0 0 1 1 * 2099".into(),
-    ));
+    let env = never_fires(smtp_env(server.port(), 2));
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     let pid = daemon.id().unwrap();
     wait_for("the daemon's lock", || {
@@ -468,16 +465,14 @@ async fn the_daemon_sends_todays_edition_on_schedule_once() {
         5,
         "sent once although the schedule fired again"
     );
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
     // A restart resumes nothing and sends nothing twice: it too finds the
     // edition sent when the schedule fires.
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     let seen = wait_for_log(&mut daemon, "has been sent already").await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{seen}{}", out.stderr);
     assert!(!seen.contains("edition started"), "{seen}");
     assert_eq!(server.accepted().len(), 5);
@@ -527,16 +522,11 @@ async fn two_queued_editions_for_the_same_subscribers_are_both_sent() {
         .unwrap();
     }
     pool.close().await;
-    let mut env = smtp_env(server.port(), 2);
     // Never fires: the daemon only sends what is queued.
-    env.push((
-        "PAPERPOST__SCHEDULE__CRON".into(),
-        "0 0 0 1 1 * 2099".into(),
-    ));
+    let env = never_fires(smtp_env(server.port(), 2));
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for("both editions", || server.accepted().len() >= 40).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     for date in ["2024-03-11", "2024-03-12"] {
         let status = s.run(&["status", "--date", date]);
         assert!(
@@ -558,11 +548,7 @@ async fn two_queued_editions_for_the_same_subscribers_are_both_sent() {
 async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     let server = SmtpServer::start().await;
     let s = setup(3);
-    let mut env = smtp_env(server.port(), 2);
-    env.push((
-        "PAPERPOST__SCHEDULE__CRON".into(),
-        "0 0 0 1 1 * 2099".into(),
-    ));
+    let env = never_fires(smtp_env(server.port(), 2));
     let daemon = command(&s, &env, &["run"]).spawn().unwrap();
     // Running, with nothing to do; then three rows appear stranded.
     let pool = s.pool().await;
@@ -586,8 +572,7 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
         .await
         .unwrap();
     wait_for("the stranded rows", || server.accepted().len() >= 3).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("lease ran out"), "{}", out.stderr);
     assert_eq!(server.accepted().len(), 3);
@@ -675,16 +660,14 @@ async fn a_restart_does_not_fire_a_handled_fire_time_again() {
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for_log(&mut daemon, "edition started").await;
     wait_for("yesterday's edition", || server.accepted().len() >= 3).await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
 
     // Today's papers arrive, meant for the next fire time; then a restart.
     s.run(&["papers", "select", "--date", &today, "2406.05981"])
         .ok();
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for_log(&mut daemon, "fire time already handled").await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert_eq!(server.accepted().len(), 3);
     let status = s.run(&["status", "--date", &today]);
     assert!(status.ok().contains("has not started"), "{}", status.stdout);
@@ -730,8 +713,7 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         !server.accepted().is_empty()
     })
     .await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(stop(daemon).await.code, 0);
     assert_eq!(
         server.counts().keys().collect::<Vec<_>>(),
         vec!["passed@example.org"]
@@ -834,11 +816,7 @@ async fn one_row_that_does_not_decode_fails_that_row_only() {
 async fn the_daemon_exits_non_zero_when_the_engine_fails() {
     let server = SmtpServer::start().await;
     let s = setup(1);
-    let mut env = smtp_env(server.port(), 1);
-    env.push((
-        "PAPERPOST__SCHEDULE__CRON".into(),
-        "0 0 0 1 1 * 2099".into(),
-    ));
+    let env = never_fires(smtp_env(server.port(), 1));
     let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
     wait_for_log(&mut daemon, "paperpost is running").await;
     let pool = s.pool().await;
@@ -962,8 +940,7 @@ async fn a_sigterm_during_start_up_stops_gracefully() {
         .spawn()
         .unwrap();
     wait_for_log(&mut daemon, "web endpoint listening").await;
-    unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
-    let out = finish(daemon).await;
+    let out = stop(daemon).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("SIGTERM received"), "{}", out.stderr);
 }
