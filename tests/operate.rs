@@ -56,6 +56,11 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
         .execute(&pool)
         .await
         .unwrap();
+        // Everything into the database file, so that its bytes say it all.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     });
     let before = std::fs::read(s.db_path()).unwrap();
@@ -67,6 +72,9 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
         out.stderr
     );
     assert_eq!(std::fs::read(s.db_path()).unwrap(), before, "changed");
+    // Nor written to its log, waiting for a checkpoint.
+    let wal = std::fs::metadata(format!("{}-wal", s.db_path().display()));
+    assert!(wal.map_or(true, |m| m.len() == 0), "written to the WAL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
