@@ -186,7 +186,7 @@ async fn acquire_or_stand_by(
     }
     let web_stop = shutdown.child_token();
     let tracker = TaskTracker::new();
-    let liveness = Arc::new(Liveness::default());
+    let liveness = Arc::new(Liveness::standby());
     crate::web::start(app, liveness, None, &tracker, web_stop.clone()).await?;
     tracker.spawn(reloader(
         app.clone(),

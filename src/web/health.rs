@@ -16,6 +16,8 @@ use crate::{metrics::StatusLabel, store};
 pub struct Liveness {
     /// This process sends (`run`); `serve` does not.
     pub sends: bool,
+    /// A `run` waiting for another process's sending lock.
+    pub standby: bool,
     /// When the scheduler loop last went round (epoch ms; 0 = never).
     scheduler_at: AtomicI64,
     /// When the scheduler lock was last taken or renewed (epoch ms; 0 = never).
@@ -32,6 +34,14 @@ impl Liveness {
         Liveness {
             sends: true,
             lock_ttl_ms: lock_ttl.as_millis() as i64,
+            ..Default::default()
+        }
+    }
+
+    /// A `run` that serves the web endpoint while another process sends.
+    pub fn standby() -> Self {
+        Liveness {
+            standby: true,
             ..Default::default()
         }
     }
@@ -61,7 +71,8 @@ impl Liveness {
 }
 
 /// 200 "ok" when the database answers and, in a sending process, the scheduler
-/// runs and holds the lock; 503 with a short reason otherwise.
+/// runs and holds the lock; 503 with a short reason otherwise. A standby
+/// (a `run` waiting for the sending lock) is healthy: 200, saying so.
 pub async fn healthz(State(state): State<WebState>) -> Response {
     let db = store::ping(&state.app.pool).await;
     let problem = match db {
@@ -72,6 +83,7 @@ pub async fn healthz(State(state): State<WebState>) -> Response {
         Ok(_) => state.liveness.problem(store::now_ms()),
     };
     let (status, body) = match problem {
+        None if state.liveness.standby => (StatusCode::OK, "ok: standing by to send\n".into()),
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,16 +1,14 @@
 //! The delivery engine against a scriptable SMTP server over real TCP, driving
 //! the real binary: retries, bounces, outages, crashes, unsubscribes, locks.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{
+use crate::support::{
     Sandbox,
-    child::{
-        DATE, command, deliveries, email, finish, never_fires, run, setup, smtp_env, stop,
-        wait_for, wait_for_log,
-    },
+    child::{DATE, deliveries, email, never_fires, run, setup, smtp_env, wait_for},
+    daemon::TestDaemon,
     smtp::{Action, Plan, SmtpServer},
 };
 
@@ -227,12 +225,10 @@ async fn an_unreachable_server_pauses_sending_instead_of_failing_everyone() {
     probe.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let s = setup(30);
-    let mut child = command(&s, &smtp_env(addr.port(), 4), &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
-    let seen = wait_for_log(&mut child, "pausing sending").await;
+    let mut child = TestDaemon::spawn(&s, &smtp_env(addr.port(), 4), &["send", "--date", DATE]);
+    let seen = child.wait_log("pausing sending").await;
     let server = SmtpServer::start_on(addr).await;
-    let mut out = finish(child).await;
+    let mut out = child.finish().await;
     out.stderr.insert_str(0, &seen);
     assert!(
         out.ok().contains("30 sent, 0 failed"),
@@ -267,15 +263,15 @@ async fn a_crash_mid_edition_loses_nothing_and_duplicates_at_most_the_concurrenc
     // pipeline: composing, mid-transaction, recording).
     let kill_points = [8, 25, 45];
     for point in kill_points {
-        let mut child = command(&s, &env, &["send", "--date", DATE])
-            .spawn()
-            .unwrap();
+        // The server takes `point` messages in all, then holds the next
+        // transactions at MAIL FROM: the kill comes at exactly that point.
+        server.hold_at(point);
+        let child = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
         wait_for("some messages", || server.accepted().len() >= point).await;
-        child.start_kill().unwrap(); // SIGKILL
-        let _ = child.wait().await;
-        let before = server.accepted().len();
-        assert!(before < 60, "killed before the end ({before})");
+        child.kill();
+        assert_eq!(server.accepted().len(), point, "killed at {point}");
     }
+    server.release();
 
     let out = run(&s, &env, &["send", "--date", DATE]).await;
     assert!(
@@ -300,13 +296,11 @@ async fn an_unsubscribe_during_an_edition_cancels_the_unsent_message() {
     let server = SmtpServer::start().await;
     server.set_delay(Duration::from_millis(80));
     let s = setup(30);
-    let child = command(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let child = TestDaemon::spawn(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]);
     wait_for("the first messages", || server.accepted().len() >= 3).await;
     let last = email(29);
     s.run(&["subscribers", "remove", &last]).ok();
-    let out = finish(child).await;
+    let out = child.finish().await;
     assert!(
         out.ok().contains("29 sent, 0 failed, 1 skipped"),
         "{}",
@@ -326,9 +320,7 @@ async fn an_unsubscribe_while_the_previous_message_is_slow_is_still_honoured() {
     let server = SmtpServer::start().await;
     server.set_delay(Duration::from_secs(1));
     let s = setup(2);
-    let child = command(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let child = TestDaemon::spawn(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE]);
     wait_for("the first message's body", || !server.received().is_empty()).await;
     let first = server.received()[0].clone();
     let other = [email(0), email(1)]
@@ -336,7 +328,7 @@ async fn an_unsubscribe_while_the_previous_message_is_slow_is_still_honoured() {
         .find(|e| *e != first)
         .unwrap();
     s.run(&["subscribers", "remove", &other]).ok();
-    let out = finish(child).await;
+    let out = child.finish().await;
     assert!(
         out.ok().contains("1 sent, 0 failed, 1 skipped"),
         "{}",
@@ -358,9 +350,7 @@ async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing()
     let s = setup(4);
     let mut env = smtp_env(server.port(), 1);
     env.push(("PAPERPOST__DATABASE__BUSY_TIMEOUT".into(), "100ms".into()));
-    let child = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let child = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("the first message's body", || !server.received().is_empty()).await;
     // Another process takes the write lock for far longer than the busy timeout
     // (as a large import would), while the first outcome waits to be written.
@@ -372,7 +362,7 @@ async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-    let out = finish(child).await;
+    let out = child.finish().await;
     assert!(
         out.ok().contains("4 sent, 0 failed"),
         "{}\n{}",
@@ -395,21 +385,11 @@ async fn only_one_process_sends_for_a_database() {
     let s = setup(3);
     // A schedule that does not fire during the test.
     let env = never_fires(smtp_env(server.port(), 2));
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    let pid = daemon.id().unwrap();
-    wait_for("the daemon's lock", || {
-        s.run(&["status"]).code == 0 && {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_paperpost"))
-                .current_dir(s.dir.path())
-                .env("PAPERPOST__SECURITY__SECRET", support::SECRET)
-                .args(["send", "--date", DATE])
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stderr).contains("another paperpost process")
-        }
-    })
-    .await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    let pid = daemon.pid();
+    // "running" is logged once the lock is held (a probing `send` could
+    // take the lock first).
+    daemon.wait_log("paperpost is running").await;
     let send = run(&s, &env, &["send", "--date", DATE]).await;
     assert!(
         send.fails().contains("another paperpost process"),
@@ -424,17 +404,9 @@ async fn only_one_process_sends_for_a_database() {
     assert!(server.accepted().is_empty());
 
     // SIGTERM: a graceful stop that releases the lock.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let out = tokio::time::timeout(Duration::from_secs(10), daemon.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(out.success());
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
-    assert!(stderr.contains("paperpost stopped"), "{stderr}");
+    let out = daemon.stop().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("paperpost stopped"), "{}", out.stderr);
     let send = run(&s, &env, &["send", "--date", DATE]).await;
     assert!(send.ok().contains("3 sent"), "{}", send.stdout);
 }
@@ -455,24 +427,24 @@ async fn the_daemon_sends_todays_edition_on_schedule_once() {
     .ok();
     let mut env = smtp_env(server.port(), 2);
     env.push(("PAPERPOST__SCHEDULE__CRON".into(), "* * * * * *".into()));
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("today's edition", || server.accepted().len() >= 5).await;
     // The schedule fires again (every second) and finds the edition sent.
-    let seen = wait_for_log(&mut daemon, "has been sent already").await;
+    let seen = daemon.wait_log("has been sent already").await;
     assert!(seen.contains("edition started"), "{seen}");
     assert_eq!(
         server.accepted().len(),
         5,
         "sent once although the schedule fired again"
     );
-    let out = stop(daemon).await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
     // A restart resumes nothing and sends nothing twice: it too finds the
     // edition sent when the schedule fires.
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    let seen = wait_for_log(&mut daemon, "has been sent already").await;
-    let out = stop(daemon).await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    let seen = daemon.wait_log("has been sent already").await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{seen}{}", out.stderr);
     assert!(!seen.contains("edition started"), "{seen}");
     assert_eq!(server.accepted().len(), 5);
@@ -524,9 +496,9 @@ async fn two_queued_editions_for_the_same_subscribers_are_both_sent() {
     pool.close().await;
     // Never fires: the daemon only sends what is queued.
     let env = never_fires(smtp_env(server.port(), 2));
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("both editions", || server.accepted().len() >= 40).await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     for date in ["2024-03-11", "2024-03-12"] {
         let status = s.run(&["status", "--date", date]);
         assert!(
@@ -549,7 +521,7 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     let server = SmtpServer::start().await;
     let s = setup(3);
     let env = never_fires(smtp_env(server.port(), 2));
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     // Running, with nothing to do; then three rows appear stranded.
     let pool = s.pool().await;
     for _ in 0..600 {
@@ -572,7 +544,7 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
         .await
         .unwrap();
     wait_for("the stranded rows", || server.accepted().len() >= 3).await;
-    let out = stop(daemon).await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("lease ran out"), "{}", out.stderr);
     assert_eq!(server.accepted().len(), 3);
@@ -591,14 +563,11 @@ async fn a_relay_that_refuses_everyone_bounces_nobody_and_pauses() {
     });
     let s = setup(20);
     let env = smtp_env(server.port(), 2);
-    let mut send = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("the alert", || s.run(&["status"]).ok().contains("ALERT")).await;
     let status = s.run(&["status"]);
     assert!(status.ok().contains("Relaying denied"), "{}", status.stdout);
-    let _ = send.start_kill();
-    let _ = send.wait().await;
+    send.kill();
     let subscribers = s.subscribers();
     assert!(
         subscribers.iter().all(|x| x["status"] == "active"),
@@ -626,17 +595,14 @@ async fn the_same_plain_550_to_everyone_takes_back_the_bounces() {
     server.script(|_, _| Plan::at_rcpt(Action::Reply(550, "Relay access denied")));
     let s = setup(12);
     let env = smtp_env(server.port(), 1);
-    let mut send = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("the alert", || s.run(&["status"]).ok().contains("ALERT")).await;
     // The undo is written by the recorder just after the alert.
     wait_for("the bounces taken back", || {
         s.subscribers().iter().all(|x| x["status"] == "active")
     })
     .await;
-    let _ = send.start_kill();
-    let _ = send.wait().await;
+    send.kill();
     assert!(deliveries(&s).values().all(|r| r["status"] != "failed"));
 }
 
@@ -657,17 +623,17 @@ async fn a_restart_does_not_fire_a_handled_fire_time_again() {
     let mut env = smtp_env(server.port(), 2);
     env.push(("PAPERPOST__SCHEDULE__CRON".into(), cron));
 
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut daemon, "edition started").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("edition started").await;
     wait_for("yesterday's edition", || server.accepted().len() >= 3).await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
 
     // Today's papers arrive, meant for the next fire time; then a restart.
     s.run(&["papers", "select", "--date", &today, "2406.05981"])
         .ok();
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut daemon, "fire time already handled").await;
-    assert_eq!(stop(daemon).await.code, 0);
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("fire time already handled").await;
+    assert_eq!(daemon.stop().await.code, 0);
     assert_eq!(server.accepted().len(), 3);
     let status = s.run(&["status", "--date", &today]);
     assert!(status.ok().contains("has not started"), "{}", status.stdout);
@@ -708,12 +674,12 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         "PAPERPOST__SCHEDULE__PER_SUBSCRIBER_TIMEZONE".into(),
         "true".into(),
     ));
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("the zone whose hour has passed", || {
         !server.accepted().is_empty()
     })
     .await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     assert_eq!(
         server.counts().keys().collect::<Vec<_>>(),
         vec!["passed@example.org"]
@@ -817,14 +783,14 @@ async fn the_daemon_exits_non_zero_when_the_engine_fails() {
     let server = SmtpServer::start().await;
     let s = setup(1);
     let env = never_fires(smtp_env(server.port(), 1));
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut daemon, "paperpost is running").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("paperpost is running").await;
     let pool = s.pool().await;
     sqlx::query("ALTER TABLE deliveries RENAME TO deliveries_gone")
         .execute(&pool)
         .await
         .unwrap();
-    let out = finish(daemon).await;
+    let out = daemon.finish().await;
     assert_ne!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr.contains("the delivery engine stopped"),
@@ -848,9 +814,7 @@ async fn a_large_import_during_an_edition_succeeds_and_the_edition_finishes() {
     }
     let f = s.write("bulk.csv", csv);
     let env = smtp_env(server.port(), 4);
-    let send = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("the edition under way", || server.accepted().len() >= 20).await;
     let import = s.run(&["subscribers", "import", f.to_str().unwrap()]);
     assert!(
@@ -863,7 +827,7 @@ async fn a_large_import_during_an_edition_succeeds_and_the_edition_finishes() {
         server.accepted().len() < 1500,
         "the import overlapped the edition"
     );
-    let out = finish(send).await;
+    let out = send.finish().await;
     assert!(
         out.stdout.contains("1500 sent, 0 failed"),
         "{}\n{}",
@@ -910,12 +874,10 @@ async fn an_unsubscribe_during_a_slow_connect_is_honoured_before_the_body() {
     let server = SmtpServer::start().await;
     server.set_greeting_delay(Duration::from_secs(1));
     let s = setup(1);
-    let child = command(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let child = TestDaemon::spawn(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE]);
     wait_for("the connection", || server.connections() >= 1).await;
     s.run(&["subscribers", "remove", &email(0)]).ok();
-    let out = finish(child).await;
+    let out = child.finish().await;
     assert!(
         out.ok().contains("0 sent, 0 failed, 1 skipped"),
         "{}\n{}",
@@ -936,11 +898,9 @@ async fn an_unsubscribe_during_a_slow_connect_is_honoured_before_the_body() {
 async fn a_sigterm_during_start_up_stops_gracefully() {
     let server = SmtpServer::start().await;
     let s = setup(1);
-    let mut daemon = command(&s, &smtp_env(server.port(), 1), &["run"])
-        .spawn()
-        .unwrap();
-    wait_for_log(&mut daemon, "web endpoint listening").await;
-    let out = stop(daemon).await;
+    let mut daemon = TestDaemon::spawn(&s, &smtp_env(server.port(), 1), &["run"]);
+    daemon.wait_log("web endpoint listening").await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("SIGTERM received"), "{}", out.stderr);
 }
@@ -954,16 +914,14 @@ async fn a_selection_changed_mid_edition_reaches_the_readers_not_yet_sent() {
     server.set_delay(Duration::from_millis(300));
     let s = setup(10);
     let env = smtp_env(server.port(), 1);
-    let child = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let child = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("two messages", || server.received().len() >= 2).await;
     let ids: Vec<String> = s.papers(Some(DATE)).into_iter().map(|(id, _)| id).collect();
     let dropped = ids[0].clone();
     let mut args = vec!["papers", "select", "--date", DATE];
     args.extend(ids[1..].iter().map(String::as_str));
     s.run(&args).ok();
-    finish(child).await.ok();
+    child.finish().await.ok();
     let accepted = server.accepted();
     assert_eq!(accepted.len(), 10);
     let carries = |m: &support::smtp::Accepted| {

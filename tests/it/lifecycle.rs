@@ -2,15 +2,14 @@
 //! NOTIFY_SOCKET), a second daemon on the same database standing by, and
 //! SIGTERM in the middle of an edition.
 
-mod support;
+use crate::support;
 
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
-use support::{
-    child::{
-        DATE, command, finish, listening_addr, never_fires, queue_edition, setup, smtp_env, stop,
-        wait_for, wait_for_log, with,
-    },
+use crate::support::{
+    http,
+    child::{DATE, never_fires, queue_edition, setup, smtp_env, wait_for, with},
+    daemon::TestDaemon,
     smtp::SmtpServer,
 };
 
@@ -63,7 +62,7 @@ async fn the_daemon_tells_systemd_it_is_ready_alive_busy_and_stopping() {
     let env = never_fires(env);
     // The edition is queued before the daemon starts; it resumes it.
     queue_edition(&s, DATE).await;
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("READY=1", || notify.has("READY=1")).await;
     wait_for("a watchdog ping", || notify.has("WATCHDOG=1")).await;
     wait_for("the sending status", || {
@@ -74,7 +73,7 @@ async fn the_daemon_tells_systemd_it_is_ready_alive_busy_and_stopping() {
     })
     .await;
     wait_for("the edition sent", || server.accepted().len() == 20).await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     assert!(notify.has("STOPPING=1"), "{:?}", notify.seen);
 }
 
@@ -85,27 +84,38 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
     let env = smtp_env(server.port(), 1);
     let env = never_fires(env);
     let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
-    let mut first = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut first, "paperpost is running").await;
-    let mut second = command(&s, &env, &["run"]).spawn().unwrap();
-    let seen = wait_for_log(&mut second, "web endpoint listening").await;
+    let mut first = TestDaemon::spawn(&s, &env, &["run"]);
+    first.wait_log("paperpost is running").await;
+    // The standby listens on a fixed address, the same after the takeover.
+    let web = format!("127.0.0.1:{}", http::free_port());
+    let standby_env = with(env.clone(), "PAPERPOST__HTTP__BIND", &web);
+    let mut second = TestDaemon::spawn(&s, &standby_env, &["run"]);
+    let seen = second.wait_log("web endpoint listening").await;
     assert!(seen.contains("serving the web endpoint only"), "{seen}");
-    let addr = listening_addr(&seen);
-    let health = reqwest::get(format!("http://{addr}/healthz"))
-        .await
-        .unwrap();
+    // A standby is healthy (a container orchestrator must not restart it),
+    // and says what it is doing.
+    let health = reqwest::get(format!("http://{web}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok: standing by to send\n");
     // The first one sends; the second does not (one edition, three readers).
     queue_edition(&s, DATE).await;
     wait_for("the edition", || server.accepted().len() == 3).await;
 
-    assert_eq!(stop(first).await.code, 0);
-    let seen = wait_for_log(&mut second, "paperpost is running").await;
+    assert_eq!(first.stop().await.code, 0);
+    let seen = second.wait_log("paperpost is running").await;
     assert!(seen.contains("this one sends from now on"), "{seen}");
-    assert_eq!(stop(second).await.code, 0);
+    // The next edition is the standby's to send, and it does.
+    s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
+        .ok();
+    queue_edition(&s, "2024-03-12").await;
+    wait_for("the next edition", || server.accepted().len() == 6).await;
+    let health = reqwest::get(format!("http://{web}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the web endpoint answers after the takeover");
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+    assert_eq!(second.stop().await.code, 0);
     assert!(
-        server.counts().values().all(|&n| n == 1),
-        "{:?}",
+        server.counts().values().all(|&n| n == 2),
+        "each reader gets each edition once: {:?}",
         server.counts()
     );
 }
@@ -118,17 +128,17 @@ async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
     let env = smtp_env(server.port(), 2);
     let env = never_fires(env);
     queue_edition(&s, DATE).await;
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("some messages", || server.accepted().len() >= 10).await;
-    let out = stop(daemon).await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = server.accepted().len();
     assert!(before < 40, "stopped before the end ({before})");
     // A graceful stop finishes what is in flight and records it: nothing
     // is left `sending`, and the restart sends each of the rest once.
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("every reader", || server.counts().len() == 40).await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     assert!(
         server.counts().values().all(|&n| n == 1),
         "a graceful stop duplicated: {:?}",
@@ -149,18 +159,15 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
         "PAPERPOST__SCHEDULE__CRON",
         "0 0 0 1 1 * 2099",
     );
-    let mut daemon = command(&s, &env, &["run", "--config", file.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    wait_for_log(&mut daemon, "paperpost is running").await;
-    let pid = daemon.id().unwrap() as i32;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run", "--config", file.to_str().unwrap()]);
+    daemon.wait_log("paperpost is running").await;
 
     s.write(
         "paperpost.toml",
         "[newsletter]\ntitle = \"Evening Papers\"\n[mail]\nrate_limit = 50\n[http]\nsubscribe_per_minute = 3\n",
     );
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let seen = wait_for_log(&mut daemon, "take effect at the next start").await;
+    daemon.signal(libc::SIGHUP);
+    let seen = daemon.wait_log("take effect at the next start").await;
     assert!(
         seen.contains("configuration applied keys=mail.rate_limit, newsletter"),
         "{seen}"
@@ -182,8 +189,8 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
     assert!(subject(&server.accepted()[0]).starts_with("Evening Papers"));
 
     s.write("paperpost.toml", "[newsletter\ntitle = ");
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let seen = wait_for_log(&mut daemon, "cannot read the configuration again").await;
+    daemon.signal(libc::SIGHUP);
+    let seen = daemon.wait_log("cannot read the configuration again").await;
     assert!(seen.contains("paperpost.toml"), "{seen}");
     s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
         .ok();
@@ -197,6 +204,5 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
     .unwrap();
     wait_for("the next edition", || server.accepted().len() == 4).await;
     assert!(subject(&server.accepted()[3]).starts_with("Evening Papers"));
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
 }

@@ -1,9 +1,9 @@
 //! `paperpost preview` through the real binary.
 
-mod support;
+use crate::support;
 
+use crate::support::Sandbox;
 use mail_parser::MessageParser;
-use support::Sandbox;
 
 fn setup() -> Sandbox {
     let s = Sandbox::with_sample_papers();

@@ -6,12 +6,12 @@
 //! this test reads (PAPERPOST_POSTFIX_SMTP, PAPERPOST_POSTFIX_MAILDIR). Without
 //! them the test is skipped with a message, except under CI, where it fails.
 
-mod support;
+use crate::support;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
+use crate::support::Sandbox;
 use mail_parser::MessageParser;
-use support::Sandbox;
 
 fn postfix() -> Option<(String, u16, PathBuf)> {
     let smtp = std::env::var("PAPERPOST_POSTFIX_SMTP").ok();

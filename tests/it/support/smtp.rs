@@ -6,7 +6,6 @@
 //! Everything accepted is recorded. It can speak STARTTLS or implicit TLS
 //! with a certificate from the test CA (tests/fixtures/smtp-ca.pem) and
 //! require AUTH (PLAIN or LOGIN).
-#![allow(dead_code)]
 
 use std::{
     collections::HashMap,
@@ -136,6 +135,50 @@ struct State {
     bodies: Vec<Accepted>,
     /// The next this many MAIL FROM commands get this reply.
     mail_refusals: (u32, u16, &'static str),
+    /// With `Some(n)`, a MAIL FROM waits while `n` messages are accepted or
+    /// in a transaction (see `hold_at`).
+    hold: Option<usize>,
+    /// Transactions that passed the hold and are not finished.
+    in_flight: usize,
+}
+
+/// A session's place in a transaction that passed the hold; given back when
+/// the transaction ends or the connection does.
+struct Slot {
+    state: Arc<Mutex<State>>,
+    taken: bool,
+}
+
+impl Slot {
+    /// Waits until the hold lets one more transaction in.
+    async fn take(&mut self) {
+        if self.taken {
+            return;
+        }
+        loop {
+            {
+                let mut st = self.state.lock().unwrap();
+                if st.hold.is_none_or(|n| st.accepted.len() + st.in_flight < n) {
+                    st.in_flight += 1;
+                    self.taken = true;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn give_back(&mut self) {
+        if std::mem::take(&mut self.taken) {
+            self.state.lock().unwrap().in_flight -= 1;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 pub struct SmtpServer {
@@ -192,6 +235,19 @@ impl SmtpServer {
     /// Every message body the server read, accepted or not, in order.
     pub fn bodies(&self) -> Vec<Accepted> {
         self.state.lock().unwrap().bodies.clone()
+    }
+
+    /// From now on, no more than `n` messages in all are accepted: a new
+    /// transaction waits at MAIL FROM until `release` (or a higher hold), so
+    /// a test can act on a sender at exactly `n` accepted messages, with
+    /// no other message in flight.
+    pub fn hold_at(&self, n: usize) {
+        self.state.lock().unwrap().hold = Some(n);
+    }
+
+    /// Lets every waiting transaction go on.
+    pub fn release(&self) {
+        self.state.lock().unwrap().hold = None;
     }
 
     /// Every AUTH attempt so far.
@@ -436,6 +492,10 @@ impl Session {
         if offer_starttls || self.security.tls != Tls::Starttls {
             let _ = w.write_all(b"220 paperpost-test ESMTP\r\n").await;
         }
+        let mut slot = Slot {
+            state: state.clone(),
+            taken: false,
+        };
         let mut from = String::new();
         // A transaction is open (MAIL FROM was accepted).
         let mut open = false;
@@ -452,7 +512,9 @@ impl Session {
             let reply: String = if upper.starts_with("EHLO") {
                 let pipe = if pipelining { "250-PIPELINING\r\n" } else { "" };
                 let tls = if starttls { "250-STARTTLS\r\n" } else { "" };
-                let auth = if auth_required && !starttls {
+                // AUTH is offered before STARTTLS too, as a permissive server
+                // does: only the client can keep the password off the wire.
+                let auth = if auth_required {
                     "250-AUTH PLAIN LOGIN\r\n"
                 } else {
                     ""
@@ -468,7 +530,7 @@ impl Session {
                     return End::Closed;
                 }
                 return End::Starttls(r.into_inner().unsplit(w));
-            } else if upper.starts_with("AUTH ") && auth_required && !starttls {
+            } else if upper.starts_with("AUTH ") && auth_required {
                 match self.auth(&cmd, &mut r, &mut w, encrypted).await {
                     Some(true) => {
                         authenticated = true;
@@ -482,6 +544,7 @@ impl Session {
             } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
                 "250 OK\r\n".into()
             } else if upper.starts_with("MAIL FROM") {
+                slot.take().await;
                 from = addr_of(&cmd);
                 rcpts.clear();
                 let mut st = state.lock().unwrap();
@@ -532,7 +595,9 @@ impl Session {
                     let Some(data) = read_body(&mut r).await else {
                         return End::Closed;
                     };
-                    match self.answer_data(&rcpts, &from, data).await {
+                    let answer = self.answer_data(&rcpts, &from, data).await;
+                    slot.give_back();
+                    match answer {
                         Some(reply) => {
                             rcpts.clear();
                             open = false;
@@ -542,6 +607,7 @@ impl Session {
                     }
                 }
             } else if upper.starts_with("RSET") {
+                slot.give_back();
                 rcpts.clear();
                 open = false;
                 "250 2.0.0 OK\r\n".into()

@@ -2,16 +2,15 @@
 //! that lost it stops, claims and outcomes carry the holder, and a holder's
 //! identity tells a dead process from one in another container or a reused PID.
 
-mod support;
-
 use std::time::Duration;
 
-use chrono::NaiveDate;
-use support::{
+use crate::support::{
     Sandbox,
-    child::{DATE, command, finish, run, setup, smtp_env, wait_for},
+    child::{DATE, run, setup, smtp_env, wait_for},
+    daemon::TestDaemon,
     smtp::SmtpServer,
 };
+use chrono::NaiveDate;
 
 /// A short lock, so that the tests outlast it.
 fn fast_lock(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -67,9 +66,7 @@ async fn send_renews_its_lock_so_nobody_takes_over_while_it_sends() {
     server.set_delay(Duration::from_millis(250));
     let s = setup(24);
     let env = fast_lock(smtp_env(server.port(), 1));
-    let first = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let first = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     // Well past the lock's 3 s: 16 messages at 250 ms each.
     wait_for("16 messages", || server.received().len() >= 16).await;
     let second = run(&s, &env, &["send", "--date", DATE]).await;
@@ -78,7 +75,7 @@ async fn send_renews_its_lock_so_nobody_takes_over_while_it_sends() {
         "{}",
         second.stderr
     );
-    finish(first).await.ok();
+    first.finish().await.ok();
     let counts = server.counts();
     assert_eq!(counts.len(), 24, "{counts:?}");
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
@@ -90,13 +87,11 @@ async fn a_sender_that_lost_its_lock_stops_and_exits_non_zero() {
     server.set_delay(Duration::from_millis(200));
     let s = setup(40);
     let env = fast_lock(smtp_env(server.port(), 1));
-    let first = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let first = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("3 messages", || server.received().len() >= 3).await;
     // Another process takes the lock over (as one would once ours expired).
     set_holder(&s, "elsewhere:1:1:00000000:1:00000000", 600_000).await;
-    let out = finish(first).await;
+    let out = first.finish().await;
     assert_ne!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr.contains("lost the sending lock"),
@@ -207,14 +202,16 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
         .await
         .unwrap();
     assert!(other.is_none());
-    // A no longer holds the lock: it cannot claim.
+    // A's rows are queued again (as the new holder does at start): there is
+    // something to claim, but A no longer holds the lock, so it claims none.
+    deliveries::release_in_flight(&mut conn).await.unwrap();
     assert!(
         deliveries::claim(&mut conn, "a", 1, 10, 300_000, None)
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "a process that lost the lock claimed rows"
     );
-    deliveries::release_in_flight(&mut conn).await.unwrap();
     let b = deliveries::claim(&mut conn, "b", 2, 10, 300_000, None)
         .await
         .unwrap();

@@ -2,11 +2,7 @@
 //! socket: the List-Unsubscribe URL is taken from the .eml and POSTed as a
 //! mailbox provider would (RFC 8058), and the next edition skips the reader.
 
-mod support;
-
-use std::{process::Stdio, time::Duration};
-
-use support::{Sandbox, http};
+use crate::support::{Sandbox, child::never_fires, daemon::TestDaemon, http};
 
 /// The List-Unsubscribe URL of the message written for `email`.
 pub fn list_unsubscribe(s: &Sandbox, email: &str) -> String {
@@ -44,32 +40,19 @@ fn one_click_from_a_sent_message_unsubscribes_and_the_next_edition_skips_them() 
         ("PAPERPOST__HTTP__BIND", addr.clone()),
         ("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{addr}")),
     ];
-    let envs = || env.iter().map(|(k, v)| (*k, v.as_str()));
-    let mut send = s.command();
-    let out = send
-        .envs(envs())
-        .args(["send", "--date", "2024-03-11"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    s.run_env(&envs, &["send", "--date", "2024-03-11"]).ok();
     assert_eq!(outbox_count(&s), 2);
     let url = list_unsubscribe(&s, "ada@example.org");
     let path = url
         .strip_prefix(&format!("http://{addr}"))
         .expect("our base URL");
 
-    let mut daemon = s
-        .command()
-        .envs(envs())
-        .env("PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099")
-        .arg("run")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = TestDaemon::spawn(&s, &never_fires(env), &["run"]);
     http::wait_healthy(&addr);
     let r = http::request(
         &addr,
@@ -88,16 +71,8 @@ fn one_click_from_a_sent_message_unsubscribes_and_the_next_edition_skips_them() 
     assert_eq!(s.subscriber("bob@example.org").unwrap()["status"], "active");
 
     // SIGTERM: the daemon and its web endpoint stop, exit 0.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "exit {status:?}");
+    let out = daemon.stop_blocking();
+    assert_eq!(out.code, 0, "{}", out.stderr);
 
     // The next edition goes to Bob only.
     let papers = s.write(

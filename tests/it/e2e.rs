@@ -9,22 +9,16 @@
 //! Needs Postfix, chromium and chromedriver (installed by .ci/run); skipped
 //! without them, except under CI, where it fails.
 
-mod support;
+use crate::support;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
-
-use chrono::Timelike;
-use mail_parser::{MessageParser, MimeHeaders};
-use support::{
+use crate::support::{
     Sandbox,
     browser::{Browser, link_in, mail_to, tools, wait},
+    daemon::TestDaemon,
     http,
 };
+use chrono::Timelike;
+use mail_parser::{MessageParser, MimeHeaders};
 
 /// The daily_papers source, on a runtime of its own.
 fn serve_sample() -> (tokio::runtime::Runtime, u16) {
@@ -41,73 +35,6 @@ fn serve_sample() -> (tokio::runtime::Runtime, u16) {
         port
     });
     (rt, port)
-}
-
-/// A running daemon whose standard error lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: String,
-}
-
-impl Daemon {
-    fn start(s: &Sandbox, env: &[(String, String)]) -> Self {
-        let mut child = s
-            .command()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            log: String::new(),
-        }
-    }
-
-    /// Waits (30 s at most) for a log line containing `marker`.
-    fn wait_log(&mut self, marker: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.log.push_str(&line);
-                self.log.push('\n');
-                if line.contains(marker) {
-                    return;
-                }
-            }
-        }
-        panic!("no {marker:?} in:\n{}", self.log);
-    }
-
-    /// SIGTERM; the exit code, which must come within the unit's 60 s grace.
-    fn stop(mut self) -> i32 {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -149,9 +76,9 @@ fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
 
-    let mut daemon = Daemon::start(&s, &env);
-    daemon.wait_log("fetched the day's papers");
-    daemon.wait_log("edition started");
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log_blocking("fetched the day's papers");
+    daemon.wait_log_blocking("edition started");
     for r in &readers {
         wait(&format!("the digest to {r}"), || {
             (mail_to(&maildir, r).len() == 1).then_some(())
@@ -197,13 +124,13 @@ fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
     browser.shows("You are unsubscribed");
     assert_eq!(s.subscriber(&readers[0]).unwrap()["status"], "unsubscribed");
 
-    assert_eq!(daemon.stop(), 0, "SIGTERM is a clean exit");
+    assert_eq!(daemon.stop_blocking().code, 0, "SIGTERM is a clean exit");
 
     // A restart finds the fire time handled and the papers in: nothing again.
-    let mut daemon = Daemon::start(&s, &env);
-    daemon.wait_log("paperpost is running");
-    daemon.wait_log("fire time already handled");
-    assert_eq!(daemon.stop(), 0);
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log_blocking("paperpost is running");
+    daemon.wait_log_blocking("fire time already handled");
+    assert_eq!(daemon.stop_blocking().code, 0);
     for r in &readers {
         assert_eq!(mail_to(&maildir, r).len(), 1, "{r} got another message");
     }

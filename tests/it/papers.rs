@@ -1,8 +1,6 @@
 //! `paperpost papers ...` against a real SQLite file, through the real binary.
 
-mod support;
-
-use support::{Sandbox, fixture};
+use crate::support::{Sandbox, fixture};
 
 fn sample() -> String {
     fixture("daily_papers-2024-03-11.json")

@@ -1,8 +1,8 @@
 //! Start-up configuration through the real binary: layers, errors, secrets.
 
-mod support;
+use crate::support;
 
-use support::Sandbox;
+use crate::support::Sandbox;
 
 #[test]
 fn invalid_values_stop_start_up_with_the_key_and_value() {
@@ -144,13 +144,12 @@ fn help_explains_the_commands() {
 #[test]
 fn demo_runs_on_the_embedded_defaults() {
     let s = Sandbox::new();
-    let out = s
-        .command()
-        .env_remove("PAPERPOST__SECURITY__SECRET")
-        .arg("demo")
-        .output()
-        .unwrap();
-    let out = support::Run::from(out);
+    let out = support::output_within(
+        s.command()
+            .env_remove("PAPERPOST__SECURITY__SECRET")
+            .arg("demo"),
+        support::RUN_LIMIT,
+    );
     let text = out.ok();
     assert!(text.contains("Selected 5 papers for 2024-03-11"), "{text}");
     assert!(text.contains("ada@example.org"), "{text}");

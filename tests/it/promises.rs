@@ -2,15 +2,11 @@
 //! connections, Message-IDs and the daemon's start and reload, each shown
 //! against the scriptable SMTP server and the real binary.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{
-    child::{
-        DATE, command, deliveries, email, finish, never_fires, run, setup, smtp_env, stop,
-        wait_for, wait_for_log, with,
-    },
+use crate::support::{
+    child::{DATE, deliveries, email, never_fires, run, setup, smtp_env, wait_for, with},
+    daemon::TestDaemon,
     smtp::{Action, Plan, SmtpServer},
 };
 
@@ -255,21 +251,18 @@ async fn the_daemon_finishes_an_unfinished_edition_at_start() {
     server.set_delay(Duration::from_millis(40));
     let s = setup(25);
     let env = smtp_env(server.port(), 2);
-    let mut send = command(&s, &env, &["send", "--date", DATE])
-        .spawn()
-        .unwrap();
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     wait_for("some messages", || server.accepted().len() >= 5).await;
-    send.start_kill().unwrap();
-    let _ = send.wait().await;
+    send.kill();
     // A schedule that does not fire: the daemon only resumes.
     let env = never_fires(env);
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("every reader", || server.counts().len() == 25).await;
     wait_for("the edition recorded as finished", || {
         deliveries(&s).values().all(|r| r["status"] == "sent")
     })
     .await;
-    let out = stop(daemon).await;
+    let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let duplicates: usize = server.counts().values().map(|n| n - 1).sum();
     assert!(duplicates <= 2, "{:?}", server.counts());
@@ -290,26 +283,24 @@ async fn sighup_applies_the_subscriber_file_and_a_broken_one_changes_nothing() {
         "PAPERPOST__SCHEDULE__CRON",
         "0 0 0 1 1 * 2099",
     );
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut daemon, "applied the subscriber file").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("applied the subscriber file").await;
     assert!(s.subscriber("ada@example.org").is_some());
-    let pid = daemon.id().unwrap() as i32;
 
     s.write(
         "config/subscribers.toml",
         format!("{FILE}\n[[subscriber]]\nemail = \"bob@example.org\"\n"),
     );
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    wait_for_log(&mut daemon, "applied the subscriber file").await;
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("applied the subscriber file").await;
     assert_eq!(s.subscriber("bob@example.org").unwrap()["status"], "active");
 
     s.write("config/subscribers.toml", "[[subscriber]\nemail = ");
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let seen = wait_for_log(&mut daemon, "cannot apply the subscriber file").await;
+    daemon.signal(libc::SIGHUP);
+    let seen = daemon.wait_log("cannot apply the subscriber file").await;
     assert!(seen.contains("subscribers.toml"), "{seen}");
     for who in ["ada@example.org", "bob@example.org"] {
         assert_eq!(s.subscriber(who).unwrap()["status"], "active", "{who}");
     }
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(finish(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
 }

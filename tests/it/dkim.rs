@@ -2,7 +2,7 @@
 //! with the public keys served by a DNS stub: the messages `send` writes are
 //! signed over the headers the README names, List-Id included.
 
-mod support;
+use crate::support;
 
 use std::{
     borrow::Borrow,
@@ -12,11 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::Sandbox;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
     common::{parse::TxtRecordParser, verify::DomainKey},
 };
-use support::Sandbox;
 
 /// The DNS stub: the TXT records it knows (as a resolver cache that is
 /// never empty for them), and nothing else.

@@ -2,7 +2,7 @@
 //! a temporary database: every route and its status paths, what the pages
 //! show, the security headers, and random requests that must never get a 5xx.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -857,7 +857,18 @@ mod fuzz {
         ])
     }
 
-    fn path() -> impl Strategy<Value = String> {
+    /// Paths: every route as it is, and compositions of route names,
+    /// hostile segments, token-shaped and random tails, and queries.
+    pub(super) fn path() -> impl Strategy<Value = String> {
+        let exact = prop::sample::select(vec![
+            "/",
+            "/subscribe",
+            "/healthz",
+            "/metrics",
+            "/style.css",
+            "/favicon.ico",
+        ])
+        .prop_map(str::to_string);
         let segment = prop::sample::select(vec![
             "unsubscribe",
             "resubscribe",
@@ -873,11 +884,56 @@ mod fuzz {
             "preview",
             "",
         ]);
-        (
-            prop::collection::vec(segment, 0..4),
-            "[a-zA-Z0-9%._~-]{0,80}",
-        )
-            .prop_map(|(segs, tail)| format!("/{}/{tail}", segs.join("/")))
+        let tail = prop_oneof![
+            Just(None),
+            "[0-9a-f]{64}".prop_map(Some),
+            "[a-zA-Z0-9%._~-]{0,80}".prop_map(Some),
+        ];
+        let query = prop::option::of("[a-zA-Z0-9=&%+._-]{0,60}");
+        let composed =
+            (prop::collection::vec(segment, 0..4), tail, query).prop_map(|(segs, tail, query)| {
+                let mut p = format!("/{}", segs.join("/"));
+                if let Some(t) = tail {
+                    if !p.ends_with('/') {
+                        p.push('/');
+                    }
+                    p.push_str(&t);
+                }
+                if let Some(q) = query {
+                    p.push('?');
+                    p.push_str(&q);
+                }
+                p
+            });
+        prop_oneof![1 => exact, 3 => composed]
+    }
+
+    /// The generator reaches every route, not only the 404 and the token
+    /// check (its paths used to end in a tail, always).
+    #[test]
+    fn the_paths_reach_every_route() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = path();
+        let seen: std::collections::HashSet<String> = (0..300)
+            .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+            .collect();
+        for route in ["/", "/subscribe", "/healthz", "/metrics", "/style.css"] {
+            assert!(seen.contains(route), "{route} never generated");
+        }
+        for prefix in [
+            "/unsubscribe/",
+            "/preferences/",
+            "/confirm/",
+            "/resubscribe/",
+        ] {
+            assert!(
+                seen.iter().any(|p| p.starts_with(prefix)
+                    && p[prefix.len()..].len() == 64
+                    && p[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())),
+                "no token-shaped {prefix}"
+            );
+        }
     }
 
     proptest! {
@@ -904,7 +960,9 @@ mod fuzz {
             if !ct.is_empty() {
                 req = req.header(header::CONTENT_TYPE, ct);
             }
-            let req = req.header(header::USER_AGENT, ua.as_str()).body(Body::from(body)).unwrap();
+            let mut req = req.header(header::USER_AGENT, ua.as_str()).body(Body::from(body)).unwrap();
+            // A client from the internet, not loopback: the limiter applies.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([203, 0, 113, 7], 40000))));
             let r = rt.block_on(site.request(req));
             prop_assert!(r.status.as_u16() < 500, "{m} {p}: {}", r.status);
         }

@@ -2,13 +2,14 @@
 //! upgrade (and refuse a database from a newer paperpost), and ask whether it
 //! is healthy as a container health check does.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{
+use crate::support::{
     Sandbox,
-    child::{DATE, command, queue_edition, setup, smtp_env, stop, wait_for, wait_for_log, with},
+    child::{DATE, queue_edition, setup, smtp_env, wait_for, with},
+    daemon::TestDaemon,
     smtp::SmtpServer,
 };
 
@@ -23,14 +24,14 @@ async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() 
         "0 0 0 1 1 * 2099",
     );
     queue_edition(&s, DATE).await;
-    let daemon = command(&s, &env, &["run"]).spawn().unwrap();
+    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("the edition under way", || server.accepted().len() >= 5).await;
     let copy = s.path("backup.db");
     let out = s.run(&["backup", copy.to_str().unwrap()]);
     assert!(out.ok().contains("Backed up"), "{}", out.stdout);
     let again = s.run(&["backup", copy.to_str().unwrap()]);
     assert!(again.fails().contains("exists already"), "{}", again.stderr);
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
 
     // Restore: the copy replaces the database (the WAL files go with it).
     for ext in ["", "-wal", "-shm"] {
@@ -83,12 +84,12 @@ async fn healthcheck_exits_0_while_the_daemon_is_healthy_and_1_when_it_is_gone()
     let bind = format!("0.0.0.0:{}", support::http::free_port());
     let env = with(vec![], "PAPERPOST__HTTP__BIND", &bind);
     let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    wait_for_log(&mut daemon, "paperpost is running").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("paperpost is running").await;
     let check = |env: &[(&str, &str)]| s.run_env(env, &["healthcheck"]);
     let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
     assert!(out.ok().contains("/healthz: ok"), "{}", out.stdout);
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     let out = check(&[("PAPERPOST__HTTP__BIND", &bind)]);
     assert!(out.fails().contains("does not answer"), "{}", out.stderr);
 }

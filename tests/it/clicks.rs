@@ -11,26 +11,16 @@
 //! Needs chromium, chromedriver and Postfix (installed by .ci/run); without
 //! them the test is skipped with a message, except under CI, where it fails.
 
-mod support;
+use crate::support;
 
-use std::process::Child;
-
-use mail_parser::MessageParser;
-use serde_json::Value;
-use support::{
+use crate::support::{
     Sandbox,
     browser::{Browser, link_in, nth_mail, tools},
+    daemon::TestDaemon,
     http,
 };
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use mail_parser::MessageParser;
+use serde_json::Value;
 
 #[test]
 fn a_reader_changes_preferences_unsubscribes_and_a_newcomer_subscribes_in_a_browser() {
@@ -70,13 +60,11 @@ fn a_reader_changes_preferences_unsubscribes_and_a_newcomer_subscribes_in_a_brow
     assert!(edition("2024-03-11").contains("1 sent"));
     let first = nth_mail(&maildir, &reader, 1);
     assert_eq!(papers_in(&first), 5);
-    let _server = Server(
-        s.command()
-            .envs(env.iter().copied())
-            .arg("serve")
-            .spawn()
-            .unwrap(),
-    );
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let _server = TestDaemon::spawn(&s, &owned, &["serve"]);
     http::wait_healthy(&web);
     let browser = Browser::start();
 

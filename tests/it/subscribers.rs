@@ -1,8 +1,8 @@
 //! `paperpost subscribers ...` against a real SQLite file, through the real binary.
 
-mod support;
+use crate::support;
 
-use support::Sandbox;
+use crate::support::Sandbox;
 
 #[test]
 fn add_list_edit_remove() {
@@ -730,14 +730,13 @@ fn crlf_files_report_the_right_line() {
 fn on_a_first_run_the_error_comes_first() {
     let s = Sandbox::new();
     let f = s.write("bad.csv", "email\nnot-an-email\n");
-    let out: support::Run = s
-        .command()
-        .env_remove("PAPERPOST__SECURITY__SECRET")
-        .env("PAPERPOST__LOG__LEVEL", "info")
-        .args(["subscribers", "import", f.to_str().unwrap()])
-        .output()
-        .unwrap()
-        .into();
+    let out = support::output_within(
+        s.command()
+            .env_remove("PAPERPOST__SECURITY__SECRET")
+            .env("PAPERPOST__LOG__LEVEL", "info")
+            .args(["subscribers", "import", f.to_str().unwrap()]),
+        support::RUN_LIMIT,
+    );
     assert!(
         out.first_error_line().contains("bad.csv:2: email"),
         "{}",

@@ -5,7 +5,7 @@
 //! Needs Debian's `chromium` (installed by .ci/run). Without it the test is
 //! skipped with a message, except under CI (CI=true), where it fails.
 
-mod support;
+use crate::support;
 
 use std::{path::PathBuf, process::Command};
 

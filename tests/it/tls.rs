@@ -2,9 +2,9 @@
 //! certificate from a private CA (`mail.smtp.ca_file`), driving the real
 //! binary: the password only ever travels encrypted.
 
-mod support;
+use crate::support;
 
-use support::{
+use crate::support::{
     Run, Sandbox,
     child::{DATE, run, setup, smtp_env},
     smtp::{SmtpServer, Tls},

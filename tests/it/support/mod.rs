@@ -1,8 +1,8 @@
 //! Shared helpers for the integration tests.
-#![allow(dead_code)]
 
 pub mod browser;
 pub mod child;
+pub mod daemon;
 pub mod http;
 pub mod smtp;
 
@@ -64,6 +64,51 @@ impl From<Output> for Run {
     }
 }
 
+/// How long a command may run before the test kills it and fails: a hung
+/// command must fail its test, not hang CI until its own limit.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs a command to its end, killing it (and failing) after `limit`.
+#[track_caller]
+pub fn output_within(c: &mut std::process::Command, limit: std::time::Duration) -> Run {
+    use std::{io::Read, process::Stdio, time::Instant};
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{c:?} did not finish within {limit:?}; stderr:\n{}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 
 impl Sandbox {
@@ -120,22 +165,18 @@ impl Sandbox {
         c
     }
 
-    /// Runs `paperpost ARGS...` in the sandbox.
+    /// Runs `paperpost ARGS...` in the sandbox (120 s at most).
     pub fn run(&self, args: &[&str]) -> Run {
-        self.command()
-            .args(args)
-            .output()
-            .expect("run paperpost")
-            .into()
+        self.run_env(&[], args)
     }
 
-    /// Runs with extra environment variables.
+    /// Runs with extra environment variables (120 s at most).
     pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let mut c = self.command();
         for (k, v) in env {
             c.env(k, v);
         }
-        c.args(args).output().expect("run paperpost").into()
+        output_within(c.args(args), RUN_LIMIT)
     }
 
     /// `subscribers list --json`, parsed.

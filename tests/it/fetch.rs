@@ -2,18 +2,19 @@
 //! against a local HTTP server that serves the sample daily_papers JSON and
 //! each kind of failure.
 
-mod support;
+use crate::support;
 
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
-use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
-use support::{
+use crate::support::{
     Sandbox,
-    child::{command, listening_addr, never_fires, stop, wait_for, wait_for_log, with},
+    child::{listening_addr, never_fires, wait_for, with},
+    daemon::TestDaemon,
 };
+use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
 
 const DATE: &str = "2024-03-11";
 
@@ -195,8 +196,8 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
     let env = with(env, "PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0");
     let env = with(env, "PAPERPOST__SCHEDULE__CRON", "*/2 * * * * *");
     let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    let seen = wait_for_log(&mut daemon, "fetched the day's papers").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    let seen = daemon.wait_log("fetched the day's papers").await;
     assert!(seen.contains("5 papers selected"), "{seen}");
     // /metrics counts it.
     let addr = listening_addr(&seen);
@@ -222,7 +223,7 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
         })
     })
     .await;
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     assert_eq!(source.hits(), 1, "fetched once");
 }
 
@@ -239,13 +240,13 @@ async fn the_daemon_tries_a_failed_fetch_again() {
     let env = with(env, "PAPERPOST__PAPERS__FETCH_RETRY", "1s");
     let env = never_fires(env);
     let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
-    let mut daemon = command(&s, &env, &["run"]).spawn().unwrap();
-    let seen = wait_for_log(&mut daemon, "fetched the day's papers").await;
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    let seen = daemon.wait_log("fetched the day's papers").await;
     assert!(seen.contains("answered HTTP 502"), "{seen}");
     assert!(
         seen.contains("cannot fetch the day's papers; nothing changed"),
         "{seen}"
     );
-    assert_eq!(stop(daemon).await.code, 0);
+    assert_eq!(daemon.stop().await.code, 0);
     assert_eq!(source.hits(), 4);
 }

@@ -1,7 +1,7 @@
 //! Rendering and message building: the HTML parsed with an HTML parser, the
 //! message parsed back with a MIME parser, hostile input, and limits.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use super::{Run, Sandbox};
 
@@ -46,7 +46,7 @@ pub fn setup(n: usize) -> Sandbox {
     s
 }
 
-pub fn command(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Command {
+fn command(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Command {
     let mut c = Command::from(s.command());
     c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(args);
@@ -74,36 +74,6 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-pub async fn finish(child: Child) -> Run {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exited within 60 s")
-        .unwrap()
-        .into()
-}
-
-/// Reads a child's standard error until a line contains `marker` (30 s at
-/// most); returns everything read.
-pub async fn wait_for_log(child: &mut Child, marker: &str) -> String {
-    use tokio::io::AsyncBufReadExt;
-    let stderr = child.stderr.as_mut().expect("stderr piped");
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(marker) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(found, Ok(true)), "no {marker:?} in:\n{seen}");
-    seen
-}
-
 /// Each delivery row of DATE, by email.
 pub fn deliveries(s: &Sandbox) -> HashMap<String, serde_json::Value> {
     let out = s.run(&["deliveries", "--date", DATE, "--json"]);
@@ -118,13 +88,6 @@ pub fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
     env.retain(|(k, _)| k != key);
     env.push((key.to_string(), value.to_string()));
     env
-}
-
-/// SIGTERM to a running daemon, then its output once it exits.
-pub async fn stop(child: Child) -> Run {
-    // SAFETY: sends a signal to our own child process.
-    unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) };
-    finish(child).await
 }
 
 /// Queues `date`'s edition for every active subscriber, due now, as a fire
