@@ -24,9 +24,10 @@ use serde_json::Value;
 
 #[test]
 fn a_reader_changes_preferences_unsubscribes_and_a_newcomer_subscribes_in_a_browser() {
-    let Some((host, port, maildir)) = tools() else {
+    let Some(postfix) = tools() else {
         return;
     };
+    let maildir = postfix.maildir.clone();
     let s = Sandbox::with_sample_papers();
     let id = format!("{:x}", chrono::Utc::now().timestamp_micros());
     let reader = format!("click{id}-reader@example.org");
@@ -34,15 +35,12 @@ fn a_reader_changes_preferences_unsubscribes_and_a_newcomer_subscribes_in_a_brow
     s.run(&["subscribers", "add", &reader, "--max-papers", "5"])
         .ok();
     let web = format!("127.0.0.1:{}", http::free_port());
-    let env = [
-        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
-        ("PAPERPOST__MAIL__SMTP__HOST", host),
-        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
-        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
-        ("PAPERPOST__HTTP__BIND", web.clone()),
-        ("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{web}")),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env = postfix.env();
+    env.push(("PAPERPOST__HTTP__BIND".into(), web.clone()));
+    env.push((
+        "PAPERPOST__HTTP__PUBLIC_URL".into(),
+        format!("http://{web}"),
+    ));
     let sample = support::fixture("daily_papers-2024-03-11.json");
     let edition = |date: &str| {
         s.run(&["papers", "import", sample.to_str().unwrap(), "--date", date])
@@ -60,11 +58,7 @@ fn a_reader_changes_preferences_unsubscribes_and_a_newcomer_subscribes_in_a_brow
     assert!(edition("2024-03-11").contains("1 sent"));
     let first = nth_mail(&maildir, &reader, 1);
     assert_eq!(papers_in(&first), 5);
-    let owned: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let _server = TestDaemon::spawn(&s, &owned, &["serve"]);
+    let _server = TestDaemon::spawn(&s, &env, &["serve"]);
     http::wait_healthy(&web);
     let browser = Browser::start();
 

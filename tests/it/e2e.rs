@@ -9,40 +9,23 @@
 //! Needs Postfix, chromium and chromedriver (installed by .ci/run); skipped
 //! without them, except under CI, where it fails.
 
-use crate::support;
-
 use crate::support::{
     Sandbox,
     browser::{Browser, link_in, mail_to, tools, wait},
     daemon::TestDaemon,
     http,
+    source::PapersSource,
 };
 use chrono::Timelike;
 use mail_parser::{MessageParser, MimeHeaders};
 
-/// The daily_papers source, on a runtime of its own.
-fn serve_sample() -> (tokio::runtime::Runtime, u16) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sample = std::fs::read(support::fixture("daily_papers-2024-03-11.json")).unwrap();
-    let port = rt.block_on(async {
-        let app = axum::Router::new().route(
-            "/api/daily_papers",
-            axum::routing::get(move || async move { sample }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        port
-    });
-    (rt, port)
-}
-
 #[test]
 fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
-    let Some((host, port, maildir)) = tools() else {
+    let Some(postfix) = tools() else {
         return;
     };
-    let (_source_rt, source_port) = serve_sample();
+    let maildir = postfix.maildir.clone();
+    let source = PapersSource::start();
     let s = Sandbox::new();
     let id = format!("{:x}", chrono::Utc::now().timestamp_micros());
     let readers: Vec<String> = (0..5).map(|i| format!("e2e{id}-{i}@example.org")).collect();
@@ -53,28 +36,22 @@ fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
     // The edition fires once, a few seconds from now.
     let at = chrono::Utc::now() + chrono::Duration::seconds(8);
     let cron = format!("{} {} {} * * *", at.second(), at.minute(), at.hour());
-    let env: Vec<(String, String)> = [
-        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
-        ("PAPERPOST__MAIL__SMTP__HOST", host.clone()),
-        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
-        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
-        (
-            "PAPERPOST__MAIL__FROM",
-            "Paperpost <digest@paperpost-ci.localdomain>".into(),
-        ),
-        (
-            "PAPERPOST__PAPERS__SOURCE_URL",
-            format!("http://127.0.0.1:{source_port}/api/daily_papers?date={{date}}"),
-        ),
-        ("PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0".into()),
-        ("PAPERPOST__SCHEDULE__CRON", cron),
-        ("PAPERPOST__HTTP__BIND", web.clone()),
-        ("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{web}")),
-        ("PAPERPOST__LOG__LEVEL", "info".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = postfix.env();
+    env.extend(
+        [
+            (
+                "PAPERPOST__MAIL__FROM",
+                "Paperpost <digest@paperpost-ci.localdomain>".into(),
+            ),
+            ("PAPERPOST__PAPERS__SOURCE_URL", source.sample_url()),
+            ("PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0".into()),
+            ("PAPERPOST__SCHEDULE__CRON", cron),
+            ("PAPERPOST__HTTP__BIND", web.clone()),
+            ("PAPERPOST__HTTP__PUBLIC_URL", format!("http://{web}")),
+            ("PAPERPOST__LOG__LEVEL", "info".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
 
     let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     daemon.wait_log_blocking("fetched the day's papers");
@@ -131,6 +108,8 @@ fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
     daemon.wait_log_blocking("paperpost is running");
     daemon.wait_log_blocking("fire time already handled");
     assert_eq!(daemon.stop_blocking().code, 0);
+    // Whatever the restart handed Postfix has been delivered by now.
+    postfix.wait_drained("the queue", || true);
     for r in &readers {
         assert_eq!(mail_to(&maildir, r).len(), 1, "{r} got another message");
     }

@@ -4,96 +4,14 @@
 
 use crate::support;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
-
 use crate::support::{
     Sandbox,
-    child::{listening_addr, never_fires, wait_for, with},
+    child::{never_fires, wait_for, with},
     daemon::TestDaemon,
+    source::PapersSource,
 };
-use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
 
 const DATE: &str = "2024-03-11";
-
-/// The local source: every route counts its requests.
-struct Source {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Source {
-    async fn start() -> Self {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let sample = std::fs::read(support::fixture("daily_papers-2024-03-11.json")).unwrap();
-        let app = Router::new()
-            .route(
-                "/api/daily_papers",
-                get({
-                    let sample = sample.clone();
-                    move || async move { sample }
-                }),
-            )
-            .route(
-                "/flaky",
-                get({
-                    let calls = Arc::new(AtomicUsize::new(0));
-                    move || async move {
-                        // One fetch (three requests) fails, the next works.
-                        if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                            Err(StatusCode::BAD_GATEWAY)
-                        } else {
-                            Ok(sample)
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/error",
-                get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
-            )
-            .route("/bad", get(|| async { "<html>this is not JSON</html>" }))
-            .route(
-                "/huge",
-                get(|| async {
-                    // 100 MB, streamed without a length.
-                    let chunk = axum::body::Bytes::from(vec![b' '; 1024 * 1024]);
-                    let chunks = futures_util::stream::iter(
-                        (0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-                    );
-                    Body::from_stream(chunks)
-                }),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&hits),
-                count,
-            ))
-            .with_state(());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Source { port, hits }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn count(
-    State(hits): State<Arc<AtomicUsize>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    hits.fetch_add(1, Ordering::SeqCst);
-    next.run(req).await
-}
 
 fn fetch(s: &Sandbox, url: &str, extra: &[(&str, &str)]) -> support::Run {
     let mut env = vec![("PAPERPOST__PAPERS__SOURCE_URL", url)];
@@ -107,9 +25,9 @@ fn selected(s: &Sandbox) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_selects_the_days_papers_as_an_import_would() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::new();
-    let url = source.url("/api/daily_papers?date={date}");
+    let url = source.sample_url();
     let out = fetch(&s, &url, &[]);
     assert!(
         out.ok().contains("2024-03-11: 5 papers selected"),
@@ -124,20 +42,20 @@ async fn a_fetch_selects_the_days_papers_as_an_import_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_select_keeps_the_top_papers_by_upvotes() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::new();
-    let url = source.url("/api/daily_papers?date={date}");
+    let url = source.sample_url();
     fetch(&s, &url, &[("PAPERPOST__PAPERS__AUTO_SELECT", "3")]).ok();
     assert_eq!(selected(&s), ["2406.05981", "2310.01728", "2406.11944"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_never_replaces_the_editors_selection() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::with_sample_papers();
     s.run(&["papers", "select", "--date", DATE, "2403.06410"])
         .ok();
-    let url = source.url("/api/daily_papers?date={date}");
+    let url = source.sample_url();
     let out = fetch(&s, &url, &[]);
     assert!(
         out.ok().contains("the editor's selection is kept"),
@@ -149,29 +67,39 @@ async fn a_fetch_never_replaces_the_editors_selection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fetches_say_why_change_nothing_and_show_in_status() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::new();
     // A selection an earlier fetch made, which a failure must not touch.
     fetch(
         &s,
-        &source.url("/api/daily_papers?date={date}"),
+        &source.sample_url(),
         &[("PAPERPOST__PAPERS__AUTO_SELECT", "2")],
     )
     .ok();
     let before = selected(&s);
     let closed = support::http::free_port();
+    // (url, why, requests made, "trying again" warnings): what may pass
+    // (5xx, 429, no answer, nobody listening) is tried three times.
     let cases = [
-        (source.url("/error"), "answered HTTP 500", 3),
-        (source.url("/bad"), "did not send daily_papers JSON", 1),
-        (source.url("/huge"), "more than 16 MB", 1),
-        (format!("http://127.0.0.1:{closed}/x"), "cannot reach", 0),
+        (source.url("/error"), "answered HTTP 500", 3, 2),
+        (source.url("/busy"), "answered HTTP 429", 3, 2),
+        (source.url("/stall"), "timed out", 3, 2),
+        (source.url("/bad"), "did not send daily_papers JSON", 1, 0),
+        (source.url("/huge"), "more than 16 MB", 1, 0),
+        (format!("http://127.0.0.1:{closed}/x"), "cannot reach", 0, 2),
     ];
-    for (url, why, requests) in cases {
+    for (url, why, requests, retries) in cases {
         let hits = source.hits();
-        let out = fetch(&s, &url, &[]);
+        let out = fetch(&s, &url, &[("PAPERPOST__PAPERS__FETCH_TIMEOUT", "1s")]);
         assert!(out.fails().contains(why), "{url}: {}", out.stderr);
         assert!(out.first_error_line().contains(&url), "{}", out.stderr);
         assert_eq!(source.hits() - hits, requests, "{url}: requests");
+        assert_eq!(
+            out.stderr.matches("trying again").count(),
+            retries,
+            "{url}: {}",
+            out.stderr
+        );
         assert_eq!(selected(&s), before, "{url} changed the selection");
         let status = s.run(&["status"]);
         assert!(
@@ -182,16 +110,59 @@ async fn failed_fetches_say_why_change_nothing_and_show_in_status() {
     }
 }
 
+/// Once an edition has started, its selection is what its readers get: a
+/// later fetch for that date changes nothing.
+#[test]
+fn a_fetch_never_replaces_a_started_edition() {
+    let source = PapersSource::start();
+    let s = Sandbox::new();
+    s.run(&["subscribers", "add", "ada@example.org"]).ok();
+    let top2 = [("PAPERPOST__PAPERS__AUTO_SELECT", "2")];
+    fetch(&s, &source.sample_url(), &top2).ok();
+    let before = selected(&s);
+    assert_eq!(before.len(), 2);
+    s.run(&["send", "--date", DATE]).ok();
+    let out = fetch(&s, &source.sample_url(), &[]);
+    assert!(out.ok().contains("nothing changed"), "{}", out.stdout);
+    assert_eq!(
+        selected(&s),
+        before,
+        "a started edition's selection changed"
+    );
+}
+
+/// `papers.fetch_cron` fetches again while the daemon runs, not only at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_fetches_at_each_fetch_time() {
+    let source = PapersSource::start();
+    let s = Sandbox::new();
+    let env = with(
+        vec![],
+        "PAPERPOST__PAPERS__SOURCE_URL",
+        &source.sample_url(),
+    );
+    let env = with(env, "PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0");
+    let env = with(env, "PAPERPOST__PAPERS__FETCH_CRON", "*/2 * * * * *");
+    let env = never_fires(with(env, "PAPERPOST__LOG__LEVEL", "info"));
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    // Once at start, then at fetch times: two more.
+    for _ in 0..3 {
+        daemon.wait_log("fetched the day's papers").await;
+    }
+    assert_eq!(daemon.stop().await.code, 0);
+    assert!(source.hits() >= 3, "{} requests", source.hits());
+}
+
 /// The daemon fetches by itself at start (nothing is selected for the day
 /// yet), and the edition goes out at the next fire with no import by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_fetches_the_days_papers_and_sends_them() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::new();
     for who in ["ada@example.org", "bob@example.org"] {
         s.run(&["subscribers", "add", who]).ok();
     }
-    let url = source.url("/api/daily_papers?date={date}");
+    let url = source.sample_url();
     let env = with(vec![], "PAPERPOST__PAPERS__SOURCE_URL", &url);
     let env = with(env, "PAPERPOST__PAPERS__FETCH_DAYS_AGO", "0");
     let env = with(env, "PAPERPOST__SCHEDULE__CRON", "*/2 * * * * *");
@@ -200,7 +171,7 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
     let seen = daemon.wait_log("fetched the day's papers").await;
     assert!(seen.contains("5 papers selected"), "{seen}");
     // /metrics counts it.
-    let addr = listening_addr(&seen);
+    let addr = daemon.addr().await;
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
@@ -230,7 +201,7 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
 /// A fetch that fails at start is tried again after papers.fetch_retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_tries_a_failed_fetch_again() {
-    let source = Source::start().await;
+    let source = PapersSource::start();
     let s = Sandbox::new();
     let env = with(
         vec![],

@@ -7,9 +7,9 @@ use crate::support;
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
 use crate::support::{
-    http,
     child::{DATE, never_fires, queue_edition, setup, smtp_env, wait_for, with},
     daemon::TestDaemon,
+    http,
     smtp::SmtpServer,
 };
 
@@ -47,6 +47,78 @@ impl NotifySocket {
     fn has(&mut self, line: &str) -> bool {
         self.drain().iter().any(|l| l.starts_with(line))
     }
+
+    fn count(&mut self, line: &str) -> usize {
+        self.drain().iter().filter(|l| l.starts_with(line)).count()
+    }
+}
+
+/// `GET /healthz` on `addr`: the status and the body.
+async fn health(addr: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Polls `/healthz` (30 s at most) until it answers `status`.
+async fn wait_health(addr: &str, status: u16) -> String {
+    for _ in 0..300 {
+        let (got, body) = health(addr).await;
+        if got == status {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/healthz never answered {status}");
+}
+
+/// A sending daemon that cannot renew its lock (another process holds the
+/// database's write lock for longer than the lock's TTL) is unhealthy over
+/// HTTP (503, with the reason), to `paperpost healthcheck` (exit 1) and to
+/// the watchdog (no pings); all three recover when the database frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_cannot_renew_its_lock_is_unhealthy_until_it_can() {
+    let s = setup(1);
+    let mut notify = NotifySocket::new();
+    let bind = format!("127.0.0.1:{}", http::free_port());
+    let env = with(vec![], "PAPERPOST__HTTP__BIND", &bind);
+    let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
+    let env = with(env, "PAPERPOST__DATABASE__BUSY_TIMEOUT", "200ms");
+    let env = with(env, "NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    let env = with(env, "WATCHDOG_USEC", "1000000");
+    let env = never_fires(with(env, "PAPERPOST__LOG__LEVEL", "info"));
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("paperpost is running").await;
+    assert_eq!(health(&bind).await, (200, "ok\n".to_string()));
+    // Pinged again and again (every half second), not once.
+    wait_for("three watchdog pings", || notify.count("WATCHDOG=1") >= 3).await;
+
+    let pool = s.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    daemon
+        .wait_log("cannot renew the sending lock within its TTL")
+        .await;
+    let body = wait_health(&bind, 503).await;
+    assert_eq!(body, "unhealthy: the scheduler lock is not held\n");
+    let check = s.run_env(&[("PAPERPOST__HTTP__BIND", &bind)], &["healthcheck"]);
+    assert!(check.fails().contains("503"), "{}", check.stderr);
+    let pings = notify.count("WATCHDOG=1");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(notify.count("WATCHDOG=1"), pings, "pinged while unhealthy");
+
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    daemon.wait_log("sending resumes").await;
+    wait_health(&bind, 200).await;
+    wait_for("pings again", || notify.count("WATCHDOG=1") > pings).await;
+    let check = s.run_env(&[("PAPERPOST__HTTP__BIND", &bind)], &["healthcheck"]);
+    check.ok();
+    assert_eq!(daemon.stop().await.code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +182,11 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
     queue_edition(&s, "2024-03-12").await;
     wait_for("the next edition", || server.accepted().len() == 6).await;
     let health = reqwest::get(format!("http://{web}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 200, "the web endpoint answers after the takeover");
+    assert_eq!(
+        health.status(),
+        200,
+        "the web endpoint answers after the takeover"
+    );
     assert_eq!(health.text().await.unwrap(), "ok\n");
     assert_eq!(second.stop().await.code, 0);
     assert!(

@@ -8,33 +8,10 @@
 
 use crate::support;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::collections::HashMap;
 
-use crate::support::Sandbox;
+use crate::support::{Sandbox, postfix::Postfix};
 use mail_parser::MessageParser;
-
-fn postfix() -> Option<(String, u16, PathBuf)> {
-    let smtp = std::env::var("PAPERPOST_POSTFIX_SMTP").ok();
-    let maildir = std::env::var("PAPERPOST_POSTFIX_MAILDIR").ok();
-    match (smtp, maildir) {
-        (Some(smtp), Some(dir)) => {
-            let (host, port) = smtp.rsplit_once(':').expect("HOST:PORT");
-            Some((
-                host.to_string(),
-                port.parse().expect("a port"),
-                PathBuf::from(dir),
-            ))
-        }
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run Postfix: see .ci/postfix.sh (PAPERPOST_POSTFIX_SMTP/PAPERPOST_POSTFIX_MAILDIR unset)"
-            );
-            eprintln!("SKIPPED: no Postfix (run .ci/postfix.sh and export what it prints)");
-            None
-        }
-    }
-}
 
 /// Messages in the Maildir delivered to one of `wanted`, by recipient.
 fn delivered(maildir: &std::path::Path, wanted: &[String]) -> HashMap<String, Vec<Vec<u8>>> {
@@ -65,7 +42,7 @@ fn delivered(maildir: &std::path::Path, wanted: &[String]) -> HashMap<String, Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edition_through_postfix_arrives_once_per_subscriber() {
-    let Some((host, port, maildir)) = postfix() else {
+    let Some(postfix) = Postfix::require(false) else {
         return;
     };
     let s = Sandbox::with_sample_papers();
@@ -82,18 +59,12 @@ async fn an_edition_through_postfix_arrives_once_per_subscriber() {
     let f = s.write("subs.csv", csv);
     s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
 
-    let env = [
-        ("PAPERPOST__MAIL__TRANSPORT", "smtp".to_string()),
-        ("PAPERPOST__MAIL__SMTP__HOST", host.clone()),
-        ("PAPERPOST__MAIL__SMTP__PORT", port.to_string()),
-        ("PAPERPOST__MAIL__SMTP__TLS", "none".into()),
-        ("PAPERPOST__MAIL__CONCURRENCY", "4".into()),
-        (
-            "PAPERPOST__HTTP__PUBLIC_URL",
-            "https://papers.example.net/pp".into(),
-        ),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env = postfix.env();
+    env.push(("PAPERPOST__MAIL__CONCURRENCY".into(), "4".into()));
+    env.push((
+        "PAPERPOST__HTTP__PUBLIC_URL".into(),
+        "https://papers.example.net/pp".into(),
+    ));
     let out = s.run_env(&env, &["send", "--date", "2024-03-11"]);
     assert!(
         out.ok().contains("25 sent, 0 failed"),
@@ -104,20 +75,10 @@ async fn an_edition_through_postfix_arrives_once_per_subscriber() {
 
     // Postfix delivers asynchronously: wait until every message is in and
     // its queue is empty, so a duplicate would have landed too.
-    let queue_empty = || {
-        std::process::Command::new("postqueue")
-            .arg("-j")
-            .output()
-            .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
-    };
-    for _ in 0..300 {
-        if delivered(&maildir, &emails).len() == emails.len() && queue_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(queue_empty(), "Postfix still holds mail after 30 s");
-    let got = delivered(&maildir, &emails);
+    postfix.wait_drained("every message", || {
+        delivered(&postfix.maildir, &emails).len() == emails.len()
+    });
+    let got = delivered(&postfix.maildir, &emails);
     assert_eq!(
         got.len(),
         emails.len(),

@@ -768,15 +768,35 @@ async fn health_and_metrics() {
 
 #[tokio::test]
 async fn a_sending_process_whose_scheduler_stalled_is_unhealthy() {
-    let live = Liveness::sending(std::time::Duration::from_secs(30));
+    use paperpost::web::health::SCHEDULER_TICK;
+    let tick = SCHEDULER_TICK.as_millis() as i64;
     let now = store::now_ms();
+    let live = Liveness::sending(std::time::Duration::from_secs(30));
     assert_eq!(live.problem(now), Some("the scheduler lock is not held"));
     live.lock_held();
     assert_eq!(live.problem(now), Some("the scheduler is not running"));
     live.scheduler_alive();
-    assert_eq!(live.problem(store::now_ms()), None);
+    let at = store::now_ms();
+    assert_eq!(live.problem(at), None);
+    // Time passes with no renewal: the lock is seen not held after its TTL.
+    assert_eq!(live.problem(at + 29_000), None);
     assert_eq!(
-        Liveness::default().problem(now),
+        live.problem(at + 31_000),
+        Some("the scheduler lock is not held")
+    );
+    // With a lock that lasts, a scheduler that stopped going round is seen
+    // after three ticks.
+    let live = Liveness::sending(std::time::Duration::from_secs(3600));
+    live.lock_held();
+    live.scheduler_alive();
+    let at = store::now_ms();
+    assert_eq!(live.problem(at + 3 * tick - 1_000), None);
+    assert_eq!(
+        live.problem(at + 3 * tick + 1_000),
+        Some("the scheduler is not running")
+    );
+    assert_eq!(
+        Liveness::default().problem(now + 10 * tick),
         None,
         "serve alone sends nothing"
     );
@@ -905,7 +925,12 @@ mod fuzz {
                 }
                 p
             });
-        prop_oneof![1 => exact, 3 => composed]
+        let tokened = (
+            prop::sample::select(vec!["unsubscribe", "resubscribe", "preferences", "confirm"]),
+            "[0-9a-f]{64}",
+        )
+            .prop_map(|(route, token)| format!("/{route}/{token}"));
+        prop_oneof![1 => exact, 1 => tokened, 3 => composed]
     }
 
     /// The generator reaches every route, not only the 404 and the token

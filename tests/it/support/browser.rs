@@ -2,7 +2,7 @@
 //! the Maildir Postfix delivers to: for the click-through and end-to-end tests.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,25 +11,9 @@ use serde_json::{Value, json};
 
 use super::http;
 
-pub fn tools() -> Option<(String, u16, PathBuf)> {
-    let smtp = std::env::var("PAPERPOST_POSTFIX_SMTP").ok();
-    let maildir = std::env::var("PAPERPOST_POSTFIX_MAILDIR").ok();
-    let have =
-        Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists();
-    match (smtp, maildir, have) {
-        (Some(smtp), Some(dir), true) => {
-            let (host, port) = smtp.rsplit_once(':').expect("HOST:PORT");
-            Some((host.into(), port.parse().unwrap(), dir.into()))
-        }
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide chromium, chromedriver and Postfix (see .ci/run)"
-            );
-            eprintln!("SKIPPED: needs chromium, chromedriver and Postfix (.ci/postfix.sh)");
-            None
-        }
-    }
+/// Postfix, chromium and chromedriver, or `None` (see `Postfix::require`).
+pub fn tools() -> Option<super::postfix::Postfix> {
+    super::postfix::Postfix::require(true)
 }
 
 /// Polls `f` every 100 ms for up to 30 s.

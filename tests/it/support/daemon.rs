@@ -67,11 +67,6 @@ impl TestDaemon {
         self.child.id() as i32
     }
 
-    /// Everything it has logged that a wait has read.
-    pub fn log(&self) -> &str {
-        &self.log
-    }
-
     /// Sends a signal (SIGHUP, SIGTERM, SIGKILL, SIGSTOP...).
     pub fn signal(&self, sig: i32) {
         // SAFETY: a signal to our own child process, which is not reaped

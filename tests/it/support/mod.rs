@@ -4,7 +4,9 @@ pub mod browser;
 pub mod child;
 pub mod daemon;
 pub mod http;
+pub mod postfix;
 pub mod smtp;
+pub mod source;
 
 use std::{
     path::{Path, PathBuf},
@@ -167,14 +169,14 @@ impl Sandbox {
 
     /// Runs `paperpost ARGS...` in the sandbox (120 s at most).
     pub fn run(&self, args: &[&str]) -> Run {
-        self.run_env(&[], args)
+        self.run_env::<&str, &str>(&[], args)
     }
 
     /// Runs with extra environment variables (120 s at most).
-    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+    pub fn run_env<K: AsRef<str>, V: AsRef<str>>(&self, env: &[(K, V)], args: &[&str]) -> Run {
         let mut c = self.command();
         for (k, v) in env {
-            c.env(k, v);
+            c.env(k.as_ref(), v.as_ref());
         }
         output_within(c.args(args), RUN_LIMIT)
     }

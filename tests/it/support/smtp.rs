@@ -373,17 +373,6 @@ impl SmtpServer {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
-
-    /// Stops, then listens again on the same port with the same script and records.
-    pub async fn restart(&self) -> Self {
-        self.stop();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let script = self.script.lock().unwrap().clone();
-        let s =
-            Self::start_with(self.addr, script, self.state.clone(), self.security.clone()).await;
-        *s.delay.lock().unwrap() = *self.delay.lock().unwrap();
-        s
-    }
 }
 
 fn addr_of(arg: &str) -> String {

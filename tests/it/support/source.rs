@@ -1,0 +1,113 @@
+//! A daily_papers source on loopback, on a runtime of its own (so that
+//! tests with or without one can use it): the sample file, and each kind of
+//! failure a real source shows. Every request is counted.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{Router, body::Body, extract::State, http::StatusCode, routing::get};
+
+pub struct PapersSource {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PapersSource {
+    /// Routes: `/api/daily_papers` (the sample), `/flaky` (three 502s, then
+    /// the sample), `/error` (500), `/busy` (429), `/bad` (not JSON),
+    /// `/huge` (100 MB), `/stall` (never answers).
+    pub fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let app = routes().layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&hits),
+            count,
+        ));
+        // Its own thread and runtime, which end when this is dropped (a
+        // runtime may not be dropped inside another one).
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let serve = axum::serve(listener, app);
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        PapersSource {
+            port: rx.recv().expect("the source listens"),
+            hits,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The URL template of the sample, as `papers.source_url` takes it.
+    pub fn sample_url(&self) -> String {
+        self.url("/api/daily_papers?date={date}")
+    }
+
+    /// Requests so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn routes() -> Router {
+    let sample = std::fs::read(super::fixture("daily_papers-2024-03-11.json")).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flaky = {
+        let sample = sample.clone();
+        move || async move {
+            // One fetch (three requests) fails, the next works.
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                Err(StatusCode::BAD_GATEWAY)
+            } else {
+                Ok(sample)
+            }
+        }
+    };
+    Router::new()
+        .route("/api/daily_papers", get(move || async move { sample }))
+        .route("/flaky", get(flaky))
+        .route(
+            "/error",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route("/busy", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
+        .route("/bad", get(|| async { "<html>this is not JSON</html>" }))
+        .route("/stall", get(|| std::future::pending::<String>()))
+        .route(
+            "/huge",
+            get(|| async {
+                // 100 MB, streamed without a length.
+                let chunk = axum::body::Bytes::from(vec![b' '; 1024 * 1024]);
+                let chunks = futures_util::stream::iter(
+                    (0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                );
+                Body::from_stream(chunks)
+            }),
+        )
+}
+
+async fn count(
+    State(hits): State<Arc<AtomicUsize>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    hits.fetch_add(1, Ordering::SeqCst);
+    next.run(req).await
+}
