@@ -89,7 +89,7 @@ fn routes() -> Router {
         )
         .route("/busy", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
         .route("/bad", get(|| async { "<html>this is not JSON</html>" }))
-        .route("/stall", get(|| std::future::pending::<String>()))
+        .route("/stall", get(std::future::pending::<String>))
         .route(
             "/huge",
             get(|| async {
