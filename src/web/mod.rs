@@ -8,7 +8,7 @@ pub mod error;
 pub mod health;
 mod pages;
 mod preferences;
-mod server;
+pub mod server;
 mod subscribe;
 mod unsubscribe;
 mod unsubscriber;

@@ -4,54 +4,15 @@
 
 use crate::support;
 
-use std::{os::unix::net::UnixDatagram, time::Duration};
+use std::time::Duration;
 
 use crate::support::{
-    child::{DATE, never_fires, queue_edition, setup, smtp_env, wait_for, with},
+    child::{DATE, deliveries, never_fires, queue_edition, setup, smtp_env, wait_for, with},
     daemon::TestDaemon,
     http,
+    notify::NotifySocket,
     smtp::SmtpServer,
 };
-
-/// A notify socket like systemd's; collects the datagrams the daemon sends.
-struct NotifySocket {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    socket: UnixDatagram,
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        NotifySocket {
-            _dir: dir,
-            path,
-            socket,
-            seen: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) -> &[String] {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.socket.recv(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            self.seen.extend(text.lines().map(str::to_string));
-        }
-        &self.seen
-    }
-
-    fn has(&mut self, line: &str) -> bool {
-        self.drain().iter().any(|l| l.starts_with(line))
-    }
-
-    fn count(&mut self, line: &str) -> usize {
-        self.drain().iter().filter(|l| l.starts_with(line)).count()
-    }
-}
 
 /// `GET /healthz` on `addr`: the status and the body.
 async fn health(addr: &str) -> (u16, String) {
@@ -204,14 +165,30 @@ async fn sigterm_during_an_edition_loses_nothing_and_the_restart_finishes_it() {
     let env = smtp_env(server.port(), 2);
     let env = never_fires(env);
     queue_edition(&s, DATE).await;
-    let daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    // Ten messages, then the next transactions wait at MAIL FROM: the
+    // SIGTERM comes with exactly two messages in flight (the concurrency).
+    server.hold_at(10);
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("some messages", || server.accepted().len() >= 10).await;
-    let out = daemon.stop().await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_log("SIGTERM received").await;
+    server.release();
+    let out = daemon.finish().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = server.accepted().len();
-    assert!(before < 40, "stopped before the end ({before})");
+    assert!(
+        before <= 10 + 2,
+        "{before} sent: more than the messages in flight were started after SIGTERM"
+    );
     // A graceful stop finishes what is in flight and records it: nothing
     // is left `sending`, and the restart sends each of the rest once.
+    let rows = deliveries(&s);
+    assert!(
+        rows.values().all(|r| r["status"] != "sending"),
+        "left sending: {rows:?}"
+    );
+    let recorded = rows.values().filter(|r| r["status"] == "sent").count();
+    assert_eq!(recorded, before, "every accepted message recorded as sent");
     let daemon = TestDaemon::spawn(&s, &env, &["run"]);
     wait_for("every reader", || server.counts().len() == 40).await;
     assert_eq!(daemon.stop().await.code, 0);

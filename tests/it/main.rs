@@ -19,6 +19,7 @@ mod papers;
 mod postfix;
 mod preview;
 mod promises;
+mod readme;
 mod subscribers;
 mod tls;
 mod web;

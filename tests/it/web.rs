@@ -738,6 +738,131 @@ async fn pages_carry_the_security_headers() {
     }
 }
 
+/// X-Frame-Options and the CSP on every response: pages, POST answers,
+/// error pages, refusals, health and the stylesheet.
+#[tokio::test]
+async fn every_response_forbids_framing() {
+    let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    let form = "application/x-www-form-urlencoded";
+    let big = "x".repeat(100_000);
+    let cases: Vec<(&str, String, &str, String)> = vec![
+        ("GET", "/".into(), "", String::new()),
+        ("GET", "/healthz".into(), "", String::new()),
+        ("GET", "/style.css".into(), "", String::new()),
+        ("GET", "/nope".into(), "", String::new()),
+        (
+            "GET",
+            format!("/unsubscribe/{}", "0".repeat(64)),
+            "",
+            String::new(),
+        ),
+        (
+            "POST",
+            "/subscribe".into(),
+            form,
+            "email=not-an-email".into(),
+        ),
+        (
+            "POST",
+            format!("/preferences/{token}"),
+            form,
+            format!("name={big}"),
+        ),
+        (
+            "POST",
+            format!("/preferences/{token}"),
+            form,
+            "max_papers=x".into(),
+        ),
+        (
+            "POST",
+            format!("/unsubscribe/{token}"),
+            form,
+            "List-Unsubscribe=One-Click".into(),
+        ),
+        ("PUT", "/subscribe".into(), "", String::new()),
+    ];
+    for (method, uri, ct, body) in cases {
+        let mut req = Request::builder().method(method).uri(uri.as_str());
+        if !ct.is_empty() {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let r = site.request(req.body(Body::from(body)).unwrap()).await;
+        let h = |n: header::HeaderName| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            h(header::X_FRAME_OPTIONS).as_deref(),
+            Some("DENY"),
+            "{method} {uri}: {}",
+            r.status
+        );
+        let csp = h(header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+        assert!(
+            csp.contains("frame-ancestors 'none'"),
+            "{method} {uri}: {}: {csp:?}",
+            r.status
+        );
+    }
+}
+
+/// Over a real socket: a request head up to 16 KiB is read, a longer one is
+/// refused, and a client that sends half a head is cut after 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_bounded_in_size_and_time() {
+    use std::io::{Read, Write};
+    let site = Site::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(paperpost::web::server::serve(
+        listener,
+        site.router.clone(),
+        stop.clone(),
+    ));
+    let head = |filler: usize| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let head = format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+                "a".repeat(filler)
+            );
+            let _ = s.write_all(head.as_bytes());
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            answer
+        })
+    };
+    let ok = head(15 * 1024).await.unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let refused = head(17 * 1024).await.unwrap();
+    assert!(!refused.contains(" 200 "), "{refused}");
+
+    let addr2 = addr.clone();
+    let (took, answer) = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr2).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        (start.elapsed(), answer)
+    })
+    .await
+    .unwrap();
+    assert!(!answer.contains(" 200 "), "{answer}");
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(20),
+        "a half head was held for {took:?}"
+    );
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn health_and_metrics() {
     let site = Site::new().await;

@@ -15,6 +15,10 @@ use std::{
 
 use super::{Run, Sandbox};
 
+/// An environment value that removes the variable instead (for one the
+/// sandbox sets, such as PAPERPOST__LOG__LEVEL, when a test's file must rule).
+pub const UNSET: &str = "\0unset";
+
 /// How long a wait for a log line may take.
 const LOG_WAIT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit (the unit's grace period is 60 s).
@@ -31,9 +35,14 @@ impl TestDaemon {
     /// Starts `paperpost ARGS...` in the sandbox with `env` on top of the
     /// sandbox's own environment.
     pub fn spawn(s: &Sandbox, env: &[(String, String)], args: &[&str]) -> Self {
-        let mut child = s
-            .command()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let mut command = s.command();
+        for (k, v) in env {
+            match v.as_str() {
+                UNSET => command.env_remove(k),
+                v => command.env(k, v),
+            };
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -4,6 +4,7 @@ pub mod browser;
 pub mod child;
 pub mod daemon;
 pub mod http;
+pub mod notify;
 pub mod postfix;
 pub mod smtp;
 pub mod source;
@@ -212,6 +213,23 @@ impl Sandbox {
             .collect()
     }
 
+    /// Opens the sandbox database without migrating it.
+    pub async fn pool_unmigrated(&self) -> sqlx::SqlitePool {
+        paperpost::store::open(&self.database_settings())
+            .await
+            .unwrap()
+    }
+
+    fn database_settings(&self) -> paperpost::config::DatabaseSettings {
+        let env = [(
+            "PAPERPOST__DATABASE__PATH".to_string(),
+            self.db_path().display().to_string(),
+        )];
+        paperpost::config::Settings::load_from(None, Some(env.into_iter().collect()))
+            .unwrap()
+            .database
+    }
+
     /// Opens the sandbox database with the library, as the daemon would.
     pub async fn pool(&self) -> sqlx::SqlitePool {
         let settings = paperpost::config::Settings::load_from(
@@ -248,4 +266,46 @@ pub fn has_html_part(m: &mail_parser::Message<'_>) -> bool {
                 && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
         })
     })
+}
+
+/// Makes the sandbox's database as a release with only the first `n`
+/// migrations made it (same files, same checksums), for upgrade tests.
+pub async fn database_at_version(s: &Sandbox, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    for f in files.iter().take(n) {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir_all(s.db_path().parent().unwrap()).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(s.db_path())
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// The number of migrations this build knows.
+pub fn migrations() -> usize {
+    std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count()
 }

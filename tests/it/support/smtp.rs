@@ -121,6 +121,8 @@ pub struct Accepted {
     pub from: String,
     pub to: String,
     pub data: Vec<u8>,
+    /// When its body was read in full.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -643,10 +645,12 @@ impl Session {
         from: &str,
         data: Vec<u8>,
     ) -> Option<String> {
+        let at = std::time::Instant::now();
         let message = |to: &String| Accepted {
             from: from.to_string(),
             to: to.clone(),
             data: data.clone(),
+            at,
         };
         {
             let mut st = self.state.lock().unwrap();
