@@ -101,3 +101,151 @@ pub fn prepare(dir: &Path, date: &str, n: usize, mut cmd: impl FnMut() -> Comman
     drop(w);
     must(cmd().args(["subscribers", "import", csv.to_str().unwrap()]));
 }
+
+/// Postfix's smtp-sink on a loopback port, counting the messages it
+/// accepted (`-c`: DATA completed), read from its running counter.
+pub struct Sink {
+    child: Child,
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Sink {
+    pub fn start(bin: &str) -> Self {
+        use std::io::Read;
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .args(["-c", "-u", "nobody", &format!("127.0.0.1:{port}"), "1024"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut out = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::clone(&accepted);
+        // "sess=N quit=N mesg=N\r", rewritten on every change.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut line = Vec::new();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for &b in &buf[..n] {
+                    if b != b'\r' && b != b'\n' {
+                        line.push(b);
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    if let Some(m) = text
+                        .rsplit("mesg=")
+                        .next()
+                        .and_then(|v| v.trim().parse().ok())
+                    {
+                        seen.store(m, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    line.clear();
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Sink {
+            child,
+            port,
+            accepted,
+        }
+    }
+
+    /// Messages accepted so far, once the counter has settled.
+    pub fn accepted(&self) -> u64 {
+        let mut last = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replays `messages` (whole RFC 5322 messages, cycled) `n` times over
+/// `sessions` connections to `port` with PIPELINING as paperpost uses it
+/// (MAIL, RCPT and DATA in one write, then the body): the ceiling for a
+/// pipelining sender here. Returns messages per second.
+pub fn replay_pipelined(port: u16, sessions: u16, n: usize, messages: &[Vec<u8>]) -> f64 {
+    use std::io::{BufRead, BufReader};
+    let bodies: Vec<Vec<u8>> = messages.iter().map(|m| dot_stuffed(m)).collect();
+    let bodies = std::sync::Arc::new(bodies);
+    let start = std::time::Instant::now();
+    let workers: Vec<_> = (0..sessions as usize)
+        .map(|w| {
+            let bodies = std::sync::Arc::clone(&bodies);
+            let count = n / sessions as usize + usize::from(w < n % sessions as usize);
+            std::thread::spawn(move || {
+                let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w_ = s;
+                let reply = |r: &mut BufReader<std::net::TcpStream>| {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line.as_bytes().get(3) != Some(&b'-') {
+                            return line.clone();
+                        }
+                    }
+                };
+                reply(&mut r);
+                w_.write_all(b"EHLO bench.example.org\r\n").unwrap();
+                reply(&mut r);
+                for i in 0..count {
+                    let body = &bodies[(w + i) % bodies.len()];
+                    w_.write_all(
+                        format!(
+                            "MAIL FROM:<digest@example.org>\r\nRCPT TO:<reader{i}@example.org>\r\nDATA\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .unwrap();
+                    for _ in 0..3 {
+                        reply(&mut r);
+                    }
+                    w_.write_all(body).unwrap();
+                    let done = reply(&mut r);
+                    assert!(done.starts_with("250"), "{done}");
+                }
+                w_.write_all(b"QUIT\r\n").unwrap();
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A message as sent after DATA: CRLF lines, leading dots doubled, the
+/// final dot.
+fn dot_stuffed(m: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(m);
+    let mut out = Vec::with_capacity(m.len() + 64);
+    for line in text.lines() {
+        if line.starts_with('.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}

@@ -108,7 +108,16 @@ fn on_autopilot_the_days_papers_reach_every_reader_once_through_postfix() {
     daemon.wait_log_blocking("paperpost is running");
     daemon.wait_log_blocking("fire time already handled");
     assert_eq!(daemon.stop_blocking().code, 0);
-    // Whatever the restart handed Postfix has been delivered by now.
+    // The restart left nothing to send (every row is still sent), and
+    // whatever it handed Postfix has been delivered by now.
+    let today = chrono::Utc::now().date_naive().to_string();
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(s.run(&["deliveries", "--date", &today, "--json"]).ok()).unwrap();
+    assert_eq!(rows.len(), readers.len());
+    assert!(
+        rows.iter().all(|r| r["status"] == "sent"),
+        "after the restart: {rows:?}"
+    );
     postfix.wait_drained("the queue", || true);
     for r in &readers {
         assert_eq!(mail_to(&maildir, r).len(), 1, "{r} got another message");

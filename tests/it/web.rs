@@ -1058,6 +1058,44 @@ mod fuzz {
         prop_oneof![1 => exact, 1 => tokened, 3 => composed]
     }
 
+    /// Bodies: random bytes, and forms with the fields the routes read
+    /// (empty, plausible, hostile or oversized values).
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            Just(String::new()),
+            Just("ada@example.org".to_string()),
+            "[a-zA-Z0-9@.%+&=_-]{0,40}",
+            "\\PC{0,200}",
+        ];
+        let field = (
+            prop::sample::select(vec![
+                "email",
+                "name",
+                "topics",
+                "website",
+                "format",
+                "max_papers",
+                "timezone",
+                "List-Unsubscribe",
+            ]),
+            value,
+        )
+            .prop_map(|(k, v)| format!("{k}={}", url_encode(&v)));
+        let form = prop::collection::vec(field, 0..6).prop_map(|f| f.join("&").into_bytes());
+        prop_oneof![prop::collection::vec(any::<u8>(), 0..2048), form]
+    }
+
+    fn url_encode(v: &str) -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
     /// The generator reaches every route, not only the 404 and the token
     /// check (its paths used to end in a tail, always).
     #[test]
@@ -1096,7 +1134,7 @@ mod fuzz {
                 "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                 "text/plain", "application/json", "",
             ]),
-            body in prop::collection::vec(any::<u8>(), 0..2048),
+            body in body(),
             ua in "[ -~]{0,300}",
         ) {
             // One runtime and one site for every case: the site's tasks (the
