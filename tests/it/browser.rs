@@ -108,7 +108,7 @@ window.addEventListener("load", function () {{
 }
 
 fn settings() -> Settings {
-    Settings::load_from(None, Some(Default::default())).unwrap()
+    support::settings(&[])
 }
 
 fn render(papers: Vec<Paper>, max: i64) -> String {

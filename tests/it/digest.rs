@@ -3,8 +3,6 @@
 
 use crate::support;
 
-use std::collections::HashMap;
-
 use mail_parser::{MessageParser, MimeHeaders};
 use paperpost::{
     config::Settings,
@@ -16,7 +14,7 @@ use paperpost::{
 use scraper::{Html, Selector};
 
 fn settings(extra: &[(&str, &str)]) -> Settings {
-    let mut env: HashMap<String, String> = [
+    let mut env = vec![
         (
             "PAPERPOST__HTTP__PUBLIC_URL",
             "https://news.example.org/pp/",
@@ -25,12 +23,9 @@ fn settings(extra: &[(&str, &str)]) -> Settings {
             "PAPERPOST__MAIL__FROM",
             "Paperpost Daily <digest@news.example.org>",
         ),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Settings::load_from(None, Some(env)).unwrap()
+    ];
+    env.extend_from_slice(extra);
+    support::settings(&env)
 }
 
 fn keys() -> Keys {
@@ -627,16 +622,7 @@ fn subjects_are_trimmed_at_a_word_boundary() {
     assert!(r.subject.chars().count() <= 78);
     assert!(r.subject.ends_with('…'));
     assert!(!r.subject.ends_with(" …"));
-    let bad = Settings::load_from(
-        None,
-        Some(
-            [(
-                "PAPERPOST__NEWSLETTER__SUBJECT".to_string(),
-                "{title} {weather}".to_string(),
-            )]
-            .into(),
-        ),
-    );
+    let bad = support::try_settings(&[("PAPERPOST__NEWSLETTER__SUBJECT", "{title} {weather}")]);
     assert!(bad.unwrap_err().to_string().contains("newsletter.subject"));
 }
 

@@ -207,11 +207,7 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
         "paperpost.toml",
         "[newsletter]\ntitle = \"Morning Papers\"\n",
     );
-    let env = with(
-        smtp_env(server.port(), 1),
-        "PAPERPOST__SCHEDULE__CRON",
-        "0 0 0 1 1 * 2099",
-    );
+    let env = never_fires(smtp_env(server.port(), 1));
     let mut daemon = TestDaemon::spawn(&s, &env, &["run", "--config", file.to_str().unwrap()]);
     daemon.wait_log("paperpost is running").await;
 
@@ -234,10 +230,7 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
             .unwrap()
             .to_string()
     };
-    let pool = s.pool().await;
-    paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "test", |_| 0)
-        .await
-        .unwrap();
+    queue_edition(&s, DATE).await;
     wait_for("the edition", || server.accepted().len() == 2).await;
     assert!(subject(&server.accepted()[0]).starts_with("Evening Papers"));
 
@@ -247,14 +240,7 @@ async fn sighup_applies_live_settings_names_the_rest_and_survives_a_broken_file(
     assert!(seen.contains("paperpost.toml"), "{seen}");
     s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
         .ok();
-    paperpost::store::deliveries::start_edition(
-        &pool,
-        "2024-03-12".parse().unwrap(),
-        "test",
-        |_| 0,
-    )
-    .await
-    .unwrap();
+    queue_edition(&s, "2024-03-12").await;
     wait_for("the next edition", || server.accepted().len() == 4).await;
     assert!(subject(&server.accepted()[3]).starts_with("Evening Papers"));
     assert_eq!(daemon.stop().await.code, 0);

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use crate::support::{
     Sandbox,
-    child::{DATE, run, setup, smtp_env, wait_for},
+    child::{DATE, queue_edition, run, setup, smtp_env, wait_for},
     daemon::TestDaemon,
     smtp::SmtpServer,
 };
-use chrono::NaiveDate;
 
 /// A short lock, so that the tests outlast it.
 fn fast_lock(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -180,11 +179,8 @@ async fn the_holder_names_this_process_so_a_second_one_waits() {
 async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     use paperpost::store::deliveries;
     let s = setup(3);
+    queue_edition(&s, DATE).await;
     let pool = s.pool().await;
-    let date: NaiveDate = DATE.parse().unwrap();
-    deliveries::start_edition(&pool, date, "test", |_| 0)
-        .await
-        .unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let ttl = 60_000;
     assert!(

@@ -37,25 +37,17 @@ struct Reply {
 }
 
 fn settings(dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
-    let mut env: std::collections::HashMap<String, String> = [
-        (
-            "PAPERPOST__DATABASE__PATH",
-            dir.join("pp.db").display().to_string(),
-        ),
-        ("PAPERPOST__SECURITY__SECRET", support::SECRET.to_string()),
-        (
-            "PAPERPOST__MAIL__OUTBOX_DIR",
-            dir.join("outbox").display().to_string(),
-        ),
-        ("PAPERPOST__HTTP__PUBLIC_URL", BASE.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
-    }
-    Settings::load_from(None, Some(env)).expect("settings")
+    let db = dir.join("pp.db").display().to_string();
+    let outbox = dir.join("outbox").display().to_string();
+    let mut env = vec![
+        ("PAPERPOST__DATABASE__PATH", db.as_str()),
+        ("PAPERPOST__SECURITY__SECRET", support::SECRET),
+        ("PAPERPOST__MAIL__OUTBOX_DIR", outbox.as_str()),
+        ("PAPERPOST__HTTP__PUBLIC_URL", BASE),
+    ];
+    // Later pairs win, as the map they replace did.
+    env.extend_from_slice(extra);
+    support::settings(&env)
 }
 
 impl Site {

@@ -221,31 +221,30 @@ impl Sandbox {
     }
 
     fn database_settings(&self) -> paperpost::config::DatabaseSettings {
-        let env = [(
-            "PAPERPOST__DATABASE__PATH".to_string(),
-            self.db_path().display().to_string(),
-        )];
-        paperpost::config::Settings::load_from(None, Some(env.into_iter().collect()))
-            .unwrap()
-            .database
+        let db = self.db_path().display().to_string();
+        settings(&[("PAPERPOST__DATABASE__PATH", &db)]).database
     }
 
     /// Opens the sandbox database with the library, as the daemon would.
     pub async fn pool(&self) -> sqlx::SqlitePool {
-        let settings = paperpost::config::Settings::load_from(
-            None,
-            Some(
-                [(
-                    "PAPERPOST__DATABASE__PATH".to_string(),
-                    self.db_path().display().to_string(),
-                )]
-                .into_iter()
-                .collect(),
-            ),
-        )
-        .unwrap();
-        paperpost::store::connect(&settings.database).await.unwrap()
+        paperpost::store::connect(&self.database_settings())
+            .await
+            .unwrap()
     }
+}
+
+/// Settings as the binary loads them, from the defaults and these
+/// `PAPERPOST__…` variables only (not the test process's environment).
+pub fn settings(env: &[(&str, &str)]) -> paperpost::config::Settings {
+    try_settings(env).expect("valid settings")
+}
+
+/// `settings`, or the error that stops start-up.
+pub fn try_settings(
+    env: &[(&str, &str)],
+) -> Result<paperpost::config::Settings, paperpost::config::ConfigError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    paperpost::config::Settings::load_from(None, Some(env.collect()))
 }
 
 /// The sample daily_papers file shipped with the tests.
