@@ -61,6 +61,7 @@ async fn write_batches(
         .await;
         match result {
             Ok(done) => {
+                tracing::debug!(uses = done.len(), "wrote a batch of unsubscribes");
                 for (reply, one) in replies.into_iter().zip(done) {
                     let _ = reply.send(Ok(one));
                 }

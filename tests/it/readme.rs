@@ -258,3 +258,76 @@ async fn a_sender_that_cannot_renew_its_lock_starts_no_message_until_it_can() {
         server.counts()
     );
 }
+
+/// Unsubscribes that arrive together are written together: twenty one-click
+/// POSTs that wait for the database are written in (at most) two
+/// transactions once it frees up, and every one is answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribes_that_arrive_together_are_written_together() {
+    let s = setup(20);
+    let bind = format!("127.0.0.1:{}", http::free_port());
+    let env = with(vec![], "PAPERPOST__HTTP__BIND", &bind);
+    let env = with(
+        env,
+        "PAPERPOST__HTTP__PUBLIC_URL",
+        &format!("http://{bind}"),
+    );
+    let env = with(env, "PAPERPOST__DATABASE__BUSY_TIMEOUT", "60s");
+    let env = with(env, "PAPERPOST__HTTP__REQUEST_TIMEOUT", "60s");
+    let env = with(env, "PAPERPOST__LOG__LEVEL", "debug");
+    let mut server = TestDaemon::spawn(&s, &env, &["serve"]);
+    server.wait_log("web endpoint listening").await;
+    let keys = paperpost::security::Keys::from_bytes(crate::support::SECRET.as_bytes());
+    let pool = s.pool().await;
+    let uuids: Vec<String> = sqlx::query_scalar("SELECT uuid FROM subscribers")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let posts: Vec<_> = uuids
+        .iter()
+        .map(|u| {
+            let token = keys.subscriber_token(u);
+            let bind = bind.clone();
+            std::thread::spawn(move || {
+                http::request(
+                    &bind,
+                    "POST",
+                    &format!("/unsubscribe/{token}"),
+                    &[("Content-Type", "application/x-www-form-urlencoded")],
+                    b"List-Unsubscribe=One-Click",
+                )
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    // Every request has reached the endpoint (and waits for the database).
+    for _ in 0..20 {
+        server.wait_log("started processing request").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    for p in posts {
+        assert_eq!(p.join().unwrap(), 200);
+    }
+    let mut batches = Vec::new();
+    let mut written = 0;
+    while written < 20 {
+        let line = server.wait_log("wrote a batch of unsubscribes").await;
+        let n: usize = line
+            .rsplit("uses=")
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        written += n;
+        batches.push(n);
+    }
+    assert!(batches.len() <= 2, "twenty unsubscribes in {batches:?}");
+    assert_eq!(server.stop().await.code, 0);
+}
