@@ -124,6 +124,10 @@ pub struct MailSettings {
     #[serde(deserialize_with = "de::concurrency")]
     pub concurrency: u16,
     pub rate_limit: u32,
+    /// How long a claimed message stays claimed by a process that no longer
+    /// tracks it (its outcome could not be recorded) before it is sent again.
+    #[serde(deserialize_with = "de::lease")]
+    pub lease: Duration,
     #[serde(deserialize_with = "de::optional_domain")]
     pub message_id_domain: Option<String>,
     #[serde(deserialize_with = "de::optional_address")]
@@ -532,6 +536,17 @@ mod de {
 
     pub fn auto_select<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         ranged(d, 0, 200, "papers").map(|n| n as u32)
+    }
+
+    pub fn lease<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let lease = duration(d)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&lease) {
+            return Err(D::Error::custom(format!(
+                "{} is out of range (1s to 1day)",
+                humantime::format_duration(lease)
+            )));
+        }
+        Ok(lease)
     }
 
     pub fn lock_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

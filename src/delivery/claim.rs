@@ -108,7 +108,7 @@ impl Engine {
     /// Claims up to `limit` due rows (of `only`'s edition, if given).
     async fn claim(&self, limit: u32, only: Option<NaiveDate>) -> anyhow::Result<Vec<Claimed>> {
         let mut w = self.writer.acquire().await?;
-        let lease = LEASE.as_millis() as i64;
+        let lease = self.lease.as_millis() as i64;
         let me = self.fence.me();
         Ok(deliveries::claim(&mut w, me, self.fence.token(), limit, lease, only).await?)
     }
@@ -181,23 +181,27 @@ impl Engine {
                 subscriber,
             };
             in_flight.fetch_add(1, Ordering::SeqCst);
+            self.hold(job.claimed.id);
             match permit.take() {
                 Some(p) => p.send(job),
                 None => {
                     if let Err(e) = tx.send(job).await {
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                         self.unclaim(&e.0).await;
+                        self.let_go(e.0.claimed.id);
                     }
                 }
             }
         }
     }
 
-    /// Puts rows whose lease ran out back in the queue.
+    /// Puts rows whose lease ran out back in the queue, but for those this
+    /// process still holds.
     pub(super) async fn release_expired(&self) {
         let released = async {
+            let held = self.held();
             let mut w = self.writer.acquire().await?;
-            anyhow::Ok(deliveries::release_expired(&mut w, self.fence.me()).await?)
+            anyhow::Ok(deliveries::release_expired(&mut w, self.fence.me(), &held).await?)
         }
         .await;
         match released {

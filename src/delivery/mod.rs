@@ -51,9 +51,6 @@ use cache::EditionCache;
 use recorder::{Outcome, Recorder, Standing, StatusReply, Tally, uncounted};
 pub use retry::backoff;
 
-/// How long a claimed row stays leased to this process.
-pub const LEASE: Duration = Duration::from_secs(300);
-
 /// How often an idle claimer looks for rows whose lease ran out.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -116,6 +113,8 @@ pub struct Engine {
     /// Swapped when the retry policy changes (SIGHUP).
     retry: std::sync::RwLock<RetrySettings>,
     concurrency: usize,
+    /// How long a claimed row stays leased to this process (`mail.lease`).
+    lease: Duration,
     thumbnails: bool,
     editions: tokio::sync::Mutex<EditionCache>,
     pub breaker: Breaker,
@@ -125,6 +124,11 @@ pub struct Engine {
     guard: Mutex<guard::Guard>,
     /// Refusals the guard took back before their outcome was recorded.
     undone: Mutex<std::collections::HashSet<i64>>,
+    /// Rows this process has claimed and still tracks (waiting for a worker,
+    /// being sent, or their outcome on its way): never swept back to the
+    /// queue, however long they wait (a slow, rate-limited relay) or however
+    /// the wall clock moves.
+    held: Mutex<std::collections::HashSet<i64>>,
     /// An alert may be showing (one from an earlier run, until a message is
     /// accepted): the first accepted message clears it.
     alerted: std::sync::atomic::AtomicBool,
@@ -158,6 +162,7 @@ impl Engine {
             mailer,
             retry: std::sync::RwLock::new(settings.mail.retry.clone()),
             concurrency: usize::from(settings.mail.concurrency),
+            lease: settings.mail.lease,
             thumbnails: settings.newsletter.thumbnails,
             editions: Default::default(),
             breaker: Breaker::default(),
@@ -165,9 +170,30 @@ impl Engine {
             metrics,
             guard: Mutex::default(),
             undone: Mutex::default(),
+            held: Mutex::default(),
             alerted: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
         })
+    }
+
+    /// This process tracks row `id` from now on.
+    fn hold(&self, id: i64) {
+        self.held.lock().expect("held lock").insert(id);
+    }
+
+    /// This process no longer tracks row `id` (recorded, unclaimed, or lost).
+    fn let_go(&self, id: i64) {
+        self.held.lock().expect("held lock").remove(&id);
+    }
+
+    /// The rows this process tracks.
+    fn held(&self) -> Vec<i64> {
+        self.held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// The retry policy now.

@@ -36,6 +36,7 @@ impl Engine {
                 // Not started: back to the queue untouched.
                 self.settle(&mut unrecorded, &in_flight).await;
                 self.unclaim(&job).await;
+                self.let_go(job.claimed.id);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 self.wake.notify_one();
                 continue;
@@ -143,6 +144,7 @@ impl Engine {
             .map_err(|_| "the recorder stopped".to_string())
             .and_then(|r| r);
         let u = slot.take().expect("checked above");
+        self.let_go(u.id);
         in_flight.fetch_sub(1, Ordering::SeqCst);
         self.wake.notify_one();
         match result {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod links;
 mod lock;
 mod operate;
+mod operations;
 mod papers;
 mod postfix;
 mod preview;
