@@ -28,7 +28,9 @@ pub async fn sync_subscriber_file(app: &App) {
     }
     let result = async {
         let entries = crate::ingest::subscriber_file::read(path, &app.defaults())?;
-        crate::ingest::subscriber_file::sync(&app.pool, &app.keys, &entries, &[], false).await
+        // Never forced: a mass removal waits for the operator.
+        let mode = crate::ingest::subscriber_file::SyncMode::default();
+        crate::ingest::subscriber_file::sync(&app.pool, &app.keys, &entries, &[], mode).await
     }
     .await;
     match result {

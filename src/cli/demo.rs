@@ -43,7 +43,7 @@ pub async fn demo(ctx: &App) -> anyhow::Result<()> {
     step("Applying the example subscriber file");
     let label = Path::new("config/subscribers.example.toml");
     let entries = subscriber_file::parse(label, SAMPLE_SUBSCRIBERS, &ctx.defaults())?;
-    let r = subscriber_file::sync(&ctx.pool, &ctx.keys, &entries, &[], false).await?;
+    let r = subscriber_file::sync(&ctx.pool, &ctx.keys, &entries, &[], Default::default()).await?;
     print_sync(label, &r, false);
 
     step("Subscribers");

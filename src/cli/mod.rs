@@ -215,6 +215,11 @@ pub enum SubscribersCmd {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Apply even if it unsubscribes all, or more than 10%, of the
+        /// subscribers the file manages (refused otherwise: an empty or
+        /// truncated file looks like that).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -89,7 +89,11 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
             file,
             resubscribe,
             dry_run,
-        } => sync(ctx, file, resubscribe, dry_run).await?,
+            force,
+        } => {
+            let mode = subscriber_file::SyncMode { dry_run, force };
+            sync(ctx, file, resubscribe, mode).await?
+        }
     }
     Ok(())
 }
@@ -257,7 +261,7 @@ async fn sync(
     ctx: &App,
     file: Option<PathBuf>,
     resubscribe: Vec<String>,
-    dry_run: bool,
+    mode: subscriber_file::SyncMode,
 ) -> anyhow::Result<()> {
     let pool = &ctx.pool;
     let path = file.unwrap_or_else(|| ctx.settings.subscribers.file.clone());
@@ -266,8 +270,10 @@ async fn sync(
         .iter()
         .map(|e| SubscriberEmail::parse(e))
         .collect::<Result<Vec<_>, _>>()?;
-    let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, dry_run).await?;
-    print_sync(&path, &r, dry_run);
+    let r = subscriber_file::sync(pool, &ctx.keys, &entries, &resubscribe, mode)
+        .await
+        .with_context(|| format!("{}", path.display()))?;
+    print_sync(&path, &r, mode.dry_run);
     Ok(())
 }
 
@@ -333,6 +339,9 @@ pub fn print_sync(path: &Path, r: &subscriber_file::SyncReport, dry_run: bool) {
     }
     for e in &r.deactivated {
         println!("  {verb}deactivated {e} (no longer in the file)");
+    }
+    if let Some(why) = &r.refused {
+        println!("  without --force, a sync would be {why}");
     }
     for (who, how) in &r.kept_unsubscribed {
         let email = who.rsplit(['<', '>']).nth(1).unwrap_or(who);

@@ -143,6 +143,9 @@ pub struct SyncReport {
     pub not_managed: Vec<(String, String)>,
     /// `--resubscribe` addresses that did not apply, with why.
     pub unused_resubscribe: Vec<(String, String)>,
+    /// A dry run found a mass removal that a real sync refuses without
+    /// `--force`.
+    pub refused: Option<String>,
 }
 
 fn who(s: &store::Subscriber) -> String {
@@ -152,13 +155,48 @@ fn who(s: &store::Subscriber) -> String {
     }
 }
 
+/// The share of the subscribers a file manages that one sync may remove
+/// without `--force`: more looks like a truncated or emptied file.
+pub const MAX_REMOVED_SHARE: f64 = 0.10;
+
+/// A sync that would remove too many of the subscribers the file manages.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused: it would unsubscribe {removing} of the {managed} subscribers the file manages \
+     (more than {}%, or all of them); an empty or truncated file looks like this. Nothing \
+     changed. If that is what you want, apply it by hand: paperpost subscribers sync --force",
+    (MAX_REMOVED_SHARE * 100.0) as u32
+)]
+pub struct TooManyRemoved {
+    pub removing: usize,
+    pub managed: usize,
+}
+
+/// Whether removing `removing` of the `managed` active subscribers a file
+/// manages is too many for one sync: all of them, or more than
+/// [`MAX_REMOVED_SHARE`] of them when that is more than one person.
+pub fn too_many_removed(managed: usize, removing: usize) -> bool {
+    removing > 0
+        && (removing == managed
+            || (removing > 1 && removing as f64 > managed as f64 * MAX_REMOVED_SHARE))
+}
+
+/// How a sync applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncMode {
+    /// Show what would change without changing anything.
+    pub dry_run: bool,
+    /// Apply even a mass removal ([`too_many_removed`]).
+    pub force: bool,
+}
+
 /// Applies the file's entries in one transaction.
 pub async fn sync(
     pool: &SqlitePool,
     keys: &Keys,
     entries: &[FileSubscriber],
     resubscribe: &[SubscriberEmail],
-    dry_run: bool,
+    mode: SyncMode,
 ) -> anyhow::Result<SyncReport> {
     let mut report = SyncReport {
         listed: entries.len(),
@@ -179,17 +217,35 @@ pub async fn sync(
             used.insert(key);
         }
     }
-    for s in store::list_by_source(&mut tx, SubscriberSource::File).await? {
-        if !listed.contains(&s.email.as_str().to_lowercase())
-            && matches!(
+    let receiving: Vec<_> = store::list_by_source(&mut tx, SubscriberSource::File)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            matches!(
                 s.status,
                 SubscriberStatus::Active | SubscriberStatus::Pending
             )
-        {
-            store::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, EndedBy::Sync)
-                .await?;
-            report.deactivated.push(s.email.to_string());
+        })
+        .collect();
+    let leaving: Vec<_> = receiving
+        .iter()
+        .filter(|s| !listed.contains(&s.email.as_str().to_lowercase()))
+        .collect();
+    if too_many_removed(receiving.len(), leaving.len()) && !mode.force {
+        let refusal = TooManyRemoved {
+            removing: leaving.len(),
+            managed: receiving.len(),
+        };
+        if !mode.dry_run {
+            tx.rollback().await?;
+            return Err(refusal.into());
         }
+        report.refused = Some(refusal.to_string());
+    }
+    for s in leaving {
+        store::end_subscription(&mut tx, s.id, SubscriberStatus::Unsubscribed, EndedBy::Sync)
+            .await?;
+        report.deactivated.push(s.email.to_string());
     }
     for e in resubscribe {
         let key = e.as_str().to_lowercase();
@@ -204,7 +260,7 @@ pub async fn sync(
                 .push((e.to_string(), why.to_string()));
         }
     }
-    if dry_run {
+    if mode.dry_run {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
@@ -260,4 +316,31 @@ async fn apply_entry(
     };
     report.kept_unsubscribed.push((who(&existing), how));
     Ok(false)
+}
+
+#[cfg(test)]
+mod mass_removal_tests {
+    use super::too_many_removed;
+
+    #[test]
+    fn removing_all_or_more_than_a_tenth_is_too_many() {
+        for (managed, removing, too_many) in [
+            (0, 0, false),
+            (1, 0, false),
+            (1, 1, true),
+            (3, 1, false),
+            (3, 2, true),
+            (3, 3, true),
+            (20, 2, false),
+            (20, 3, true),
+            (1000, 100, false),
+            (1000, 101, true),
+        ] {
+            assert_eq!(
+                too_many_removed(managed, removing),
+                too_many,
+                "{removing} of {managed}"
+            );
+        }
+    }
 }

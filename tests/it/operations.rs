@@ -62,3 +62,53 @@ async fn the_sweep_spares_the_rows_their_process_still_holds() {
         .unwrap();
     assert_eq!(queued, vec![claimed[2].id]);
 }
+
+const THREE: &str = "[[subscriber]]\nemail = \"ada@example.org\"\n\n\
+[[subscriber]]\nemail = \"bob@example.org\"\n\n[[subscriber]]\nemail = \"cy@example.org\"\n";
+
+/// An empty or truncated subscriber file applied on SIGHUP must not
+/// unsubscribe everyone it listed (and cancel their queued edition): a sync
+/// that would remove all, or more than a tenth, of those the file manages
+/// is refused, and only `sync --force` applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_subscriber_file_unsubscribes_nobody_unless_forced() {
+    use crate::support::{child::never_fires, daemon::TestDaemon};
+    let s = setup(0);
+    s.write("config/subscribers.toml", THREE);
+    let env = never_fires(with(vec![], "PAPERPOST__LOG__LEVEL", "info"));
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("applied the subscriber file").await;
+    // The edition is queued for later (so nothing is sent meanwhile).
+    let pool = s.pool().await;
+    let later = paperpost::store::now_ms() + 3_600_000;
+    paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "test", |_| later)
+        .await
+        .unwrap();
+
+    for truncated in ["", "[[subscriber]]\nemail = \"ada@example.org\"\n"] {
+        s.write("config/subscribers.toml", truncated);
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_log("SIGHUP received").await;
+        // The next line on the file: applied, or not.
+        let seen = daemon.wait_log("subscriber file").await;
+        assert!(seen.contains("refused"), "{seen}");
+        assert!(seen.contains("--force"), "{seen}");
+        for who in ["ada@example.org", "bob@example.org", "cy@example.org"] {
+            assert_eq!(s.subscriber(who).unwrap()["status"], "active", "{who}");
+        }
+        let rows = crate::support::child::deliveries(&s);
+        assert!(rows.values().all(|r| r["status"] == "queued"), "{rows:?}");
+    }
+    assert_eq!(daemon.stop().await.code, 0);
+
+    // By hand: refused the same way, then forced.
+    let out = s.run(&["subscribers", "sync"]);
+    assert!(out.fails().contains("--force"), "{}", out.stderr);
+    assert_eq!(s.subscriber("bob@example.org").unwrap()["status"], "active");
+    s.run(&["subscribers", "sync", "--force"]).ok();
+    assert_eq!(
+        s.subscriber("bob@example.org").unwrap()["status"],
+        "unsubscribed"
+    );
+    assert_eq!(s.subscriber("ada@example.org").unwrap()["status"], "active");
+}

@@ -458,7 +458,15 @@ async fn sync_manages_only_file_subscribers_and_respects_unsubscribes() {
         "dry run changes nothing"
     );
 
-    let out = s.run(&["subscribers", "sync"]);
+    assert!(
+        out.stdout
+            .contains("without --force, a sync would be refused"),
+        "{}",
+        out.stdout
+    );
+    // Bob is the only one the file still sends to: removing him is all of
+    // them, which takes --force.
+    let out = s.run(&["subscribers", "sync", "--force"]);
     let text = out.ok();
     assert!(text.contains("deactivated bob@example.org"), "{text}");
     assert!(
@@ -657,7 +665,8 @@ fn remove_sticks_for_someone_a_sync_had_deactivated() {
     );
     s.run(&["subscribers", "sync"]).ok();
     s.write("config/subscribers.toml", "");
-    s.run(&["subscribers", "sync"]).ok();
+    // Removing everyone the file manages takes --force.
+    s.run(&["subscribers", "sync", "--force"]).ok();
     assert_eq!(
         s.subscriber("bob@example.org").unwrap()["unsubscribed_by"],
         "sync"
