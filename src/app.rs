@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use chrono::NaiveDate;
 use sqlx::SqlitePool;
 
@@ -24,9 +26,82 @@ pub struct App {
     pub metrics: Arc<Metrics>,
 }
 
+/// The link secret is not the one the database's links were made with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the link secret ({origin}) is not the one this database's links were made with{note}: every \
+     unsubscribe and preferences link already mailed would answer 404, and so would the next \
+     edition's. Nothing was done. Restore the secret from the backup that goes with this database \
+     ({origin}); or, to start over with a new secret on purpose (every link already mailed stops \
+     working), run: paperpost secret rotate"
+)]
+pub struct WrongSecret {
+    /// Where the secret came from: the file, or `security.secret`.
+    pub origin: String,
+    /// Why, when known (there was no secret file).
+    pub note: String,
+}
+
 impl App {
-    /// Opens (and migrates) the database and loads the link secret.
+    /// Opens (and migrates) the database and loads the link secret, which
+    /// must be the one the database's links were made with ([`WrongSecret`]).
     pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let app = Self::open_unchecked(settings).await?;
+        app.check_secret().await?;
+        Ok(app)
+    }
+
+    /// Where the link secret comes from, for messages.
+    pub fn secret_source(&self) -> String {
+        let s = &self.settings.security;
+        if s.secret.expose_secret().is_empty() {
+            format!("the file {}", s.secret_file.display())
+        } else {
+            "security.secret".to_string()
+        }
+    }
+
+    /// Records the secret's fingerprint on first use; refuses another
+    /// secret. A database from before fingerprints is checked against a
+    /// subscriber's token instead. A secret file made by this very process
+    /// (the old one was missing) is removed again when refused.
+    async fn check_secret(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        let mine = self.keys.fingerprint();
+        let recorded = store::secret::fingerprint(&mut conn).await?;
+        let matches = match &recorded {
+            Some(fp) => *fp == mine,
+            None => match store::secret::sample_token(&mut conn).await? {
+                Some((uuid, hash)) => self.keys.subscriber_token_hash(&uuid) == hash,
+                None => true,
+            },
+        };
+        if matches {
+            if recorded.is_none() {
+                store::secret::record(&mut conn, &mine).await?;
+            }
+            return Ok(());
+        }
+        let note = match crate::security::take_new_secret() {
+            Some(path) => {
+                let _ = std::fs::remove_file(&path);
+                format!(
+                    " (there was no secret file at {}; the one made just now was removed)",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
+        Err(WrongSecret {
+            origin: self.secret_source(),
+            note,
+        }
+        .into())
+    }
+
+    /// Opens the database and loads the link secret without checking that
+    /// they belong together (`paperpost secret rotate` makes them).
+    pub async fn open_unchecked(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::connect(&settings.database).await?;
         let keys = Keys::load(&settings.security)?;
         Ok(Self {

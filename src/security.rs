@@ -25,6 +25,41 @@ pub fn report_new_secret() {
     }
 }
 
+/// Creates a private temporary file beside `path` holding a new random
+/// secret (64 hex digits, synced); returns it and the secret.
+fn write_private_random(path: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    let text = hex::encode(raw);
+    let tmp = dir.join(format!(".secret.{:08x}.tmp", fastrand::u32(..)));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let written = opts
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write a secret file in {}", dir.display()));
+    }
+    Ok((tmp, text))
+}
+
+/// True (and forgotten) if this process created a new secret file.
+pub fn take_new_secret() -> Option<std::path::PathBuf> {
+    NEW_SECRET.lock().expect("new secret lock").take()
+}
+
 /// The key that all link tokens are derived from.
 #[derive(Clone)]
 pub struct Keys {
@@ -89,27 +124,8 @@ impl Keys {
     /// place, which fails if another process got there first: nobody can
     /// read the file before its secret is in it.
     fn create(path: &Path) -> anyhow::Result<Self> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
-        let text = hex::encode(raw);
-        let tmp = dir.join(format!(".secret.{:08x}.tmp", fastrand::u32(..)));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let written = opts
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
-            .and_then(|_| std::fs::hard_link(&tmp, path));
+        let (tmp, text) = write_private_random(path)?;
+        let written = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);
         match written {
             Ok(()) => {
@@ -124,6 +140,26 @@ impl Keys {
                 Err(e).with_context(|| format!("cannot create secret file {}", path.display()))
             }
         }
+    }
+
+    /// A short fingerprint of the secret (an HMAC under it, which tells
+    /// nothing of it), recorded in the database so that a process with
+    /// another secret is noticed.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose_secret())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"paperpost-secret-fingerprint");
+        hex::encode(&mac.finalize().into_bytes()[..8])
+    }
+
+    /// Writes a new random secret to `path`, replacing the file there (the
+    /// new one is complete and private before the rename makes it current).
+    pub fn replace_file(path: &Path) -> anyhow::Result<Self> {
+        let (tmp, text) = write_private_random(path)?;
+        let renamed = std::fs::rename(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        renamed.with_context(|| format!("cannot replace secret file {}", path.display()))?;
+        Ok(Self::from_bytes(text.as_bytes()))
     }
 
     /// The token in a subscriber's unsubscribe and preference links.

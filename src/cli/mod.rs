@@ -9,6 +9,7 @@ mod demo;
 mod output;
 mod papers;
 mod preview;
+mod secret;
 mod send;
 mod subscribers;
 
@@ -100,6 +101,9 @@ pub enum Command {
     /// Import papers and choose each day's selection.
     #[command(subcommand)]
     Papers(PapersCmd),
+    /// The link secret (rotate it).
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
     /// Render one digest without sending it or touching any delivery state.
     Preview {
         /// The edition date.
@@ -363,6 +367,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => subscribers::run(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
+        Command::Secret(cmd) => secret::run(settings, cmd).await,
         Command::Healthcheck => healthcheck(&settings).await,
         Command::Run => crate::daemon::run(App::open(settings).await?).await,
         Command::Serve => crate::daemon::serve_web(App::open(settings).await?).await,

@@ -112,3 +112,92 @@ async fn a_truncated_subscriber_file_unsubscribes_nobody_unless_forced() {
     );
     assert_eq!(s.subscriber("ada@example.org").unwrap()["status"], "active");
 }
+
+/// `paperpost ARGS` using the secret file (not the sandbox's secret).
+fn with_secret_file(s: &crate::support::Sandbox, args: &[&str]) -> crate::support::Run {
+    let mut c = s.command();
+    c.env_remove("PAPERPOST__SECURITY__SECRET").args(args);
+    crate::support::output_within(&mut c, crate::support::RUN_LIMIT)
+}
+
+/// A lost link secret (a restored backup without it, a container without a
+/// persistent volume) must not silently make a new one: every link in mail
+/// already sent, and in the next edition's, would answer 404. The database
+/// knows the secret's fingerprint; a mismatch stops every command, saying
+/// how to fix it, until the secret is restored or rotated on purpose.
+#[test]
+fn a_lost_secret_stops_paperpost_until_it_is_restored_or_rotated() {
+    let s = crate::support::Sandbox::new();
+    let sample = crate::support::fixture("daily_papers-2024-03-11.json");
+    with_secret_file(&s, &["papers", "import", sample.to_str().unwrap()]).ok();
+    with_secret_file(&s, &["subscribers", "add", "ada@example.org"]).ok();
+    let secret = s.path("data/secret.key");
+    let kept = std::fs::read(&secret).unwrap();
+    std::fs::remove_file(&secret).unwrap();
+
+    let out = with_secret_file(&s, &["send", "--date", DATE]);
+    let err = out.fails();
+    assert!(err.contains("secret"), "{err}");
+    assert!(err.contains("data/secret.key"), "{err}");
+    assert!(err.contains("paperpost secret rotate"), "{err}");
+    assert!(!s.path("data/outbox").exists(), "sent with a new secret");
+    assert!(!secret.exists(), "a new secret was left in place");
+    // Every command refuses, not only sending.
+    with_secret_file(&s, &["subscribers", "add", "bob@example.org"]).fails();
+
+    // Restored: everything works, and the links are the old ones.
+    std::fs::write(&secret, &kept).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    with_secret_file(&s, &["send", "--date", DATE]).ok();
+    let keys =
+        paperpost::security::Keys::from_bytes(String::from_utf8(kept).unwrap().trim().as_bytes());
+    let token_ok = |keys: &paperpost::security::Keys| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let pool = s.pool().await;
+            let (uuid, hash): (String, String) =
+                sqlx::query_as("SELECT uuid, token_hash FROM subscribers")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            keys.subscriber_token_hash(&uuid) == hash
+        })
+    };
+    assert!(token_ok(&keys));
+
+    // Rotated on purpose: a new secret, the links made from it, and the
+    // commands work again.
+    let out = with_secret_file(&s, &["secret", "rotate"]);
+    assert!(out.ok().contains("rotated"), "{}", out.stdout);
+    let new = std::fs::read_to_string(&secret).unwrap();
+    assert!(!token_ok(&keys), "the old links still work");
+    assert!(token_ok(&paperpost::security::Keys::from_bytes(
+        new.trim().as_bytes()
+    )));
+    with_secret_file(&s, &["subscribers", "add", "bob@example.org"]).ok();
+}
+
+/// A database from before fingerprints (the previous release) is checked
+/// against its subscribers' tokens: another secret is refused there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_the_previous_release_is_checked_against_its_tokens() {
+    let s = crate::support::Sandbox::new();
+    crate::support::database_at_version(&s, 6).await;
+    // A subscriber as the previous release made them, with the sandbox's secret.
+    s.run(&["subscribers", "add", "ada@example.org"]).ok();
+    let pool = s.pool().await;
+    sqlx::query("DELETE FROM secret_fingerprint")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let other = "another-secret-0123456789abcdef0123456789abcdef";
+    let out = s.run_env(&[("PAPERPOST__SECURITY__SECRET", other)], &["status"]);
+    assert!(
+        out.fails().contains("paperpost secret rotate"),
+        "{}",
+        out.stderr
+    );
+    s.run(&["status"]).ok();
+}
