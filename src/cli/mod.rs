@@ -412,7 +412,9 @@ async fn backup(settings: &Settings, file: &std::path::Path) -> anyhow::Result<(
     if file.exists() {
         anyhow::bail!("{} exists already; give a new file name", file.display());
     }
-    let pool = store::connect(&settings.database).await?;
+    // Read only: a backup never migrates the live database (this binary may
+    // be newer than the daemon running on it).
+    let pool = store::open_read_only(&settings.database).await?;
     store::backup(&pool, file)
         .await
         .with_context(|| format!("cannot write the backup {}", file.display()))?;

@@ -70,6 +70,21 @@ pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
+/// Opens an existing database to read only: no migration, no file created
+/// (a backup copies the schema it finds, whatever release made it).
+pub async fn open_read_only(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
+    let path = &settings.path;
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(settings.busy_timeout);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the database {}", path.display()))
+}
+
 /// One connection for every write a process makes (the delivery engine's
 /// outcomes and claims, the web endpoint's unsubscribes and sign-ups), so
 /// concurrent writers queue here, in order, instead of in SQLite's busy

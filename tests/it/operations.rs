@@ -201,3 +201,32 @@ async fn a_database_from_the_previous_release_is_checked_against_its_tokens() {
     );
     s.run(&["status"]).ok();
 }
+
+/// `backup` copies; it never migrates the live database (a newer binary's
+/// backup would upgrade the schema under the older daemon still running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_never_migrates_the_live_database() {
+    let s = crate::support::Sandbox::new();
+    crate::support::database_at_version(&s, 3).await;
+    let copy = s.path("copy.db");
+    let out = s.run(&["backup", copy.to_str().unwrap()]);
+    assert!(out.ok().contains("Backed up"), "{}", out.stdout);
+    let version = |path: std::path::PathBuf| async move {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        v
+    };
+    assert_eq!(
+        version(s.db_path()).await,
+        3,
+        "the live database was migrated"
+    );
+    assert_eq!(version(copy).await, 3);
+}
