@@ -122,7 +122,7 @@ impl Engine {
         }
         if swept.elapsed() >= SWEEP_EVERY {
             *swept = Instant::now();
-            self.release_expired().await;
+            self.release_expired(c.until.edition()).await;
         }
         let only = c.until.edition();
         let mut conn = self.pool.acquire().await?;
@@ -197,11 +197,12 @@ impl Engine {
 
     /// Puts rows whose lease ran out back in the queue, but for those this
     /// process still holds.
-    pub(super) async fn release_expired(&self) {
+    pub(super) async fn release_expired(&self, sending: Option<NaiveDate>) {
         let released = async {
             let held = self.held();
             let mut w = self.writer.acquire().await?;
-            anyhow::Ok(deliveries::release_expired(&mut w, self.fence.me(), &held).await?)
+            let me = self.fence.me();
+            anyhow::Ok(deliveries::release_expired(&mut w, me, &held, sending).await?)
         }
         .await;
         match released {

@@ -251,17 +251,20 @@ pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, Store
 /// written, an unclaim that failed) go back to the queue, for the running
 /// sender to send again, except the rows `held` (the ids the running sender
 /// still tracks, however long they have waited). Only the newest editions
-/// are looked at, through their index: older ones have nothing in flight.
-/// Only the lock's holder `me` may.
+/// are looked at, through their index (older ones have nothing in flight),
+/// and `sending`, the edition a `send --date` sends, however old. Only the
+/// lock's holder `me` may.
 pub async fn release_expired(
     conn: &mut SqliteConnection,
     me: &str,
     held: &[i64],
+    sending: Option<NaiveDate>,
 ) -> Result<u64, StoreError> {
     let sql = format!(
         "UPDATE deliveries SET status = 'queued', lease_until = NULL, \
            next_attempt_at = min(next_attempt_at, ?1), updated_at = ?1, claimed_by = NULL \
-         WHERE edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
+         WHERE (edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
+                OR edition_date = ?4) \
            AND status = 'sending' AND lease_until < ?1 AND {} \
            AND id NOT IN (SELECT value FROM json_each(?3))",
         HOLDS_LOCK.replace("?4", "?2")
@@ -270,6 +273,7 @@ pub async fn release_expired(
         .bind(now_ms())
         .bind(me)
         .bind(serde_json::to_string(held).expect("ids serialize"))
+        .bind(sending.map(|d| d.to_string()))
         .execute(conn)
         .await?
         .rows_affected())

@@ -52,7 +52,7 @@ async fn the_sweep_spares_the_rows_their_process_still_holds() {
     assert_eq!(claimed.len(), 3);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let held = [claimed[0].id, claimed[1].id];
-    let released = deliveries::release_expired(&mut conn, "me", &held)
+    let released = deliveries::release_expired(&mut conn, "me", &held, None)
         .await
         .unwrap();
     assert_eq!(released, 1, "only the row nobody holds goes back");
@@ -229,4 +229,38 @@ async fn backup_never_migrates_the_live_database() {
         "the live database was migrated"
     );
     assert_eq!(version(copy).await, 3);
+}
+
+/// The sweep looks at the newest editions only, through their index; `send
+/// --date` of an older one must have its stuck rows swept too, or it waits
+/// for ever (found by reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_reaches_an_old_edition_being_sent() {
+    use paperpost::store::deliveries;
+    let s = setup(1);
+    let old: chrono::NaiveDate = "2024-01-01".parse().unwrap();
+    // The old edition, then fifteen newer ones.
+    for d in 0..16 {
+        let date = (old + chrono::Duration::days(d * 7)).to_string();
+        s.run(&["papers", "select", "--date", &date, "2403.06410"])
+            .ok();
+        crate::support::child::queue_edition(&s, &date).await;
+    }
+    let pool = s.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        deliveries::try_lock(&mut conn, "me", 60_000, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = deliveries::claim(&mut conn, "me", 1, 1, 1, Some(old))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let released = deliveries::release_expired(&mut conn, "me", &[], Some(old))
+        .await
+        .unwrap();
+    assert_eq!(released, 1, "the old edition's stuck row stays sending");
 }
