@@ -189,7 +189,13 @@ async fn acquire_or_stand_by(
     let web_stop = shutdown.child_token();
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::standby());
-    crate::web::start(app, liveness, None, &tracker, web_stop.clone()).await?;
+    crate::web::start(app, Arc::clone(&liveness), None, &tracker, web_stop.clone()).await?;
+    // The watchdog is pinged while standing by, or systemd kills the standby.
+    tracker.spawn(crate::systemd::watch(
+        app.pool.clone(),
+        liveness,
+        web_stop.clone(),
+    ));
     tracker.spawn(reloader(
         app.clone(),
         None,

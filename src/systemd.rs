@@ -69,6 +69,10 @@ pub async fn watch(pool: SqlitePool, liveness: Arc<Liveness>, shutdown: Cancella
             Some(_) => {}
         }
         last_problem = problem;
+        if liveness.standby {
+            // Its STATUS= stays "standing by"; the sender's is not its own.
+            continue;
+        }
         let status = describe(&pool).await;
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);

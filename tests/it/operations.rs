@@ -264,3 +264,31 @@ async fn the_sweep_reaches_an_old_edition_being_sent() {
         .unwrap();
     assert_eq!(released, 1, "the old edition's stuck row stays sending");
 }
+
+/// A standby `run` (another process sends) pings the watchdog too: the
+/// shipped unit's WatchdogSec killed it every two minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_pings_the_watchdog() {
+    use crate::support::{child::never_fires, daemon::TestDaemon, notify::NotifySocket};
+    let s = setup(1);
+    let env = never_fires(with(vec![], "PAPERPOST__LOG__LEVEL", "info"));
+    let mut first = TestDaemon::spawn(&s, &env, &["run"]);
+    first.wait_log("paperpost is running").await;
+    let mut notify = NotifySocket::new();
+    let env = with(env, "NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    let env = with(env, "WATCHDOG_USEC", "1000000");
+    let mut standby = TestDaemon::spawn(&s, &env, &["run"]);
+    standby.wait_log("serving the web endpoint only").await;
+    crate::support::child::wait_for("three pings", || notify.count("WATCHDOG=1") >= 3).await;
+    assert!(
+        notify
+            .drain()
+            .iter()
+            .filter(|l| l.starts_with("STATUS="))
+            .all(|l| l.starts_with("STATUS=standing by")),
+        "{:?}",
+        notify.seen
+    );
+    assert_eq!(standby.stop().await.code, 0);
+    assert_eq!(first.stop().await.code, 0);
+}
