@@ -29,6 +29,68 @@ pub enum FetchError {
     TooLarge { url: String },
     #[error("{url} did not send daily_papers JSON: {reason}")]
     Invalid { url: String, reason: String },
+    #[error("{url} listed no papers for {date}")]
+    Empty { url: String, date: NaiveDate },
+    #[error(
+        "{url} sent {n} papers published {published} for {date}: stale (a paper's own date may be \
+         at most {DAYS_BEFORE} days before and {DAYS_AFTER} after the day asked for)"
+    )]
+    OutOfWindow {
+        url: String,
+        date: NaiveDate,
+        n: usize,
+        published: String,
+    },
+    #[error(
+        "{url} sent the same papers for {date} as the {last} edition, which has gone out: stale"
+    )]
+    SameAsLast {
+        url: String,
+        date: NaiveDate,
+        last: NaiveDate,
+    },
+}
+
+/// How many days before the day asked for a paper's own date may be (a
+/// Monday's list has papers from the Thursday before, and holidays).
+pub const DAYS_BEFORE: i64 = 7;
+/// How many days after (the source's day is UTC, the schedule's may not be).
+pub const DAYS_AFTER: i64 = 1;
+
+/// The records whose own date (if they have one) lies in the window around
+/// `date`; an error naming the dates when none does.
+pub fn in_window(
+    records: Vec<Record>,
+    date: NaiveDate,
+    url: &str,
+) -> Result<Vec<Record>, FetchError> {
+    let from = date - chrono::Duration::days(DAYS_BEFORE);
+    let to = date + chrono::Duration::days(DAYS_AFTER);
+    let n = records.len();
+    let mut outside = std::collections::BTreeSet::new();
+    let kept: Vec<Record> = records
+        .into_iter()
+        .filter(|r| match r.date {
+            Some(d) if d < from || d > to => {
+                outside.insert(d);
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if kept.is_empty() && n > 0 {
+        let published: Vec<String> = outside.iter().map(NaiveDate::to_string).collect();
+        return Err(FetchError::OutOfWindow {
+            url: url.to_string(),
+            date,
+            n,
+            published: published.join(", "),
+        });
+    }
+    if kept.len() < n {
+        tracing::warn!(%date, left_out = n - kept.len(), "papers dated outside the window left out of the fetch");
+    }
+    Ok(kept)
 }
 
 impl FetchError {
@@ -37,7 +99,12 @@ impl FetchError {
         match self {
             FetchError::Unreachable { .. } => true,
             FetchError::Status { status, .. } => *status >= 500 || *status == 429,
-            FetchError::TooLarge { .. } | FetchError::Invalid { .. } => false,
+            // Not at once: the daemon tries these again at papers.fetch_retry.
+            FetchError::TooLarge { .. }
+            | FetchError::Invalid { .. }
+            | FetchError::Empty { .. }
+            | FetchError::OutOfWindow { .. }
+            | FetchError::SameAsLast { .. } => false,
         }
     }
 }
@@ -166,9 +233,14 @@ pub async fn fetch_and_import(
     date: NaiveDate,
 ) -> anyhow::Result<ImportReport> {
     let result = async {
-        let records = fetcher.fetch(date).await?;
-        let records = auto_select(records, app.settings.papers.auto_select);
         let label = fetcher.url(date);
+        let records = fetcher.fetch(date).await?;
+        if records.is_empty() {
+            return Err(FetchError::Empty { url: label, date }.into());
+        }
+        let records = in_window(records, date, &label)?;
+        let records = auto_select(records, app.settings.papers.auto_select);
+        same_as_last(app, &records, date, &label).await?;
         let groups = papers::by_date(Path::new(&label), &records, Some(date), None)?;
         papers::store(&app.pool, &records, &groups, SelectionOrigin::Fetch).await
     }
@@ -190,6 +262,36 @@ pub async fn fetch_and_import(
     let mut conn = app.pool.acquire().await?;
     crate::store::papers::record_fetch(&mut conn, date, ok, &message).await?;
     result
+}
+
+/// An error when `records` are the very papers (in the same order) of the
+/// newest edition started before `date`: a source serving yesterday's list.
+async fn same_as_last(
+    app: &App,
+    records: &[Record],
+    date: NaiveDate,
+    url: &str,
+) -> anyhow::Result<()> {
+    let mut conn = app.pool.acquire().await?;
+    let started = crate::store::deliveries::started_dates(&mut conn).await?;
+    let Some(last) = started.into_iter().filter(|d| *d < date).max() else {
+        return Ok(());
+    };
+    let sent: Vec<String> = crate::store::papers::selection(&mut conn, last)
+        .await?
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    let fetched: Vec<String> = records.iter().map(|r| r.paper.id.to_string()).collect();
+    if !sent.is_empty() && sent == fetched {
+        return Err(FetchError::SameAsLast {
+            url: url.to_string(),
+            date,
+            last,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// One line on what a fetch did.

@@ -206,7 +206,7 @@ async fn the_daemon_tries_a_failed_fetch_again() {
     let env = with(
         vec![],
         "PAPERPOST__PAPERS__SOURCE_URL",
-        &source.url("/flaky"),
+        &source.url("/flaky?date={date}"),
     );
     let env = with(env, "PAPERPOST__PAPERS__FETCH_RETRY", "1s");
     let env = never_fires(env);
@@ -220,4 +220,71 @@ async fn the_daemon_tries_a_failed_fetch_again() {
     );
     assert_eq!(daemon.stop().await.code, 0);
     assert_eq!(source.hits(), 4);
+}
+
+/// A source that answers every date with the same (old) list: the records'
+/// own dates give it away, and a selection identical to the edition that
+/// went out last is refused too. Both fail the fetch (retried, and shown in
+/// `status`) and change nothing.
+#[test]
+fn a_stale_source_is_refused() {
+    let source = PapersSource::start();
+    let s = Sandbox::new();
+    s.run(&["subscribers", "add", "ada@example.org"]).ok();
+    let url = source.url("/stale?date={date}");
+    let fetch_for = |date: &str| {
+        s.run_env(
+            &[("PAPERPOST__PAPERS__SOURCE_URL", url.as_str())],
+            &["papers", "fetch", "--date", date],
+        )
+    };
+    // Records published 2024-03-11, asked for 2026-11-28.
+    let out = fetch_for("2026-11-28");
+    assert!(out.fails().contains("stale"), "{}", out.stderr);
+    assert!(out.stderr.contains("2024-03-11"), "{}", out.stderr);
+    assert!(s.papers(Some("2026-11-28")).is_empty());
+    let status = s.run(&["status"]);
+    assert!(
+        status.ok().contains("FAILED") && status.stdout.contains("stale"),
+        "{}",
+        status.stdout
+    );
+
+    // The right day works; the next day, within the records' window, gets
+    // the very list that went out: refused.
+    fetch_for(DATE).ok();
+    s.run(&["send", "--date", DATE]).ok();
+    let out = fetch_for("2024-03-12");
+    assert!(
+        out.fails()
+            .contains("as the 2024-03-11 edition, which has gone out: stale"),
+        "{}",
+        out.stderr
+    );
+    assert!(s.papers(Some("2024-03-12")).is_empty());
+}
+
+/// An empty list is not a success: the day would be skipped silently. It
+/// fails (and the daemon tries again at papers.fetch_retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_list_is_a_failure_tried_again() {
+    let source = PapersSource::start();
+    let s = Sandbox::new();
+    let out = fetch(&s, &source.url("/empty"), &[]);
+    assert!(out.fails().contains("no papers"), "{}", out.stderr);
+    let env = with(
+        vec![],
+        "PAPERPOST__PAPERS__SOURCE_URL",
+        &source.url("/empty"),
+    );
+    let env = with(env, "PAPERPOST__PAPERS__FETCH_RETRY", "1s");
+    let env = never_fires(with(env, "PAPERPOST__LOG__LEVEL", "info"));
+    let before = source.hits();
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    for _ in 0..2 {
+        let seen = daemon.wait_log("cannot fetch the day's papers").await;
+        assert!(seen.contains("no papers"), "{seen}");
+    }
+    assert_eq!(daemon.stop().await.code, 0);
+    assert!(source.hits() - before >= 2);
 }

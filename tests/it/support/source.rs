@@ -16,9 +16,11 @@ pub struct PapersSource {
 }
 
 impl PapersSource {
-    /// Routes: `/api/daily_papers` (the sample), `/flaky` (three 502s, then
+    /// Routes: `/api/daily_papers?date=D` (the sample's papers, dated D as
+    /// a live source dates them), `/stale` (the sample as it is, dated
+    /// 2024-03-11, whatever the date asked for), `/flaky` (three 502s, then
     /// the sample), `/error` (500), `/busy` (429), `/bad` (not JSON),
-    /// `/huge` (100 MB), `/stall` (never answers).
+    /// `/huge` (100 MB), `/stall` (never answers), `/empty` (an empty list).
     pub fn start() -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
         let app = routes().layer(axum::middleware::from_fn_with_state(
@@ -71,17 +73,24 @@ fn routes() -> Router {
     let calls = Arc::new(AtomicUsize::new(0));
     let flaky = {
         let sample = sample.clone();
-        move || async move {
+        move |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
             // One fetch (three requests) fails, the next works.
             if calls.fetch_add(1, Ordering::SeqCst) < 3 {
                 Err(StatusCode::BAD_GATEWAY)
             } else {
-                Ok(sample)
+                Ok(on_date(&sample, q.get("date").map(String::as_str)))
             }
         }
     };
+    let dated = {
+        let sample = sample.clone();
+        move |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+            on_date(&sample, q.get("date").map(String::as_str))
+        }
+    };
     Router::new()
-        .route("/api/daily_papers", get(move || async move { sample }))
+        .route("/api/daily_papers", get(dated))
+        .route("/stale", get(move || async move { sample }))
         .route("/flaky", get(flaky))
         .route(
             "/error",
@@ -89,6 +98,7 @@ fn routes() -> Router {
         )
         .route("/busy", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
         .route("/bad", get(|| async { "<html>this is not JSON</html>" }))
+        .route("/empty", get(|| async { "[]" }))
         .route("/stall", get(std::future::pending::<String>))
         .route(
             "/huge",
@@ -101,6 +111,17 @@ fn routes() -> Router {
                 Body::from_stream(chunks)
             }),
         )
+}
+
+/// The sample's records with their dates moved to `date` (when given).
+fn on_date(sample: &[u8], date: Option<&str>) -> Vec<u8> {
+    let Some(date) = date else {
+        return sample.to_vec();
+    };
+    let text = String::from_utf8_lossy(sample);
+    text.replace("2024-03-11T", &format!("{date}T"))
+        .replace("2024-03-12T", &format!("{date}T"))
+        .into_bytes()
 }
 
 async fn count(
