@@ -324,10 +324,12 @@ impl Engine {
     /// server refusing everyone with the same reply.
     pub(super) fn refused(&self, job: &Job, reason: String, bounce: bool) -> (Outcome, Tally) {
         let (id, subscriber) = (job.claimed.id, &job.subscriber);
+        let domain = subscriber.email.as_str().rsplit('@').next().unwrap_or("");
         let refusal = guard::Refusal {
             delivery: id,
             subscriber: subscriber.id,
             bounce,
+            domain: guard::domain_key(domain),
         };
         let key = guard::reply_key(&reason, subscriber.email.as_str());
         let judgement = self.guard.lock().expect("guard lock").refused(key, refusal);

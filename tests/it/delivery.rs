@@ -936,3 +936,69 @@ async fn a_selection_changed_mid_edition_reaches_the_readers_not_yet_sent() {
         "the last reader got a paper no longer selected"
     );
 }
+
+/// A relay refusing everyone with a reply that carries a per-message id
+/// ("Proxy ID <hex>") is still one reply: the guard trips (it never did,
+/// and an edition of 40 failed at once with no alert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_with_a_per_message_id_is_still_the_servers() {
+    let server = SmtpServer::start().await;
+    server.script(|to, attempt| {
+        // A different id for every message, as Gmail's relay gives.
+        let id = to.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) ^ u64::from(attempt);
+        let id = format!("{id:016x}");
+        let reply: &'static str =
+            Box::leak(format!("5.7.1 Relaying denied. Proxy ID {id} - gsmtp").into_boxed_str());
+        Plan::at_rcpt(Action::Reply(550, reply))
+    });
+    let s = setup(20);
+    let env = smtp_env(server.port(), 2);
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
+    wait_for("the alert", || s.run(&["status"]).ok().contains("ALERT")).await;
+    send.kill();
+    assert!(s.subscribers().iter().all(|x| x["status"] == "active"));
+    let rows = deliveries(&s);
+    assert!(rows.values().all(|r| r["status"] != "failed"), "{rows:?}");
+}
+
+/// Dead mailboxes next to each other at one domain, whose replies echo the
+/// address, are the recipients' own: they bounce, no alert, and the others
+/// get their digest (the guard called it the server's and retried them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adjacent_dead_mailboxes_at_one_domain_bounce_without_an_alert() {
+    let server = SmtpServer::start().await;
+    server.script(|to, _| {
+        if to.starts_with("dead") {
+            let reply: &'static str = Box::leak(
+                format!("5.1.1 <{to}>: Recipient address rejected: User unknown").into_boxed_str(),
+            );
+            Plan::at_rcpt(Action::Reply(550, reply))
+        } else {
+            Plan::accept()
+        }
+    });
+    let s = Sandbox::with_sample_papers();
+    let mut csv = String::from("email\n");
+    for i in 0..6 {
+        csv.push_str(&format!("dead{i}@example.org\n"));
+    }
+    for i in 0..6 {
+        csv.push_str(&format!("{}\n", email(i)));
+    }
+    let f = s.write("subs.csv", csv);
+    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
+    let out = run(&s, &smtp_env(server.port(), 1), &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("6 sent, 6 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!s.run(&["status"]).ok().contains("ALERT"));
+    for i in 0..6 {
+        let who = format!("dead{i}@example.org");
+        assert_eq!(s.subscriber(&who).unwrap()["status"], "bounced", "{who}");
+    }
+}
