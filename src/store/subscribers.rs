@@ -311,73 +311,108 @@ pub struct LinkUse {
     pub user_agent: Option<String>,
 }
 
+/// What an unsubscribe needs of a link's owner, and nothing else, so that a
+/// field it does not need (a time zone no longer known) cannot fail it.
+#[derive(Debug, Clone)]
+pub struct LinkOwner {
+    pub id: i64,
+    pub email: SubscriberEmail,
+    pub status: SubscriberStatus,
+    pub unsubscribed_by: Option<EndedBy>,
+}
+
+impl LinkOwner {
+    /// Still receiving mail, or deactivated by a sync (the subscriber's own
+    /// word now, so a later sync does not bring them back).
+    fn receiving(&self) -> bool {
+        matches!(
+            self.status,
+            SubscriberStatus::Active | SubscriberStatus::Pending
+        ) || (self.status == SubscriberStatus::Unsubscribed
+            && self.unsubscribed_by == Some(EndedBy::Sync))
+    }
+
+    fn from_row(row: &SqliteRow) -> Result<Self, String> {
+        let get = |col: &str| -> Result<Option<String>, String> {
+            row.try_get::<Option<String>, _>(col)
+                .map_err(|e| format!("{col}: {e}"))
+        };
+        let required = |col: &str| get(col)?.ok_or_else(|| format!("{col} is empty"));
+        Ok(LinkOwner {
+            id: row.try_get("id").map_err(|e| format!("id: {e}"))?,
+            email: SubscriberEmail::parse(&required("email")?)
+                .map_err(|e| format!("email: {e}"))?,
+            status: required("status")?
+                .parse()
+                .map_err(|e| format!("status: {e}"))?,
+            unsubscribed_by: get("unsubscribed_by")?
+                .map(|b| b.parse())
+                .transpose()
+                .map_err(|e| format!("unsubscribed_by: {e}"))?,
+        })
+    }
+}
+
 /// What an unsubscribe link did: whose it is, and whether this use ended
 /// their subscription (false: it had ended before).
 #[derive(Debug, Clone)]
 pub struct Unsubscribed {
-    pub subscriber: Subscriber,
+    pub owner: LinkOwner,
     pub ended: bool,
 }
 
-/// Unsubscribes the owners of these links (in order; `None` for an unknown
-/// token) and records each use, with a handful of statements for the whole
-/// batch. Run inside a `BEGIN IMMEDIATE` transaction.
+/// One link's result in a batch: `Ok(None)` for a token nobody has, `Err`
+/// for an owner whose row cannot be read (that link alone fails).
+pub type LinkResult = Result<Option<Unsubscribed>, String>;
+
+/// Unsubscribes the owners of these links (in order) and records each use,
+/// with a handful of statements for the whole batch; each link succeeds or
+/// fails on its own. Run inside a `BEGIN IMMEDIATE` transaction.
 pub async fn unsubscribe_by_links(
     conn: &mut SqliteConnection,
     uses: &[LinkUse],
-) -> Result<Vec<Option<Unsubscribed>>, StoreError> {
+) -> Result<Vec<LinkResult>, StoreError> {
     let hashes: Vec<String> = uses
         .iter()
         .map(|u| crate::security::token_hash(&u.token))
         .collect();
-    let sql = format!(
-        "SELECT {COLUMNS}, token_hash FROM subscribers \
-         WHERE token_hash IN (SELECT value FROM json_each(?))"
-    );
-    let mut owners = std::collections::HashMap::new();
-    for row in sqlx::query(&sql)
-        .bind(serde_json::to_string(&hashes).expect("strings serialize"))
-        .fetch_all(&mut *conn)
-        .await?
+    let mut owners: std::collections::HashMap<String, Result<LinkOwner, String>> =
+        std::collections::HashMap::new();
+    for row in sqlx::query(
+        "SELECT id, email, status, unsubscribed_by, token_hash FROM subscribers \
+         WHERE token_hash IN (SELECT value FROM json_each(?))",
+    )
+    .bind(serde_json::to_string(&hashes).expect("strings serialize"))
+    .fetch_all(&mut *conn)
+    .await?
     {
         let hash: String = row.try_get("token_hash")?;
-        owners.insert(hash, <Subscriber as sqlx::FromRow<_>>::from_row(&row)?);
+        owners.insert(hash, LinkOwner::from_row(&row));
     }
-    // Who this use ends: those still receiving, and those a sync deactivated
-    // (the subscriber's own word now, so a later sync does not bring them back).
-    let receiving = |s: &Subscriber| {
-        matches!(
-            s.status,
-            SubscriberStatus::Active | SubscriberStatus::Pending
-        ) || (s.status == SubscriberStatus::Unsubscribed
-            && s.unsubscribed_by == Some(EndedBy::Sync))
-    };
-    let mut ending: Vec<i64> = owners
-        .values()
-        .filter(|s| receiving(s))
-        .map(|s| s.id)
-        .collect();
+    let readable = || owners.values().filter_map(|o| o.as_ref().ok());
+    let mut ending: Vec<i64> = readable().filter(|s| s.receiving()).map(|s| s.id).collect();
     ending.sort_unstable();
     end_subscriptions(conn, &ending, SubscriberStatus::Unsubscribed, EndedBy::Link).await?;
     let used: Vec<_> = uses
         .iter()
         .zip(&hashes)
-        .filter_map(|(u, h)| {
-            owners
-                .get(h)
-                .map(|s| (s.id, u.channel, u.user_agent.as_deref()))
+        .filter_map(|(u, h)| match owners.get(h) {
+            Some(Ok(s)) => Some((s.id, u.channel, u.user_agent.as_deref())),
+            _ => None,
         })
         .collect();
     super::events::record_many(conn, Action::Unsubscribe, &used).await?;
     let mut first_use = std::collections::HashSet::new();
     Ok(hashes
         .iter()
-        .map(|h| {
-            owners.get(h).map(|s| Unsubscribed {
-                subscriber: s.clone(),
+        .map(|h| match owners.get(h) {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!("cannot read the subscriber: {e}")),
+            Some(Ok(s)) => Ok(Some(Unsubscribed {
+                owner: s.clone(),
                 // A token twice in one batch ends the subscription once.
-                ended: receiving(s) && first_use.insert(s.id),
-            })
+                ended: s.receiving() && first_use.insert(s.id),
+            })),
         })
         .collect())
 }

@@ -28,7 +28,7 @@ pub async fn page(State(state): State<WebState>, link: Link) -> Result<Response,
     let mut conn = state.app.pool.acquire().await?;
     let s = subscriber_for(&mut conn, &token).await?;
     if !is_receiving(&s) {
-        return Ok(unsubscribed_page(&state, &s, &token));
+        return Ok(unsubscribed_page(&state, &s.email, &token));
     }
     let m = Message::new(Page::new(&state, "Unsubscribe"))
         .para(format!(
@@ -79,7 +79,7 @@ pub async fn unsubscribe(
     let Some(done) = state.unsubscriber.unsubscribe(link).await? else {
         return Err(WebError::NotFound);
     };
-    let s = done.subscriber;
+    let s = done.owner;
     if done.ended {
         let label = ChannelLabel {
             channel: channel.as_str(),
@@ -91,7 +91,7 @@ pub async fn unsubscribe(
             "unsubscribed by link"
         );
     }
-    Ok(unsubscribed_page(&state, &s, &token))
+    Ok(unsubscribed_page(&state, &s.email, &token))
 }
 
 /// Active and pending subscribers still get mail (or a confirmation).
@@ -102,12 +102,16 @@ fn is_receiving(s: &Subscriber) -> bool {
     )
 }
 
-fn unsubscribed_page(state: &WebState, s: &Subscriber, token: &str) -> Response {
+fn unsubscribed_page(
+    state: &WebState,
+    email: &crate::domain::SubscriberEmail,
+    token: &str,
+) -> Response {
     let m = Message::new(Page::new(state, "You are unsubscribed"))
         .para(format!(
             "{} will send no more digests to {}.",
             state.look.title,
-            s.email.masked()
+            email.masked()
         ))
         .para("Unsubscribed by mistake? You can undo it.")
         .button(

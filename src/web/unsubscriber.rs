@@ -63,7 +63,7 @@ async fn write_batches(
             Ok(done) => {
                 tracing::debug!(uses = done.len(), "wrote a batch of unsubscribes");
                 for (reply, one) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(one));
+                    let _ = reply.send(one);
                 }
             }
             Err(e) => {
