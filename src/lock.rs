@@ -92,9 +92,11 @@ impl Identity {
         })
     }
 
-    /// Judges `holder` from this process; `start_of(pid)` is the start time of
-    /// the process with that PID here, if one runs.
-    pub fn judge(&self, holder: &Identity, start_of: impl Fn(u32) -> Option<u64>) -> Seen {
+    /// Judges `holder` from this process; `probe(pid)` says whether a
+    /// process with that PID runs here, and when it started if that can be
+    /// read. Only a PID that is free, or whose process provably started at
+    /// another time, is gone: one this process may not look at is running.
+    pub fn judge(&self, holder: &Identity, probe: impl Fn(u32) -> Probe) -> Seen {
         let comparable = holder.host == self.host
             && holder.boot == self.boot
             && holder.pidns == self.pidns
@@ -104,10 +106,37 @@ impl Identity {
         if !comparable {
             return Seen::Elsewhere;
         }
-        match start_of(holder.pid) {
-            Some(start) if start == holder.start => Seen::Running,
-            _ => Seen::Gone,
+        match probe(holder.pid) {
+            Probe::Absent => Seen::Gone,
+            Probe::Present { start: Some(s) } if s != holder.start => Seen::Gone,
+            Probe::Present { .. } => Seen::Running,
         }
+    }
+}
+
+/// What this process can find out about a PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// No such process (ESRCH from `kill(pid, 0)`).
+    Absent,
+    /// A process has this PID (or may: not allowed to ask); its start time
+    /// when /proc/PID can be read (not with hidepid=2, ProtectProc=invisible
+    /// or another user's process).
+    Present { start: Option<u64> },
+}
+
+/// Probes `pid` here: `kill(pid, 0)`, then its start time.
+pub fn probe(pid: u32) -> Probe {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Probe::Present { start: None };
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(raw, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return Probe::Absent;
+    }
+    Probe::Present {
+        start: start_ticks(pid),
     }
 }
 
@@ -238,7 +267,7 @@ impl Lock {
         let Some(other) = deliveries::try_lock(&mut conn, &me, ttl_ms, None).await? else {
             return Ok(taken(pool));
         };
-        let seen = Identity::parse(&other.holder).map(|h| here.judge(&h, start_ticks));
+        let seen = Identity::parse(&other.holder).map(|h| here.judge(&h, probe));
         if seen == Some(Seen::Gone)
             && deliveries::try_lock(&mut conn, &me, ttl_ms, Some(&other.holder))
                 .await?
@@ -357,9 +386,15 @@ mod tests {
     fn a_holder_is_judged_only_where_its_pid_means_something() {
         let me = here();
         let other = |s: &str| Identity::parse(s).unwrap();
-        let running = |pid| (pid == 200).then_some(7000);
+        let running = |pid| match pid {
+            200 => Probe::Present { start: Some(7000) },
+            // Alive, but its /proc entry cannot be read (hidepid=2).
+            300 => Probe::Present { start: None },
+            _ => Probe::Absent,
+        };
         let judge = |s: &str| me.judge(&other(s), running);
         assert_eq!(judge("box:200:7000:0a1b2c3d:4026531836:x"), Seen::Running);
+        assert_eq!(judge("box:300:7000:0a1b2c3d:4026531836:x"), Seen::Running);
         // Its PID is free, or belongs to a process started at another time.
         assert_eq!(judge("box:201:7000:0a1b2c3d:4026531836:x"), Seen::Gone);
         assert_eq!(judge("box:200:6999:0a1b2c3d:4026531836:x"), Seen::Gone);

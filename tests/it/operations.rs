@@ -292,3 +292,68 @@ async fn a_standby_pings_the_watchdog() {
     assert_eq!(standby.stop().await.code, 0);
     assert_eq!(first.stop().await.code, 0);
 }
+
+/// A live holder whose /proc entry cannot be read (hidepid=2, systemd's
+/// ProtectProc=invisible, another user) is alive: only "no such process"
+/// from kill(pid, 0) means gone. A standby that could not see the sending
+/// process took the lock over and both sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_this_process_cannot_see_is_not_taken_for_dead() {
+    use crate::support::{child::never_fires, daemon::TestDaemon};
+    use std::os::unix::fs::PermissionsExt;
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(100));
+    let s = setup(30);
+    let env = smtp_env(server.port(), 1);
+    let mut send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
+    crate::support::child::wait_for("the edition under way", || server.accepted().len() >= 2).await;
+    // The standby runs as another user, with a /proc that hides the sender.
+    for entry in walk(s.dir.path()) {
+        let mode = if entry.is_dir() { 0o777 } else { 0o666 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut c = s.command();
+    let bin = c.get_program().to_owned();
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .current_dir(c.get_current_dir().unwrap())
+        .env_clear()
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .envs(never_fires(env.clone()).into_iter())
+        .env("PAPERPOST__HTTP__BIND", "127.0.0.1:0")
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            "mount -t proc -o hidepid=2 proc /proc && \
+             exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" run",
+        )
+        .arg(bin);
+    let _ = c.arg("unused");
+    let mut standby = TestDaemon::spawn_command(wrapped);
+    let seen = standby.wait_log("web endpoint listening").await;
+    assert!(seen.contains("serving the web endpoint only"), "{seen}");
+    assert!(!seen.contains("took over the lock"), "{seen}");
+    let out = send.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("30 sent"), "{}", out.stdout);
+    let counts = server.counts();
+    assert_eq!(counts.len(), 30);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert_eq!(standby.stop().await.code, 0);
+}
+
+/// Every file and folder under `dir`, `dir` included.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -42,8 +42,13 @@ impl TestDaemon {
                 v => command.env(k, v),
             };
         }
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Starts `command` (made from `Sandbox::command`, wrapped or not).
+    pub fn spawn_command(mut command: std::process::Command) -> Self {
         let mut child = command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
