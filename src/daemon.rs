@@ -204,12 +204,13 @@ async fn acquire_or_stand_by(
     ));
     tracker.close();
     crate::systemd::standing_by();
+    let mut watch = crate::lock::Watch::default();
     let lock = loop {
         tokio::select! {
             _ = tokio::time::sleep(ttl / 3) => {}
             _ = shutdown.cancelled() => break None,
         }
-        match Lock::acquire(&app.pool, ttl).await {
+        match Lock::acquire_watching(&app.pool, ttl, &mut watch).await {
             Ok(lock) => {
                 tracing::info!("the sending process stopped; this one sends from now on");
                 break Some(lock);

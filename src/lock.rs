@@ -245,6 +245,23 @@ pub struct Held {
     pub left: i64,
 }
 
+/// What a standby saw of the lock: the row (holder, expiry) and when it
+/// first saw it so, on its own monotonic clock.
+#[derive(Debug)]
+pub struct Watch {
+    row: Option<(String, i64)>,
+    since: Instant,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            row: None,
+            since: Instant::now(),
+        }
+    }
+}
+
 /// The sending lock, taken by `run` and `send`.
 pub struct Lock {
     pool: SqlitePool,
@@ -274,6 +291,54 @@ impl Lock {
                 .is_none()
         {
             tracing::warn!(previous = %other.holder, "took over the lock of a paperpost process that is no longer running");
+            return Ok(taken(pool));
+        }
+        let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
+        Err(Held {
+            holder: other.holder,
+            left,
+        }
+        .into())
+    }
+
+    /// For a standby: takes the lock when it is free (a clean stop releases
+    /// it), when its holder on this machine is gone, or when `watch` has
+    /// seen the same lock row, unrenewed, for a whole TTL on this process's
+    /// monotonic clock; never because its expiry is past by this host's
+    /// wall clock (a clock step, a suspend, another host's clock).
+    pub async fn acquire_watching(
+        pool: &SqlitePool,
+        ttl: Duration,
+        watch: &mut Watch,
+    ) -> anyhow::Result<Self> {
+        let here = Identity::of_this_process();
+        let me = here.to_string();
+        let ttl_ms = ttl.as_millis() as i64;
+        let at = Instant::now();
+        let mut conn = pool.acquire().await?;
+        let taken = |pool: &SqlitePool| Lock {
+            pool: pool.clone(),
+            fence: Fence::new(me.clone(), ttl, at),
+        };
+        let Some(other) = deliveries::try_lock_with(&mut conn, &me, ttl_ms, None, false).await?
+        else {
+            return Ok(taken(pool));
+        };
+        let gone =
+            Identity::parse(&other.holder).map(|h| here.judge(&h, probe)) == Some(Seen::Gone);
+        let row = (other.holder.clone(), other.expires_at);
+        if watch.row.as_ref() != Some(&row) {
+            *watch = Watch {
+                row: Some(row),
+                since: at,
+            };
+        }
+        let stale = gone || at.duration_since(watch.since) >= ttl;
+        if stale
+            && deliveries::try_lock_with(&mut conn, &me, ttl_ms, Some(&other.holder), false)
+                .await?
+                .is_none()
+        {
             return Ok(taken(pool));
         }
         let left = ((other.expires_at - store::now_ms()) / 1000).max(0);

@@ -522,16 +522,31 @@ pub async fn try_lock(
     ttl_ms: i64,
     stale: Option<&str>,
 ) -> Result<Option<Holder>, StoreError> {
+    try_lock_with(conn, me, ttl_ms, stale, true).await
+}
+
+/// [`try_lock`], where `by_expiry` false takes a lock held by another only
+/// when it is `stale` (the caller watched it go stale on its own clock),
+/// never because its expiry is past by this host's wall clock.
+pub async fn try_lock_with(
+    conn: &mut SqliteConnection,
+    me: &str,
+    ttl_ms: i64,
+    stale: Option<&str>,
+    by_expiry: bool,
+) -> Result<Option<Holder>, StoreError> {
     let now = now_ms();
     let r = sqlx::query(
         "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2 + ?3) \
          ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-         WHERE scheduler_lock.expires_at < ?2 OR scheduler_lock.holder = ?1 OR scheduler_lock.holder IS ?4",
+         WHERE (?5 AND scheduler_lock.expires_at < ?2) OR scheduler_lock.holder = ?1 \
+            OR scheduler_lock.holder IS ?4",
     )
     .bind(me)
     .bind(now)
     .bind(ttl_ms)
     .bind(stale)
+    .bind(by_expiry)
     .execute(&mut *conn)
     .await?;
     if r.rows_affected() > 0 {

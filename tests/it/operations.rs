@@ -357,3 +357,47 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A standby takes over only after it has seen the lock row unchanged for a
+/// whole TTL on its own monotonic clock: a holder that keeps renewing is
+/// alive, whatever the wall clocks say (here the holder's expiry reads as
+/// past on the standby's clock, as after a forward clock step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_never_takes_over_a_lock_that_is_being_renewed() {
+    use crate::support::{child::never_fires, daemon::TestDaemon};
+    let s = setup(1);
+    let pool = s.pool().await;
+    let set = |expires_at: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET holder = ?1, expires_at = ?2",
+            )
+            .bind("elsewhere:1:1:deadbeef:1:cafe0001")
+            .bind(expires_at)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    set(paperpost::store::now_ms() + 30_000).await;
+    let env = with(vec![], "PAPERPOST__DATABASE__LOCK_TTL", "3s");
+    let env = never_fires(with(env, "PAPERPOST__LOG__LEVEL", "info"));
+    let mut standby = TestDaemon::spawn(&s, &env, &["run"]);
+    standby.wait_log("serving the web endpoint only").await;
+    // The holder renews every half second, but its expiry reads 5 minutes
+    // in the past on the standby's clock.
+    for i in 0..16 {
+        set(paperpost::store::now_ms() - 300_000 + i).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = standby.drain_log();
+    assert!(
+        !log.contains("this one sends"),
+        "taken over from a live holder:\n{log}"
+    );
+    // It stops renewing: taken over a TTL later.
+    standby.wait_log("this one sends from now on").await;
+    assert_eq!(standby.stop().await.code, 0);
+}

@@ -178,7 +178,8 @@ impl TestDaemon {
         }
     }
 
-    fn drain_log(&mut self) -> String {
+    /// Everything it has logged so far (without waiting for more).
+    pub fn drain_log(&mut self) -> String {
         while self.take_line(Duration::ZERO).is_some() {}
         self.log.clone()
     }
