@@ -305,14 +305,14 @@ async fn a_holder_this_process_cannot_see_is_not_taken_for_dead() {
     server.set_delay(Duration::from_millis(100));
     let s = setup(30);
     let env = smtp_env(server.port(), 1);
-    let mut send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
+    let send = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
     crate::support::child::wait_for("the edition under way", || server.accepted().len() >= 2).await;
     // The standby runs as another user, with a /proc that hides the sender.
     for entry in walk(s.dir.path()) {
         let mode = if entry.is_dir() { 0o777 } else { 0o666 };
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let mut c = s.command();
+    let c = s.command();
     let bin = c.get_program().to_owned();
     let mut wrapped = std::process::Command::new("unshare");
     wrapped
@@ -330,7 +330,6 @@ async fn a_holder_this_process_cannot_see_is_not_taken_for_dead() {
              exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" run",
         )
         .arg(bin);
-    let _ = c.arg("unused");
     let mut standby = TestDaemon::spawn_command(wrapped);
     let seen = standby.wait_log("web endpoint listening").await;
     assert!(seen.contains("serving the web endpoint only"), "{seen}");
