@@ -32,6 +32,9 @@ impl Engine {
     pub(super) async fn claim_loop(&self, c: Claimer<'_>) -> anyhow::Result<()> {
         let mut swept = Instant::now();
         while !c.shutdown.is_cancelled() {
+            if let Some(why) = self.fault() {
+                anyhow::bail!("stopped sending: a delivery outcome could not be recorded: {why}");
+            }
             let Some(limit) = self.batch_size(&c).await else {
                 continue;
             };
@@ -83,6 +86,9 @@ impl Engine {
                 // nothing is left to do) rather than claiming row by row.
                 let half = c.tx.max_capacity() / 2;
                 while c.tx.capacity() < half && c.in_flight() as usize > half {
+                    if self.fault().is_some() {
+                        return None;
+                    }
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -93,7 +99,7 @@ impl Engine {
             }
             Allowance::Probe => {
                 // Wait for the workers to drain before probing with one message.
-                while c.in_flight() > 0 && !c.shutdown.is_cancelled() {
+                while c.in_flight() > 0 && !c.shutdown.is_cancelled() && self.fault().is_none() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Some(1)

@@ -129,6 +129,10 @@ pub struct Engine {
     /// queue, however long they wait (a slow, rate-limited relay) or however
     /// the wall clock moves.
     held: Mutex<std::collections::HashSet<i64>>,
+    /// Why sending stopped for good in this process: an outcome could not be
+    /// recorded (a full disk, an I/O error), so no further message may
+    /// leave. Set once.
+    fault: std::sync::OnceLock<String>,
     /// An alert may be showing (one from an earlier run, until a message is
     /// accepted): the first accepted message clears it.
     alerted: std::sync::atomic::AtomicBool,
@@ -171,9 +175,29 @@ impl Engine {
             guard: Mutex::default(),
             undone: Mutex::default(),
             held: Mutex::default(),
+            fault: std::sync::OnceLock::new(),
             alerted: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
         })
+    }
+
+    /// Why this process stopped sending for good, if it did.
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.get().map(String::as_str)
+    }
+
+    /// Stops all sending for good: no message leaves whose outcome, or whose
+    /// predecessor's, cannot be recorded.
+    fn stop_for_good(&self, why: String) {
+        if self.fault.set(why.clone()).is_ok() {
+            tracing::error!(
+                reason = %why,
+                "sending stopped: the database cannot record what is sent (is the disk full?); \
+                 messages not yet sent are left queued; paperpost exits so that it can be restarted \
+                 once the database can be written"
+            );
+        }
+        self.wake.notify_waiters();
     }
 
     /// This process tracks row `id` from now on.
@@ -249,9 +273,16 @@ impl Engine {
             shutdown: &shutdown,
         };
         let result = self.claim_loop(claimer).await;
+        if let Err(e) = &result {
+            // Workers must not send what is already claimed either.
+            self.stop_for_good(format!("{e:#}"));
+        }
         drop(tx);
         while workers.join_next().await.is_some() {}
         result?;
+        if let Some(why) = self.fault() {
+            anyhow::bail!("stopped sending: a delivery outcome could not be recorded: {why}");
+        }
         self.fence.check()
     }
 

@@ -32,6 +32,12 @@ impl Engine {
             else {
                 break;
             };
+            if self.fault().is_some() {
+                // An outcome could not be recorded: nothing more leaves.
+                self.let_go(job.claimed.id);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
             if shutdown.is_cancelled() {
                 // Not started: back to the queue untouched.
                 self.settle(&mut unrecorded, &in_flight).await;
@@ -153,8 +159,10 @@ impl Engine {
                 true
             }
             Err(e) => {
-                // The row keeps its lease and is sent again after a restart.
+                // The row keeps its lease and is sent again after a restart;
+                // nothing more is sent meanwhile.
                 tracing::error!(delivery = u.id, error = %e, "cannot record a delivery outcome");
+                self.stop_for_good(e);
                 false
             }
         }

@@ -63,6 +63,7 @@ pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
         // A connection is a file handle, not a socket that can go stale: testing
         // it on every acquire costs a round trip to its worker thread.
         .test_before_acquire(false)
+        .after_release(|conn, _| Box::pin(async move { Ok(known_state(conn)) }))
         .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
         .connect_with(options)
         .await
@@ -93,7 +94,22 @@ pub fn writer(pool: &SqlitePool) -> SqlitePool {
     SqlitePoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
+        .after_release(|conn, _| Box::pin(async move { Ok(known_state(conn)) }))
         .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+/// Whether a connection handed back to its pool may be used again: not one
+/// still inside a transaction (a write failed and its ROLLBACK failed too,
+/// as after SQLITE_FULL, where SQLite rolls back by itself): reused, its next
+/// BEGIN would become a SAVEPOINT and nothing it wrote would be committed.
+/// It is closed instead, and the pool opens a new one.
+fn known_state(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("a database connection was left inside a transaction; replacing it");
+    }
+    clean
 }
 
 /// Applies pending migrations, logging what it did. A database that a newer

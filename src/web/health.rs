@@ -80,6 +80,9 @@ pub async fn healthz(State(state): State<WebState>) -> Response {
             tracing::warn!(error = %e, "health check: the database does not answer");
             Some("the database does not answer")
         }
+        Ok(_) if state.engine.as_ref().is_some_and(|e| e.fault().is_some()) => {
+            Some("sending stopped: the database cannot record what is sent")
+        }
         Ok(_) => state.liveness.problem(store::now_ms()),
     };
     let (status, body) = match problem {

@@ -400,3 +400,99 @@ async fn a_standby_never_takes_over_a_lock_that_is_being_renewed() {
     standby.wait_log("this one sends from now on").await;
     assert_eq!(standby.stop().await.code, 0);
 }
+
+/// A tmpfs of `size` mounted on `dir` for a test (root only), unmounted
+/// when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and can mount a tmpfs"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under the database: the sender stops at once (it used to go
+/// on sending while nothing it wrote was committed), no message leaves
+/// whose outcome cannot be recorded, it exits non-zero saying why, and once
+/// space is freed the edition finishes with at most the messages in flight
+/// sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_sending_at_once_and_loses_nothing() {
+    let s = crate::support::Sandbox::new();
+    let Some(disk) = Tmpfs::mount(&s.path("data"), "8m") else {
+        return;
+    };
+    let sample = crate::support::fixture("daily_papers-2024-03-11.json");
+    s.run(&["papers", "import", sample.to_str().unwrap()]).ok();
+    let mut csv = String::from("email\n");
+    for i in 0..400 {
+        csv.push_str(&format!("{}\n", crate::support::child::email(i)));
+    }
+    let f = s.write("subs.csv", csv);
+    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
+    let server = SmtpServer::start().await;
+    let env = with(
+        smtp_env(server.port(), 4),
+        "PAPERPOST__MAIL__RATE_LIMIT",
+        "20",
+    );
+    let send = crate::support::daemon::TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
+    crate::support::child::wait_for("the edition under way", || server.accepted().len() >= 20)
+        .await;
+    disk.fill("filler");
+    let at_full = server.accepted().len();
+    let out = send.finish().await;
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("full"), "{}", out.stderr);
+    let after = server.accepted().len() - at_full;
+    assert!(
+        after <= 8,
+        "{after} messages accepted after the disk filled:\n{}",
+        out.stderr
+    );
+
+    std::fs::remove_file(s.path("data/filler")).unwrap();
+    let out = run(&s, &env, &["send", "--date", DATE]).await;
+    assert!(
+        out.ok().contains("0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let counts = server.counts();
+    assert_eq!(counts.len(), 400, "nobody is missing");
+    let twice: usize = counts.values().map(|n| n - 1).sum();
+    assert!(twice <= 4, "{twice} sent twice (more than the concurrency)");
+}
