@@ -20,6 +20,9 @@ pub enum WebError {
     NotFound,
     #[error("too many requests")]
     TooManyRequests,
+    /// Too much waiting already (the unsubscribe queue is full): try again.
+    #[error("busy")]
+    Busy,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -41,6 +44,7 @@ impl WebError {
         match self {
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +59,15 @@ impl WebError {
             ),
             WebError::TooManyRequests => {
                 Message::new(page("Too many requests")).para("Please wait a minute and try again.")
+            }
+            WebError::Busy => {
+                let m = Message::new(page("Busy")).para("Please try again in a few seconds.");
+                let mut r = pages::html(self.status(), &m);
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("5"),
+                );
+                return r;
             }
             WebError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "request failed");

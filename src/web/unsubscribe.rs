@@ -8,11 +8,11 @@ use super::{
     error::WebError,
     pages::{self, Message, Page},
     subscriber_for,
+    unsubscriber::Applied,
 };
 use crate::{
     domain::SubscriberStatus,
     links,
-    metrics::ChannelLabel,
     store::{
         events::{self, Action, Channel},
         subscribers::{self as subs, LinkUse, Subscriber},
@@ -76,22 +76,28 @@ pub async fn unsubscribe(
         channel,
         user_agent: ua,
     };
-    let Some(done) = state.unsubscriber.unsubscribe(link).await? else {
-        return Err(WebError::NotFound);
+    // Answered before the request's time runs out: a 408 would say it
+    // failed while the unsubscribe is still applied afterwards.
+    let patience = state.app.settings.http.request_timeout.mul_f64(0.75);
+    let done = match state.unsubscriber.unsubscribe(link, patience).await {
+        Ok(Applied::Done(Some(done))) => done,
+        Ok(Applied::Done(None)) => return Err(WebError::NotFound),
+        Ok(Applied::Pending) => return Ok(being_applied(&state)),
+        Err(None) => return Err(WebError::Busy),
+        Err(Some(e)) => return Err(WebError::Internal(e)),
     };
-    let s = done.owner;
-    if done.ended {
-        let label = ChannelLabel {
-            channel: channel.as_str(),
-        };
-        state.app.metrics.unsubscribes.get_or_create(&label).inc();
-        tracing::info!(
-            subscriber = s.id,
-            channel = channel.as_str(),
-            "unsubscribed by link"
-        );
-    }
-    Ok(unsubscribed_page(&state, &s.email, &token))
+    Ok(unsubscribed_page(&state, &done.owner.email, &token))
+}
+
+/// 202: received, and applied as soon as the database allows (logged and
+/// counted then). The mail already queued for them is cancelled with it.
+fn being_applied(state: &WebState) -> Response {
+    let m = Message::new(Page::new(state, "Unsubscribe received")).para(format!(
+        "Your unsubscribe is being applied: {} will stop within a minute. There is no need to \
+         click again.",
+        state.look.title
+    ));
+    pages::html(StatusCode::ACCEPTED, &m)
 }
 
 /// Active and pending subscribers still get mail (or a confirmation).

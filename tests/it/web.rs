@@ -1210,3 +1210,43 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
         .unwrap();
     assert_eq!(status, ["unsubscribed", "unsubscribed"]);
 }
+
+/// Issue 15 item 11: an unsubscribe that cannot be written within the
+/// request's time (another process holds the database) is not answered 408
+/// and then applied behind the client's back: it is answered 202, "being
+/// applied", and applied, counted and logged when the database frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_unsubscribe_is_answered_honestly_and_applied() {
+    let site = Site::with(&[("PAPERPOST__HTTP__REQUEST_TIMEOUT", "2s")]).await;
+    let token = site.subscriber("ada@example.org").await;
+    let mut blocker = site.app.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let uri = format!("/unsubscribe/{token}");
+    let (r, _) = tokio::join!(site.post_form(&uri, "List-Unsubscribe=One-Click"), async {
+        tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+    });
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert!(r.body.contains("being applied"), "{}", r.body);
+    for _ in 0..100 {
+        if site.get_subscriber("ada@example.org").await.status == SubscriberStatus::Unsubscribed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+    let metrics = site.get("/metrics").await.body;
+    assert!(
+        metrics.contains("paperpost_unsubscribes_total{channel=\"one-click\"} 1"),
+        "{metrics}"
+    );
+}
