@@ -194,6 +194,7 @@ async fn acquire_or_stand_by(
     tracker.spawn(crate::systemd::watch(
         app.pool.clone(),
         liveness,
+        None,
         web_stop.clone(),
     ));
     tracker.spawn(reloader(
@@ -322,7 +323,12 @@ fn spawn_tasks(
             result
         })
     };
-    let watch = crate::systemd::watch(app.pool.clone(), Arc::clone(liveness), shutdown.clone());
+    let watch = crate::systemd::watch(
+        app.pool.clone(),
+        Arc::clone(liveness),
+        Some(Arc::clone(engine)),
+        shutdown.clone(),
+    );
     tracker.spawn(watch);
     Ok((engine_task, first_fetch))
 }

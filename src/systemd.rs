@@ -41,7 +41,12 @@ pub fn stopping() {
 /// Until `shutdown`: pings the watchdog (if systemd set one) every half of
 /// its period while the scheduler is alive, and updates STATUS= with what the
 /// daemon is doing, at least every 5 s.
-pub async fn watch(pool: SqlitePool, liveness: Arc<Liveness>, shutdown: CancellationToken) {
+pub async fn watch(
+    pool: SqlitePool,
+    liveness: Arc<Liveness>,
+    engine: Option<Arc<crate::delivery::Engine>>,
+    shutdown: CancellationToken,
+) {
     // Not under systemd: no status to keep current, no query every 5 s.
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
@@ -58,11 +63,14 @@ pub async fn watch(pool: SqlitePool, liveness: Arc<Liveness>, shutdown: Cancella
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        let problem = liveness.problem(store::now_ms());
+        let now = store::now_ms();
+        let problem = liveness
+            .watchdog_problem(now)
+            .or_else(|| engine.as_ref().and_then(|e| e.health.problem(now)));
         match problem {
             None if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             None => {}
-            // No ping: systemd restarts a daemon whose scheduler is stuck.
+            // No ping: systemd restarts a daemon whose scheduler or engine is stuck.
             Some(p) if last_problem != problem => {
                 tracing::warn!(problem = p, "unhealthy; not pinging the watchdog")
             }

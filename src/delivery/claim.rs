@@ -32,6 +32,7 @@ impl Engine {
     pub(super) async fn claim_loop(&self, c: Claimer<'_>) -> anyhow::Result<()> {
         let mut swept = Instant::now();
         while !c.shutdown.is_cancelled() {
+            self.health.claimer_alive();
             if let Some(why) = self.fault() {
                 anyhow::bail!("stopped sending: a delivery outcome could not be recorded: {why}");
             }
@@ -43,9 +44,11 @@ impl Engine {
                 c.pause(Duration::from_millis(200)).await;
                 continue;
             }
-            // Wait for room before claiming, so claimed rows do not sit in a queue.
+            // Wait for room before claiming, so claimed rows do not sit in a
+            // queue (going round every second meanwhile, for the watchdog).
             let permit = tokio::select! {
                 p = c.tx.reserve() => p?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 _ = c.shutdown.cancelled() => return Ok(()),
             };
             let claimed = match self.claim(limit, c.until.edition()).await {
@@ -89,6 +92,7 @@ impl Engine {
                     if self.fault().is_some() {
                         return None;
                     }
+                    self.health.claimer_alive();
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -100,6 +104,7 @@ impl Engine {
             Allowance::Probe => {
                 // Wait for the workers to drain before probing with one message.
                 while c.in_flight() > 0 && !c.shutdown.is_cancelled() && self.fault().is_none() {
+                    self.health.claimer_alive();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Some(1)

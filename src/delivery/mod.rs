@@ -54,6 +54,58 @@ pub use retry::backoff;
 /// How often an idle claimer looks for rows whose lease ran out.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the claimer may go without going round its loop before the
+/// engine counts as stuck (it goes round at least every second while it
+/// runs, waiting included).
+pub const CLAIMER_STALL: Duration = Duration::from_secs(120);
+
+/// What the watchdog needs to know of the engine: its workers are there and
+/// its claimer goes round. A wait on another process's database lock is
+/// neither (the claimer goes round while it waits).
+#[derive(Debug, Default)]
+pub struct EngineHealth {
+    running: std::sync::atomic::AtomicBool,
+    workers: std::sync::atomic::AtomicUsize,
+    claimer_at: std::sync::atomic::AtomicI64,
+}
+
+impl EngineHealth {
+    /// The claimer went round its loop.
+    fn claimer_alive(&self) {
+        self.claimer_at.store(store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Why the engine is stuck at `now` (Unix ms), or `None`: every worker
+    /// gone (a panic), or a claimer that has not gone round for
+    /// [`CLAIMER_STALL`]. A restart is what helps either.
+    pub fn problem(&self, now: i64) -> Option<&'static str> {
+        if !self.running.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self.workers.load(Ordering::Relaxed) == 0 {
+            return Some("every delivery worker has stopped");
+        }
+        let stalled = now - self.claimer_at.load(Ordering::Relaxed);
+        (stalled > CLAIMER_STALL.as_millis() as i64).then_some("the delivery claimer is stuck")
+    }
+}
+
+/// A worker counted as present until it ends, by return or by panic.
+struct WorkerPresence<'a>(&'a EngineHealth);
+
+impl<'a> WorkerPresence<'a> {
+    fn new(health: &'a EngineHealth) -> Self {
+        health.workers.fetch_add(1, Ordering::SeqCst);
+        WorkerPresence(health)
+    }
+}
+
+impl Drop for WorkerPresence<'_> {
+    fn drop(&mut self) {
+        self.0.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// How long [`Engine::run`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
@@ -133,6 +185,8 @@ pub struct Engine {
     /// recorded (a full disk, an I/O error), so no further message may
     /// leave. Set once.
     fault: std::sync::OnceLock<String>,
+    /// For the watchdog: workers present, the claimer going round.
+    pub health: EngineHealth,
     /// An alert may be showing (one from an earlier run, until a message is
     /// accepted): the first accepted message clears it.
     alerted: std::sync::atomic::AtomicBool,
@@ -176,6 +230,7 @@ impl Engine {
             undone: Mutex::default(),
             held: Mutex::default(),
             fault: std::sync::OnceLock::new(),
+            health: EngineHealth::default(),
             alerted: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
         })
@@ -266,6 +321,8 @@ impl Engine {
             workers.spawn(Arc::clone(self).work(rx, in_flight, shutdown.clone()));
         }
 
+        self.health.claimer_alive();
+        self.health.running.store(true, Ordering::SeqCst);
         let claimer = claim::Claimer {
             tx: &tx,
             in_flight: &in_flight,
@@ -279,6 +336,7 @@ impl Engine {
         }
         drop(tx);
         while workers.join_next().await.is_some() {}
+        self.health.running.store(false, Ordering::SeqCst);
         result?;
         if let Some(why) = self.fault() {
             anyhow::bail!("stopped sending: a delivery outcome could not be recorded: {why}");
@@ -296,5 +354,37 @@ impl Engine {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         exported.inc();
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_is_stuck_without_workers_or_with_a_claimer_that_stopped() {
+        let h = EngineHealth::default();
+        let now = store::now_ms();
+        assert_eq!(h.problem(now), None, "not running: nothing to say");
+        h.running.store(true, Ordering::SeqCst);
+        h.claimer_alive();
+        let worker = WorkerPresence::new(&h);
+        assert_eq!(h.problem(now), None);
+        let stall = CLAIMER_STALL.as_millis() as i64;
+        assert_eq!(h.problem(now + stall - 1_000), None);
+        assert_eq!(
+            h.problem(now + stall + 1_000),
+            Some("the delivery claimer is stuck")
+        );
+        drop(worker);
+        assert_eq!(h.problem(now), Some("every delivery worker has stopped"));
+        // A worker that panics is gone too.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _present = WorkerPresence::new(&h);
+            assert_eq!(h.problem(now), None);
+            panic!("a worker's bug");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(h.problem(now), Some("every delivery worker has stopped"));
     }
 }

@@ -22,6 +22,8 @@ impl Engine {
         in_flight: Arc<AtomicU64>,
         shutdown: CancellationToken,
     ) {
+        let engine = Arc::clone(&self);
+        let _present = WorkerPresence::new(&engine.health);
         let mut sender = self.mailer.sender();
         let mut unrecorded: Option<Unrecorded> = None;
         let mut next: Next = None;

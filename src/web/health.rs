@@ -54,6 +54,19 @@ impl Liveness {
         self.lock_at.store(store::now_ms(), Ordering::Relaxed);
     }
 
+    /// What stops the watchdog's pings (a restart is what helps): a
+    /// scheduler loop that stopped going round. Not a lock this process
+    /// cannot renew while another holds the database (a large import, a
+    /// backup, for up to database.busy_timeout and then some): restarting
+    /// would not help, and /healthz says it.
+    pub fn watchdog_problem(&self, now: i64) -> Option<&'static str> {
+        if !self.sends {
+            return None;
+        }
+        let age = now - self.scheduler_at.load(Ordering::Relaxed);
+        (age > 3 * SCHEDULER_TICK.as_millis() as i64).then_some("the scheduler is not running")
+    }
+
     /// Why this process is unhealthy, or `None`.
     pub fn problem(&self, now: i64) -> Option<&'static str> {
         if !self.sends {
