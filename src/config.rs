@@ -41,6 +41,7 @@ pub struct Settings {
     pub papers: PapersSettings,
     pub security: SecuritySettings,
     pub log: LogSettings,
+    pub retention: RetentionSettings,
     /// The configuration file these settings were read from, if any (SIGHUP
     /// reads it again).
     #[serde(skip)]
@@ -251,6 +252,22 @@ pub struct SubscribersSettings {
     pub pending_ttl: Duration,
 }
 
+/// How long history is kept before `prune` (daily in the daemon) deletes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Delivery rows of finished editions started longer ago (with the
+    /// edition and its selection).
+    #[serde(deserialize_with = "de::retention")]
+    pub deliveries: Duration,
+    /// Link uses (unsubscribe, preferences) older than this.
+    #[serde(deserialize_with = "de::retention")]
+    pub link_events: Duration,
+    /// Records of handled fire times older than this.
+    #[serde(deserialize_with = "de::retention")]
+    pub fires: Duration,
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
@@ -406,7 +423,7 @@ impl Settings {
         let mut mail = new.mail.clone();
         mail.rate_limit = self.mail.rate_limit;
         mail.retry = self.mail.retry.clone();
-        let restart: [(&'static str, bool); 10] = [
+        let restart: [(&'static str, bool); 11] = [
             ("database", differ(&self.database, &new.database)),
             ("schedule", differ(&self.schedule, &new.schedule)),
             ("mail", differ(&self.mail, &mail)),
@@ -414,6 +431,7 @@ impl Settings {
             ("subscribers", differ(&self.subscribers, &new.subscribers)),
             ("papers", differ(&self.papers, &new.papers)),
             ("security", differ(&self.security, &new.security)),
+            ("retention", differ(&self.retention, &new.retention)),
             ("log.format", differ(&self.log.format, &new.log.format)),
             ("mail.smtp.password", {
                 use secrecy::ExposeSecret;
@@ -536,6 +554,19 @@ mod de {
 
     pub fn auto_select<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         ranged(d, 0, 200, "papers").map(|n| n as u32)
+    }
+
+    /// At least 7 days: a fire time is caught up within hours, a retry
+    /// gives up within days, and a bounce arrives within days.
+    pub fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let keep = duration(d)?;
+        if keep < Duration::from_secs(7 * 86_400) {
+            return Err(D::Error::custom(format!(
+                "{} is too short (at least 7days)",
+                humantime::format_duration(keep)
+            )));
+        }
+        Ok(keep)
     }
 
     pub fn lease<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -310,6 +310,7 @@ fn spawn_tasks(
     }
     let held = Arc::clone(liveness);
     tracker.spawn(lock.heartbeat(shutdown.clone(), move || held.lock_held()));
+    tracker.spawn(prune_daily(app.clone(), shutdown.clone()));
     let engine_task = {
         let (engine, shutdown) = (Arc::clone(engine), shutdown.clone());
         tracker.spawn(async move {
@@ -331,6 +332,42 @@ fn spawn_tasks(
     );
     tracker.spawn(watch);
     Ok((engine_task, first_fetch))
+}
+
+/// How often the daemon prunes old history, and how long after start first.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes (or, dry, counts) history older than `retention` ([`store::prune`]).
+pub async fn prune(app: &App, dry_run: bool) -> anyhow::Result<crate::store::prune::Pruned> {
+    let keep = &app.settings.retention;
+    Ok(crate::store::prune::prune(&app.pool, &app.writer, keep, dry_run).await?)
+}
+
+/// Prunes daily until `shutdown`; a failure is logged and tried the next day.
+async fn prune_daily(app: App, shutdown: CancellationToken) {
+    let mut wait = PRUNE_FIRST;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        wait = PRUNE_EVERY;
+        match prune(&app, false).await {
+            Ok(p) if p == Default::default() => {}
+            Ok(p) => tracing::info!(
+                deliveries = p.deliveries,
+                editions = p.editions,
+                link_events = p.link_events,
+                fires = p.fires,
+                papers = p.papers,
+                "pruned history older than [retention]"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot prune old history; trying again tomorrow")
+            }
+        }
+    }
 }
 
 /// How long a catch-up at start waits for the first fetch of the day's papers.

@@ -64,6 +64,10 @@ pub enum Command {
     Status {
         #[arg(long, value_name = "YYYY-MM-DD")]
         date: Option<NaiveDate>,
+        /// Every edition ever started, not only those in progress and the
+        /// latest finished ones (slower on a long history).
+        #[arg(long)]
+        all: bool,
     },
     /// List who got an edition: status, attempts, server reply or error.
     Deliveries {
@@ -89,6 +93,13 @@ pub enum Command {
     Backup {
         /// Where the copy goes; it must not exist yet.
         file: PathBuf,
+    },
+    /// Delete history older than [retention] (the daemon does it daily):
+    /// finished editions' deliveries, link uses, fire records, unused papers.
+    Prune {
+        /// Count what would go, deleting nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Exit 0 if the web endpoint's /healthz (on http.bind) answers 200, else 1
     /// (for container health checks; needs no curl).
@@ -368,6 +379,16 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
         Command::Secret(cmd) => secret::run(settings, cmd).await,
+        Command::Prune { dry_run } => {
+            let app = App::open(settings).await?;
+            let p = crate::daemon::prune(&app, dry_run).await?;
+            let verb = if dry_run { "Would delete" } else { "Deleted" };
+            println!(
+                "{verb} {} deliveries of {} old editions, {} link uses, {} fire records, {} unused papers",
+                p.deliveries, p.editions, p.link_events, p.fires, p.papers
+            );
+            Ok(())
+        }
         Command::Healthcheck => healthcheck(&settings).await,
         Command::Run => crate::daemon::run(App::open(settings).await?).await,
         Command::Serve => crate::daemon::serve_web(App::open(settings).await?).await,
@@ -375,7 +396,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let app = App::open(settings).await?;
             send(&app, date).await.map(|_| ())
         }
-        Command::Status { date } => send::status(&App::open(settings).await?, date).await,
+        Command::Status { date, all } => send::status(&App::open(settings).await?, date, all).await,
         Command::Deliveries { date, status, json } => {
             send::list_deliveries(&App::open(settings).await?, date, status, json).await
         }

@@ -161,7 +161,7 @@ fn report_progress(
     })
 }
 
-pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
+pub async fn status(app: &App, date: Option<NaiveDate>, all: bool) -> anyhow::Result<()> {
     let mut conn = app.pool.acquire().await?;
     if let Some((message, at)) = store::deliveries::alert(&mut conn).await? {
         println!("ALERT since {}: {message}", store::format_ms(at));
@@ -175,7 +175,7 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
             f.message
         );
     }
-    print_editions(&mut conn, date).await?;
+    print_editions(&mut conn, date, all).await?;
     let links = store::events::counts(&app.pool).await?;
     if !links.is_empty() {
         let uses: Vec<String> = links
@@ -201,16 +201,35 @@ pub async fn status(app: &App, date: Option<NaiveDate>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per edition (or just `date`'s): its counts and state.
+/// How many finished editions `status` shows without `--all`.
+const FINISHED_SHOWN: usize = 5;
+
+/// One line per edition (or just `date`'s): its counts and state. Without
+/// `all`, the newest editions only: counting every edition ever started
+/// reads every delivery row.
 async fn print_editions(
     conn: &mut sqlx::SqliteConnection,
     date: Option<NaiveDate>,
+    all: bool,
 ) -> anyhow::Result<()> {
     let editions = store::deliveries::editions(&mut *conn).await?;
-    let editions: Vec<_> = editions
+    let matching: Vec<_> = editions
         .into_iter()
         .filter(|(d, _, _)| date.is_none_or(|x| x == *d))
         .collect();
+    let shown = if all || date.is_some() {
+        matching.len()
+    } else {
+        FINISHED_SHOWN
+    };
+    // Older editions still queued are shown too: they are not done.
+    let queued = store::deliveries::queued_dates(&mut *conn).await?;
+    let (editions, hidden): (Vec<_>, Vec<_>) = matching
+        .into_iter()
+        .enumerate()
+        .partition(|(i, (d, _, _))| *i < shown || queued.contains(d));
+    let editions: Vec<_> = editions.into_iter().map(|(_, e)| e).collect();
+    let older = hidden.len();
     if editions.is_empty() {
         match date {
             Some(d) => println!("Edition {d} has not started"),
@@ -238,6 +257,9 @@ async fn print_editions(
                     "in progress"
                 }
             );
+        }
+        if older > 0 {
+            println!("... and {older} older finished editions (status --all, or --date D)");
         }
     }
     Ok(())

@@ -193,6 +193,13 @@ impl Engine {
             };
             in_flight.fetch_add(1, Ordering::SeqCst);
             self.hold(job.claimed.id);
+            // A new attempt: a refusal taken back from an earlier one is
+            // settled (the set would otherwise grow for ever and turn this
+            // attempt's genuine failure into an uncounted retry).
+            self.undone
+                .lock()
+                .expect("undone lock")
+                .remove(&job.claimed.id);
             match permit.take() {
                 Some(p) => p.send(job),
                 None => {

@@ -437,6 +437,17 @@ pub async fn counts(conn: &mut SqliteConnection, date: NaiveDate) -> Result<Coun
 }
 
 /// Every started edition, newest first: (date, started at, started by).
+/// The editions with rows still queued (through the queued rows' index).
+pub async fn queued_dates(conn: &mut SqliteConnection) -> Result<Vec<NaiveDate>, StoreError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT edition_date FROM deliveries INDEXED BY deliveries_queued \
+             WHERE status = 'queued'",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(d,)| d.parse().ok()).collect())
+}
+
 pub async fn editions(
     conn: &mut SqliteConnection,
 ) -> Result<Vec<(NaiveDate, i64, String)>, StoreError> {

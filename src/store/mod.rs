@@ -4,6 +4,7 @@
 pub mod deliveries;
 pub mod events;
 pub mod papers;
+pub mod prune;
 pub mod secret;
 pub mod subscribers;
 

@@ -496,3 +496,121 @@ async fn a_full_disk_stops_sending_at_once_and_loses_nothing() {
     let twice: usize = counts.values().map(|n| n - 1).sum();
     assert!(twice <= 4, "{twice} sent twice (more than the concurrency)");
 }
+
+/// `status` shows the newest editions (and any older one still queued), not
+/// every edition ever started: counting those read every delivery row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_newest_editions_and_any_still_queued() {
+    let s = setup(2);
+    let first: chrono::NaiveDate = "2024-01-01".parse().unwrap();
+    let dates: Vec<String> = (0..8)
+        .map(|d| (first + chrono::Duration::days(d)).to_string())
+        .collect();
+    for (i, date) in dates.iter().enumerate() {
+        s.run(&["papers", "select", "--date", date, "2403.06410"])
+            .ok();
+        if i == 0 {
+            // The oldest stays queued (due in an hour).
+            let pool = s.pool().await;
+            let later = paperpost::store::now_ms() + 3_600_000;
+            paperpost::store::deliveries::start_edition(
+                &pool,
+                date.parse().unwrap(),
+                "test",
+                |_| later,
+            )
+            .await
+            .unwrap();
+        } else {
+            s.run(&["send", "--date", date]).ok();
+        }
+    }
+    let out = s.run(&["status"]);
+    let text = out.ok();
+    for date in &dates[3..] {
+        assert!(text.contains(date.as_str()), "{date}: {text}");
+    }
+    assert!(
+        text.contains(&format!("{}  ", dates[0])),
+        "the queued one: {text}"
+    );
+    for date in &dates[1..3] {
+        assert!(!text.contains(date.as_str()), "{date}: {text}");
+    }
+    assert!(text.contains("and 2 older finished editions"), "{text}");
+    let all = s.run(&["status", "--all"]);
+    assert!(
+        dates.iter().all(|d| all.stdout.contains(d.as_str())),
+        "{}",
+        all.stdout
+    );
+}
+
+/// `prune` deletes finished history older than [retention], never a queued
+/// edition, the newest edition, or a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_old_finished_history_and_nothing_else() {
+    let s = setup(3);
+    let first: chrono::NaiveDate = "2024-01-01".parse().unwrap();
+    let dates: Vec<String> = (0..4)
+        .map(|d| (first + chrono::Duration::days(d)).to_string())
+        .collect();
+    for (i, date) in dates.iter().enumerate() {
+        s.run(&["papers", "select", "--date", date, "2403.06410"])
+            .ok();
+        if i == 1 {
+            let pool = s.pool().await;
+            let later = paperpost::store::now_ms() + 3_600_000;
+            paperpost::store::deliveries::start_edition(
+                &pool,
+                date.parse().unwrap(),
+                "test",
+                |_| later,
+            )
+            .await
+            .unwrap();
+        } else {
+            s.run(&["send", "--date", date]).ok();
+        }
+    }
+    // Every edition started two years ago; an old link use and fire record.
+    let pool = s.pool().await;
+    let old = paperpost::store::now_ms() - 2 * 365 * 86_400_000;
+    for sql in [
+        "UPDATE editions SET started_at = ?1",
+        "INSERT INTO token_events (subscriber_id, kind, at) SELECT id, 'unsubscribe', ?1 FROM subscribers",
+        "INSERT INTO fires (fire_time, handled_at, handled_by) VALUES (?1, ?1, 'schedule')",
+    ] {
+        sqlx::query(sql).bind(old).execute(&pool).await.unwrap();
+    }
+    let dry = s.run(&["prune", "--dry-run"]);
+    assert!(
+        dry.ok()
+            .contains("Would delete 6 deliveries of 2 old editions, 3 link uses, 1 fire records"),
+        "{}",
+        dry.stdout
+    );
+    let out = s.run(&["prune"]);
+    assert!(
+        out.ok().contains("Deleted 6 deliveries of 2 old editions"),
+        "{}",
+        out.stdout
+    );
+    let left: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT edition_date, count(*) FROM deliveries GROUP BY edition_date ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // The queued one and the newest stay; the two finished older ones go.
+    assert_eq!(left, vec![(dates[1].clone(), 3), (dates[3].clone(), 3)]);
+    assert_eq!(s.subscribers().len(), 3);
+    let again = s.run(&["prune"]);
+    assert!(
+        again
+            .ok()
+            .contains("Deleted 0 deliveries of 0 old editions, 0 link uses"),
+        "{}",
+        again.stdout
+    );
+}
