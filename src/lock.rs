@@ -154,6 +154,18 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Milliseconds of CLOCK_BOOTTIME: monotonic, and going on while the
+/// machine is suspended.
+pub fn boot_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
 /// The start time of process `pid` (field 22 of /proc/PID/stat), if it runs.
 fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -173,8 +185,10 @@ struct FenceState {
     /// This process's claim token: `claimed_by` on the rows it claims.
     token: i64,
     ttl: Duration,
-    /// Held until then, unless renewed.
-    until: Mutex<Instant>,
+    /// Held until then, unless renewed: on the runtime's monotonic clock,
+    /// and in milliseconds of [`boot_ms`] (which goes on while the machine
+    /// is suspended, when the monotonic clock stands still).
+    until: Mutex<(Instant, i64)>,
     /// Another process took the lock: for good.
     lost: AtomicBool,
 }
@@ -186,7 +200,7 @@ impl Fence {
             me,
             token: fastrand::i64(1..),
             ttl,
-            until: Mutex::new(at),
+            until: Mutex::new((at, 0)),
             lost: AtomicBool::new(false),
         }));
         fence.renewed(at);
@@ -207,11 +221,22 @@ impl Fence {
     /// the TTL, less a tenth to spare for a message being sent then.
     pub fn renewed(&self, at: Instant) {
         let ttl = self.0.ttl;
-        *self.0.until.lock().expect("fence lock") = at + ttl - ttl / 10;
+        let keep = ttl - ttl / 10;
+        let boot_at = boot_ms() - Instant::now().saturating_duration_since(at).as_millis() as i64;
+        *self.0.until.lock().expect("fence lock") = (at + keep, boot_at + keep.as_millis() as i64);
     }
 
     pub fn held(&self) -> bool {
-        !self.is_lost() && Instant::now() < *self.0.until.lock().expect("fence lock")
+        self.held_at(Instant::now(), boot_ms())
+    }
+
+    /// Held at `now` and `boot` ([`boot_ms`]): not lost, and within the
+    /// TTL on both clocks, so that a suspend (which stops the monotonic
+    /// clock, not the lock's expiry for others) or a wall-clock step never
+    /// leaves this process sending with a lock another may have taken.
+    pub fn held_at(&self, now: Instant, boot: i64) -> bool {
+        let (until, boot_until) = *self.0.until.lock().expect("fence lock");
+        !self.is_lost() && now < until && boot < boot_until
     }
 
     pub fn lose(&self) {
@@ -483,5 +508,17 @@ mod tests {
         fence.lose();
         assert!(!fence.held());
         assert!(fence.check().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspend_longer_than_the_ttl_takes_the_fence_down() {
+        let ttl = Duration::from_secs(30);
+        let fence = Fence::new("me".into(), ttl, Instant::now());
+        let (now, boot) = (Instant::now(), boot_ms());
+        assert!(fence.held_at(now, boot));
+        // Suspended for a TTL: the monotonic clock stood still, the boot
+        // clock (and the lock's expiry, for every other process) went on.
+        assert!(!fence.held_at(now, boot + ttl.as_millis() as i64));
+        assert!(fence.held_at(now, boot + 20_000));
     }
 }
