@@ -35,9 +35,24 @@ pub struct ChannelLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// A route template ("/unsubscribe/{token}"), or "unmatched": never a
+    /// path.
     pub route: String,
-    pub method: String,
+    /// GET, HEAD, POST or other ([`method_label`]).
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// A request method as a label value from a fixed set: anyone can send any
+/// method, and a label value per method would grow /metrics without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        _ => "other",
+    }
 }
 
 /// Every metric paperpost exports.

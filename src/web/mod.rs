@@ -114,7 +114,19 @@ pub fn router(state: WebState) -> Router {
         ))
         // Outside the timeout, so a 408 is counted and gets the headers too.
         .layer(middleware::from_fn_with_state(state.clone(), finish))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the route template, never the path: a token in a log
+        // line is a working unsubscribe link.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            tracing::debug_span!(
+                "request",
+                method = crate::metrics::method_label(req.method()),
+                route
+            )
+        }))
         .with_state(state)
 }
 
@@ -127,7 +139,7 @@ async fn finish(State(state): State<WebState>, req: Request, next: Next) -> Resp
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let method = req.method().as_str().to_string();
+    let method = crate::metrics::method_label(req.method());
     let mut res = next.run(req).await;
     if let Some(err) = res.extensions_mut().remove::<Arc<WebError>>() {
         res = err.page(&state);

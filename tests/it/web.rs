@@ -1250,3 +1250,70 @@ async fn a_slow_unsubscribe_is_answered_honestly_and_applied() {
         "{metrics}"
     );
 }
+
+/// Issue 16 item 1: label values come from fixed sets: random methods (and
+/// paths) do not grow /metrics; they count as method "other" and route
+/// "unmatched".
+#[tokio::test]
+async fn random_methods_and_paths_do_not_grow_the_metrics() {
+    let site = Site::new().await;
+    for i in 0..300 {
+        let method = format!("M{i:04}{}", "X".repeat(i % 40));
+        let req = Request::builder()
+            .method(method.as_str())
+            .uri(format!("/random/{i}"))
+            .body(Body::empty())
+            .unwrap();
+        site.request(req).await;
+    }
+    let metrics = site.get("/metrics").await.body;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("paperpost_http_requests_total{"))
+        .collect();
+    assert!(series.len() <= 4, "{series:#?}");
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("method=\"other\"") && l.contains("route=\"unmatched\"")),
+        "{series:#?}"
+    );
+    assert!(!metrics.contains("M0001"), "a method made a label");
+}
+
+/// Issue 16 item 8: request spans name the route template, never the path:
+/// a token in a debug or error line is a working unsubscribe link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_a_token() {
+    use crate::support::{child::with, daemon::TestDaemon};
+    let s = support::Sandbox::new();
+    s.run(&["subscribers", "add", "ada@example.org"]).ok();
+    let keys = paperpost::security::Keys::from_bytes(support::SECRET.as_bytes());
+    let pool = s.pool().await;
+    let uuid: String = sqlx::query_scalar("SELECT uuid FROM subscribers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let token = keys.subscriber_token(&uuid);
+    let env = with(vec![], "PAPERPOST__LOG__LEVEL", "debug");
+    let mut server = TestDaemon::spawn(&s, &env, &["serve"]);
+    let addr = server.addr().await;
+    for path in [
+        format!("/unsubscribe/{token}"),
+        format!("/preferences/{token}"),
+    ] {
+        let r = support::http::request(&addr, "GET", &path, &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let out = server.stop().await;
+    assert!(
+        out.stderr.contains("/unsubscribe/{token}"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(&token),
+        "a token in the log:\n{}",
+        out.stderr
+    );
+}
