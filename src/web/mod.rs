@@ -243,6 +243,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Link {
 }
 
 /// The subscriber a link token (from [`Link`]) belongs to, or [`WebError::NotFound`].
+/// Turns an unknown token away with a read, before a handler takes the
+/// write lock: random tokens must not queue behind real writes.
+pub async fn known_token(state: &WebState, token: &str) -> Result<(), WebError> {
+    let mut conn = state.app.pool.acquire().await?;
+    subscriber_for(&mut conn, token).await.map(|_| ())
+}
+
 pub async fn subscriber_for(
     conn: &mut sqlx::SqliteConnection,
     token: &str,

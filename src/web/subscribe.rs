@@ -120,6 +120,7 @@ pub async fn confirm(
         return Ok(pages::preview_link(&state));
     };
     let ttl = state.app.settings.subscribers.pending_ttl;
+    super::known_token(&state, &token).await?;
     let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let outcome = subs::confirm(&mut tx, &s, ttl).await?;

@@ -139,6 +139,7 @@ pub async fn resubscribe(
     let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
     };
+    super::known_token(&state, &token).await?;
     let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let by_link = s.status == SubscriberStatus::Unsubscribed

@@ -1317,3 +1317,32 @@ async fn logs_never_carry_a_token() {
         out.stderr
     );
 }
+
+/// Issue 16 item 10: an unknown token is turned away before the write lock
+/// is taken: random tokens must not queue behind (or hold up) real writes.
+/// With another process holding the database, they still get their 404 at
+/// once (they waited for the lock: 408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tokens_never_wait_for_the_write_lock() {
+    let site = Site::with(&[
+        ("PAPERPOST__HTTP__REQUEST_TIMEOUT", "2s"),
+        ("PAPERPOST__DATABASE__BUSY_TIMEOUT", "60s"),
+    ])
+    .await;
+    let mut blocker = site.app.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let random = "7".repeat(64);
+    for route in ["preferences", "confirm", "resubscribe"] {
+        let r = site
+            .post_form(&format!("/{route}/{random}"), "name=x")
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{route}");
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+}
