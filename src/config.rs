@@ -212,6 +212,10 @@ pub struct RetrySettings {
 pub struct HttpSettings {
     #[serde(deserialize_with = "de::socket_addr")]
     pub bind: SocketAddr,
+    /// Where /metrics is served, apart from the public endpoint (it tells
+    /// whether an address is subscribed); `None` (empty): not served.
+    #[serde(deserialize_with = "de::optional_socket_addr")]
+    pub metrics_bind: Option<SocketAddr>,
     #[serde(deserialize_with = "de::base_url")]
     pub public_url: url::Url,
     /// Subscribe form posts one address (IP) may make per minute.
@@ -667,6 +671,20 @@ mod de {
         parsed(d, |s| {
             s.trim().parse().map_err(|_| {
                 format!("invalid listen address {s:?} (write IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)")
+            })
+        })
+    }
+
+    pub fn optional_socket_addr<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        parsed(d, |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse().map(Some).map_err(|_| {
+                format!("invalid listen address {s:?} (write IP:PORT, e.g. 127.0.0.1:9464, or empty for none)")
             })
         })
     }

@@ -104,7 +104,6 @@ pub fn router(state: WebState) -> Router {
         )
         .route("/", get(subscribe::page))
         .route("/healthz", get(health::healthz))
-        .route("/metrics", get(health::metrics))
         .route("/style.css", get(pages::style))
         .fallback(|| async { WebError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -243,6 +242,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Link {
 }
 
 /// The subscriber a link token (from [`Link`]) belongs to, or [`WebError::NotFound`].
+/// `/metrics` alone, for its own listener (`http.metrics_bind`).
+pub fn metrics_router(state: WebState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}
+
 /// Turns an unknown token away with a read, before a handler takes the
 /// write lock: random tokens must not queue behind real writes.
 pub async fn known_token(state: &WebState, token: &str) -> Result<(), WebError> {

@@ -43,6 +43,19 @@ pub async fn start(
     let unsubscriber = Unsubscriber::start(app, tracker);
     let state = WebState::new(app.clone(), confirmations, unsubscriber, liveness, engine);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
+    if let Some(bind) = app.settings.http.metrics_bind {
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on http.metrics_bind {bind}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening");
+        let metrics = super::metrics_router(state.clone());
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = serve(listener, metrics, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "the metrics endpoint stopped");
+            }
+        });
+    }
     // Requests are served on a thread of their own, so answering them never
     // waits for (or delays) the delivery engine on the main thread.
     let listener = listener.into_std()?;

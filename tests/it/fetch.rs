@@ -171,7 +171,13 @@ async fn the_daemon_fetches_the_days_papers_and_sends_them() {
     let seen = daemon.wait_log("fetched the day's papers").await;
     assert!(seen.contains("5 papers selected"), "{seen}");
     // /metrics counts it.
-    let addr = daemon.addr().await;
+    let log = daemon.logged("metrics endpoint listening").await;
+    let addr = log
+        .split("metrics endpoint listening addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the metrics address is logged")
+        .to_string();
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

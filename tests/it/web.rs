@@ -28,6 +28,8 @@ struct Site {
     dir: tempfile::TempDir,
     app: App,
     router: Router,
+    /// `/metrics`, on its own listener in the daemon.
+    metrics: Router,
 }
 
 struct Reply {
@@ -65,7 +67,8 @@ impl Site {
         let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
         Site {
             dir,
-            router: router(state),
+            router: router(state.clone()),
+            metrics: paperpost::web::metrics_router(state),
             app,
         }
     }
@@ -93,6 +96,20 @@ impl Site {
 
     async fn request(&self, req: Request<Body>) -> Reply {
         let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// `GET /metrics` on the metrics listener's router.
+    async fn metrics(&self) -> Reply {
+        let req = Request::get("/metrics").body(Body::empty()).unwrap();
+        let res = self.metrics.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
@@ -267,7 +284,7 @@ async fn a_burst_of_one_clicks_is_written_together_and_each_gets_its_answer() {
         assert_eq!(s.status, SubscriberStatus::Unsubscribed);
     }
     assert_eq!(site.events().await.len(), 20, "every use is recorded");
-    let metrics = site.get("/metrics").await.body;
+    let metrics = site.metrics().await.body;
     assert!(
         metrics
             .lines()
@@ -866,7 +883,7 @@ async fn health_and_metrics() {
         "List-Unsubscribe=One-Click",
     )
     .await;
-    let r = site.get("/metrics").await;
+    let r = site.metrics().await;
     assert_eq!(r.status, StatusCode::OK);
     for line in [
         "paperpost_unsubscribes_total{channel=\"one-click\"} 1",
@@ -1244,7 +1261,7 @@ async fn a_slow_unsubscribe_is_answered_honestly_and_applied() {
         site.get_subscriber("ada@example.org").await.status,
         SubscriberStatus::Unsubscribed
     );
-    let metrics = site.get("/metrics").await.body;
+    let metrics = site.metrics().await.body;
     assert!(
         metrics.contains("paperpost_unsubscribes_total{channel=\"one-click\"} 1"),
         "{metrics}"
@@ -1266,7 +1283,7 @@ async fn random_methods_and_paths_do_not_grow_the_metrics() {
             .unwrap();
         site.request(req).await;
     }
-    let metrics = site.get("/metrics").await.body;
+    let metrics = site.metrics().await.body;
     let series: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("paperpost_http_requests_total{"))
@@ -1345,4 +1362,36 @@ async fn unknown_tokens_never_wait_for_the_write_lock() {
         .execute(&mut *blocker)
         .await
         .unwrap();
+}
+
+/// Issue 16 item 2: /metrics tells whether an address is subscribed (a
+/// sign-up moves its counters only for a new one), so it is not on the
+/// public endpoint: it has a listener of its own (`http.metrics_bind`,
+/// loopback by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_apart_from_the_public_endpoint() {
+    let site = Site::new().await;
+    assert_eq!(site.get("/metrics").await.status, StatusCode::NOT_FOUND);
+    let s = support::Sandbox::new();
+    let env = crate::support::child::with(vec![], "PAPERPOST__LOG__LEVEL", "info");
+    let mut server = crate::support::daemon::TestDaemon::spawn(&s, &env, &["serve"]);
+    let public = server.addr().await;
+    let log = server.logged("metrics endpoint listening").await;
+    let metrics = log
+        .split("metrics endpoint listening addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(metrics.starts_with("127.0.0.1:"), "{metrics}");
+    let r = support::http::request(&public, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 404);
+    let r = support::http::request(&metrics, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("paperpost_http_requests_total"),
+        "{}",
+        r.body
+    );
+    assert_eq!(server.stop().await.code, 0);
 }

@@ -126,6 +126,15 @@ impl TestDaemon {
         panic!("no {marker:?} within {LOG_WAIT:?} in:\n{}", self.log);
     }
 
+    /// The whole log once a line containing `marker` is in it, whether an
+    /// earlier wait read that line already or not.
+    pub async fn logged(&mut self, marker: &str) -> String {
+        if !self.log.contains(marker) {
+            self.wait_log(marker).await;
+        }
+        self.log.clone()
+    }
+
     /// The web endpoint's address, from its "listening" log line.
     pub async fn addr(&mut self) -> String {
         if !self.log.contains("web endpoint listening addr=") {

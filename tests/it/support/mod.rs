@@ -154,13 +154,15 @@ impl Sandbox {
             .env_remove("RUST_LOG")
             .env("PAPERPOST__SECURITY__SECRET", SECRET)
             .env("PAPERPOST__LOG__LEVEL", "warn")
-            // Daemons in parallel tests each listen on a port of their own.
-            .env("PAPERPOST__HTTP__BIND", "127.0.0.1:0");
+            // Daemons in parallel tests each listen on ports of their own.
+            .env("PAPERPOST__HTTP__BIND", "127.0.0.1:0")
+            .env("PAPERPOST__HTTP__METRICS_BIND", "127.0.0.1:0");
         for (k, _) in std::env::vars() {
             if k.starts_with("PAPERPOST__")
                 && k != "PAPERPOST__SECURITY__SECRET"
                 && k != "PAPERPOST__LOG__LEVEL"
                 && k != "PAPERPOST__HTTP__BIND"
+                && k != "PAPERPOST__HTTP__METRICS_BIND"
             {
                 c.env_remove(k);
             }
