@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     app::App,
     digest::Composer,
-    domain::{SubscriberEmail, SubscriberName},
+    domain::SubscriberEmail,
     links,
     mailer::Sender,
     metrics::{Metrics, OutcomeLabel},
@@ -22,16 +22,16 @@ use crate::{
 /// and the address may ask again after an hour.
 const QUEUE: usize = 1024;
 
+/// A confirmation to mail. No name: anyone can post anyone's address with
+/// any name, which would ride to a stranger's inbox under our DKIM.
 struct Job {
     email: SubscriberEmail,
-    name: Option<SubscriberName>,
     token: String,
 }
 
 #[derive(Template)]
 #[template(path = "mail/confirm.txt")]
 struct ConfirmText<'a> {
-    name: Option<&'a str>,
     title: &'a str,
     url: &'a str,
     ttl: String,
@@ -62,7 +62,6 @@ impl ConfirmationMailer {
     pub fn send(&self, keys: &Keys, s: &Subscriber) {
         let job = Job {
             email: s.email.clone(),
-            name: s.profile.name.clone(),
             token: keys.subscriber_token(&s.uuid),
         };
         if self.tx.try_send(job).is_err() {
@@ -107,17 +106,13 @@ impl Worker {
         let look = &self.composer.look;
         let url = links::url(&look.base_url, links::CONFIRM, &job.token);
         let text = ConfirmText {
-            name: job.name.as_ref().map(SubscriberName::as_str),
             title: &look.title,
             url: &url,
             ttl: self.ttl.clone(),
             sender: &look.sender,
         }
         .render()?;
-        let to = Mailbox::new(
-            job.name.as_ref().map(|n| n.as_str().to_string()),
-            job.email.to_address(),
-        );
+        let to = Mailbox::new(None, job.email.to_address());
         let subject = format!("Confirm your subscription to {}", look.title);
         let message = self.composer.envelope.notice(to, &subject, text)?;
         let raw = message.formatted();

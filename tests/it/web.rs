@@ -565,7 +565,9 @@ async fn subscribe_confirm_and_the_same_answer_for_every_address() {
         .find(|w| w.starts_with(&format!("{BASE}/confirm/")))
         .expect("a confirmation link")
         .to_string();
-    assert!(mails[0].contains("To: Newt <new@example.org>"));
+    // Only the address: the posted name is nobody's word yet.
+    assert!(mails[0].contains("To: new@example.org"), "{}", mails[0]);
+    assert!(!mails[0].contains("Newt"), "{}", mails[0]);
 
     // An active address: the same page (but for the address), and no mail.
     let active = site
@@ -590,7 +592,7 @@ async fn subscribe_confirm_and_the_same_answer_for_every_address() {
     assert_eq!(
         mails
             .iter()
-            .filter(|m| m.contains("To: Newt <new@example.org>"))
+            .filter(|m| m.contains("To: new@example.org"))
             .count(),
         1
     );
@@ -1394,4 +1396,26 @@ async fn metrics_are_served_apart_from_the_public_endpoint() {
         r.body
     );
     assert_eq!(server.stop().await.code, 0);
+}
+
+/// Issue 16 item 4 (the text): anyone can post anyone's address with any
+/// name; the name must not ride in the confirmation mail (in its greeting
+/// or its To), or the form mails spam text to a stranger under our DKIM.
+#[tokio::test]
+async fn the_posted_name_stays_out_of_the_confirmation_mail() {
+    let site = Site::new().await;
+    let spam = "You won $5000! Claim at https://evil.example/win";
+    let form = format!(
+        "email=target%40example.org&name={}&topics=",
+        spam.replace(' ', "+")
+            .replace('$', "%24")
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+    );
+    let r = site.post_form("/subscribe", &form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mail = site.outbox(1).await.remove(0);
+    assert!(!mail.contains("evil.example"), "{mail}");
+    assert!(!mail.contains("You won"), "{mail}");
+    assert!(mail.contains("Hello,"), "{mail}");
 }
