@@ -216,6 +216,10 @@ pub struct HttpSettings {
     /// whether an address is subscribed); `None` (empty): not served.
     #[serde(deserialize_with = "de::optional_socket_addr")]
     pub metrics_bind: Option<SocketAddr>,
+    /// Reverse proxies whose X-Forwarded-For / Forwarded name the client
+    /// (addresses or CIDR ranges); nobody else's are believed.
+    #[serde(deserialize_with = "de::networks")]
+    pub trusted_proxies: Vec<Network>,
     #[serde(deserialize_with = "de::base_url")]
     pub public_url: url::Url,
     /// Subscribe form posts one address (IP) may make per minute.
@@ -224,6 +228,57 @@ pub struct HttpSettings {
     /// Longest time a request may take, reading its body included.
     #[serde(deserialize_with = "de::duration")]
     pub request_timeout: Duration,
+}
+
+/// An address range, `IP/prefix` (a bare IP is a range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = ip.trim().parse().map_err(|_| {
+            format!("invalid address {s:?} (write an IP or IP/prefix, e.g. 10.0.0.0/8)")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix in {s:?} (0 to {max})"))?
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -672,6 +727,16 @@ mod de {
             s.trim().parse().map_err(|_| {
                 format!("invalid listen address {s:?} (write IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)")
             })
+        })
+    }
+
+    /// Addresses or ranges, separated by commas or spaces; empty for none.
+    pub fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Network>, D::Error> {
+        parsed(d, |s| {
+            s.split([',', ' '])
+                .filter(|t| !t.trim().is_empty())
+                .map(super::Network::parse)
+                .collect()
         })
     }
 

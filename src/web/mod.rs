@@ -60,6 +60,13 @@ impl std::ops::Deref for WebState {
 }
 
 impl WebState {
+    /// Forgets the clients whose sign-up limit is back to full (every
+    /// minute, or the limiter grows by every address that ever posted).
+    pub fn trim_limits(&self) {
+        self.subscribe_limit.retain_recent();
+        self.subscribe_limit.shrink_to_fit();
+    }
+
     pub fn new(
         app: App,
         confirmations: ConfirmationMailer,
@@ -175,19 +182,83 @@ fn security_headers(res: &mut Response) {
     );
 }
 
-/// The client's address: the socket's peer (set by [`serve`]); loopback when
-/// there is none (a request driven in-process by a test).
+/// The client's address: the socket's peer (set by [`serve`]; loopback when
+/// there is none, a request driven in-process by a test), or, when that
+/// peer is one of `http.trusted_proxies`, the nearest address in its
+/// X-Forwarded-For (or Forwarded) that is not a trusted proxy.
 pub struct ClientIp(pub std::net::IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<WebState> for ClientIp {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &WebState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip());
+        let trusted = &state.app.settings.http.trusted_proxies;
+        Ok(ClientIp(client_ip(peer, &parts.headers, trusted)))
+    }
+}
+
+/// The client behind `peer` ([`ClientIp`]): right to left through the
+/// forwarded addresses, the first that no trusted proxy added.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[crate::config::Network],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<std::net::IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let text = v.to_str().unwrap_or("");
+        hops.extend(
+            text.split(',')
+                .filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    if hops.is_empty() {
+        for v in headers.get_all(header::FORWARDED) {
+            let text = v.to_str().unwrap_or("");
+            hops.extend(text.split([',', ';']).filter_map(forwarded_for));
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+/// The address in one `for=` element of a Forwarded header (RFC 7239):
+/// `for=192.0.2.60`, `for="[2001:db8::1]:4711"`.
+fn forwarded_for(element: &str) -> Option<std::net::IpAddr> {
+    let (key, value) = element.trim().split_once('=')?;
+    if !key.trim().eq_ignore_ascii_case("for") {
+        return None;
+    }
+    let v = value.trim().trim_matches('"');
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    v.parse()
+        .ok()
+        .or_else(|| v.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()))
+}
+
+/// What the sign-up limit counts by: an IPv4 address, or an IPv6 /64 (one
+/// host commonly has all of one).
+pub fn limit_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)).into(),
+        },
+        v4 => v4,
     }
 }
 

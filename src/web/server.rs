@@ -43,6 +43,7 @@ pub async fn start(
     let unsubscriber = Unsubscriber::start(app, tracker);
     let state = WebState::new(app.clone(), confirmations, unsubscriber, liveness, engine);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
+    tracker.spawn(trim_limits(state.clone(), shutdown.clone()));
     if let Some(bind) = app.settings.http.metrics_bind {
         let listener = TcpListener::bind(bind)
             .await
@@ -90,6 +91,16 @@ fn warn_if_not_https(app: &App) {
             public_url = %url,
             "http.public_url is not https: mailbox providers ignore one-click unsubscribe without it"
         );
+    }
+}
+
+/// Trims the per-client limits every minute until `shutdown`.
+async fn trim_limits(state: super::WebState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => state.trim_limits(),
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

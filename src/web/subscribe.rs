@@ -54,7 +54,11 @@ pub async fn sign_up(
     ClientIp(ip): ClientIp,
     Form(posted): Form<SubscribeForm>,
 ) -> Result<Response, WebError> {
-    if state.subscribe_limit.check_key(&ip).is_err() {
+    if state
+        .subscribe_limit
+        .check_key(&super::limit_key(ip))
+        .is_err()
+    {
         return Err(WebError::TooManyRequests);
     }
     let mut errors = FieldErrors::new();

@@ -1419,3 +1419,66 @@ async fn the_posted_name_stays_out_of_the_confirmation_mail() {
     assert!(!mail.contains("You won"), "{mail}");
     assert!(mail.contains("Hello,"), "{mail}");
 }
+
+/// Issue 16 item 5: behind the README's proxy every client is the proxy, so
+/// one client could use up everyone's sign-ups. X-Forwarded-For counts only
+/// from `http.trusted_proxies`; IPv6 clients are limited by /64.
+#[tokio::test]
+async fn the_sign_up_limit_is_per_client_behind_a_trusted_proxy() {
+    let site = Site::with(&[("PAPERPOST__HTTP__TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")]).await;
+    let post = |peer: [u8; 4], forwarded: String, i: usize| {
+        let mut req = Request::post("/subscribe")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", forwarded)
+            .body(Body::from(format!("email=p{i}%40example.org")))
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                peer, 5000,
+            ))));
+        site.request(req)
+    };
+    // Ten clients through the proxy: nobody is limited.
+    for i in 0..10 {
+        let r = post([127, 0, 0, 1], format!("203.0.113.{i}"), i).await;
+        assert_eq!(r.status, StatusCode::OK, "client {i}");
+    }
+    // One client through two proxies, seven times: the seventh is limited.
+    let statuses: Vec<u16> = futures_util::future::join_all(
+        (0..7).map(|i| post([10, 1, 2, 3], "198.51.100.9, 10.0.0.5".into(), 100 + i)),
+    )
+    .await
+    .iter()
+    .map(|r| r.status.as_u16())
+    .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
+    // A client that is not a trusted proxy cannot choose its address.
+    let mut limited = 0;
+    for i in 0..7 {
+        let r = post([192, 0, 2, 1], format!("203.0.113.{}", 50 + i), 200 + i).await;
+        limited += usize::from(r.status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(limited, 1);
+}
+
+/// IPv6 clients are limited by their /64: one host has all of it.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64() {
+    let site = Site::new().await;
+    let mut limited = 0;
+    for i in 0..7u16 {
+        let mut req = Request::post("/subscribe")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("email=v{i}%40example.org")))
+            .unwrap();
+        let peer = std::net::SocketAddr::from(([0x2001, 0xdb8, 0, 7, 0, 0, 0, i + 1], 5000));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        limited += usize::from(site.request(req).await.status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(limited, 1);
+}
