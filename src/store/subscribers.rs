@@ -815,6 +815,9 @@ pub async fn sign_up(
 ) -> Result<SignUp, StoreError> {
     let s = match find_by_email(conn, email.as_str()).await? {
         Some(s) if s.status == SubscriberStatus::Active => return Ok(SignUp::Nothing),
+        // Mail to it bounced: a confirmation would bounce too (or land in a
+        // trap), and a sign-up is not the way back (`unbounce` is).
+        Some(s) if s.status == SubscriberStatus::Bounced => return Ok(SignUp::Nothing),
         Some(s) => s,
         None => {
             let source = SubscriberSource::Web;

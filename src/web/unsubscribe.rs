@@ -165,6 +165,15 @@ pub async fn resubscribe(
             state.look.title,
             s.email.masked()
         ))
+    } else if s.status == SubscriberStatus::Bounced {
+        // The holder of the link owns the address: telling them is no leak.
+        Message::new(Page::new(&state, "Mail to this address bounced")).para(format!(
+            "Mail to {} was refused by its server, so {} stopped sending. Once the address \
+             works again, write to {} to be added back.",
+            s.email.masked(),
+            state.look.title,
+            state.look.sender
+        ))
     } else {
         Message::new(Page::new(&state, "Subscribe again"))
             .para("This address cannot be resubscribed from this link. Sign up again with the form; we will send a confirmation link first.")

@@ -1482,3 +1482,42 @@ async fn ipv6_clients_are_limited_per_64() {
     }
     assert_eq!(limited, 1);
 }
+
+/// Issue 16 item 7: a sign-up for an address whose mail bounced sends it
+/// nothing (a confirmation mail to a dead or trap address hurts the
+/// sender's reputation); the page is the same as for anyone.
+#[tokio::test]
+async fn a_bounced_address_gets_no_confirmation_mail() {
+    let site = Site::new().await;
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    subs::insert(
+        &mut conn,
+        &site.app.keys,
+        &SubscriberEmail::parse("gone@example.org").unwrap(),
+        &site.app.defaults(),
+        SubscriberStatus::Bounced,
+        SubscriberSource::Cli,
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let bounced = site
+        .post_form("/subscribe", "email=gone%40example.org")
+        .await;
+    let fresh = site
+        .post_form("/subscribe", "email=new%40example.org")
+        .await;
+    assert_eq!(
+        bounced.body.replace("gone@example.org", "X"),
+        fresh.body.replace("new@example.org", "X")
+    );
+    // The worker sends in order: the later address's mail is there, so a
+    // mail to the bounced one would be too.
+    let mails = site.outbox(1).await;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("To: new@example.org"), "{}", mails[0]);
+    assert_eq!(
+        site.get_subscriber("gone@example.org").await.status,
+        SubscriberStatus::Bounced
+    );
+}
