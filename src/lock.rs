@@ -278,6 +278,21 @@ pub struct Watch {
     since: Instant,
 }
 
+impl Watch {
+    /// Records `holder`'s row as seen at `at`; how long it has been seen
+    /// unchanged.
+    fn unchanged_for(&mut self, holder: &deliveries::Holder, at: Instant) -> Duration {
+        let row = (holder.holder.clone(), holder.expires_at);
+        if self.row.as_ref() != Some(&row) {
+            *self = Watch {
+                row: Some(row),
+                since: at,
+            };
+        }
+        at.duration_since(self.since)
+    }
+}
+
 impl Default for Watch {
     fn default() -> Self {
         Watch {
@@ -297,33 +312,7 @@ impl Lock {
     /// Takes the lock, or fails naming the process that holds it. A holder on
     /// this machine that is no longer running is taken over at once.
     pub async fn acquire(pool: &SqlitePool, ttl: Duration) -> anyhow::Result<Self> {
-        let here = Identity::of_this_process();
-        let me = here.to_string();
-        let ttl_ms = ttl.as_millis() as i64;
-        let at = Instant::now();
-        let mut conn = pool.acquire().await?;
-        let taken = |pool: &SqlitePool| Lock {
-            pool: pool.clone(),
-            fence: Fence::new(me.clone(), ttl, at),
-        };
-        let Some(other) = deliveries::try_lock(&mut conn, &me, ttl_ms, None).await? else {
-            return Ok(taken(pool));
-        };
-        let seen = Identity::parse(&other.holder).map(|h| here.judge(&h, probe));
-        if seen == Some(Seen::Gone)
-            && deliveries::try_lock(&mut conn, &me, ttl_ms, Some(&other.holder))
-                .await?
-                .is_none()
-        {
-            tracing::warn!(previous = %other.holder, "took over the lock of a paperpost process that is no longer running");
-            return Ok(taken(pool));
-        }
-        let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
-        Err(Held {
-            holder: other.holder,
-            left,
-        }
-        .into())
+        Self::take(pool, ttl, None).await
     }
 
     /// For a standby: takes the lock when it is free (a clean stop releases
@@ -336,34 +325,42 @@ impl Lock {
         ttl: Duration,
         watch: &mut Watch,
     ) -> anyhow::Result<Self> {
+        Self::take(pool, ttl, Some(watch)).await
+    }
+
+    /// [`Lock::acquire`] (an expired lock is taken by its expiry) or, with
+    /// `watch`, [`Lock::acquire_watching`].
+    async fn take(
+        pool: &SqlitePool,
+        ttl: Duration,
+        watch: Option<&mut Watch>,
+    ) -> anyhow::Result<Self> {
         let here = Identity::of_this_process();
         let me = here.to_string();
         let ttl_ms = ttl.as_millis() as i64;
         let at = Instant::now();
+        let by_expiry = watch.is_none();
         let mut conn = pool.acquire().await?;
         let taken = |pool: &SqlitePool| Lock {
             pool: pool.clone(),
             fence: Fence::new(me.clone(), ttl, at),
         };
-        let Some(other) = deliveries::try_lock_with(&mut conn, &me, ttl_ms, None, false).await?
+        let Some(other) =
+            deliveries::try_lock_with(&mut conn, &me, ttl_ms, None, by_expiry).await?
         else {
             return Ok(taken(pool));
         };
         let gone =
             Identity::parse(&other.holder).map(|h| here.judge(&h, probe)) == Some(Seen::Gone);
-        let row = (other.holder.clone(), other.expires_at);
-        if watch.row.as_ref() != Some(&row) {
-            *watch = Watch {
-                row: Some(row),
-                since: at,
-            };
-        }
-        let stale = gone || at.duration_since(watch.since) >= ttl;
+        let stale = gone || watch.is_some_and(|w| w.unchanged_for(&other, at) >= ttl);
         if stale
-            && deliveries::try_lock_with(&mut conn, &me, ttl_ms, Some(&other.holder), false)
+            && deliveries::try_lock_with(&mut conn, &me, ttl_ms, Some(&other.holder), by_expiry)
                 .await?
                 .is_none()
         {
+            if gone {
+                tracing::warn!(previous = %other.holder, "took over the lock of a paperpost process that is no longer running");
+            }
             return Ok(taken(pool));
         }
         let left = ((other.expires_at - store::now_ms()) / 1000).max(0);
