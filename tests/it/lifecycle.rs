@@ -57,11 +57,7 @@ async fn a_daemon_that_cannot_renew_its_lock_is_unhealthy_until_it_can() {
     wait_for("three watchdog pings", || notify.count("WATCHDOG=1") >= 3).await;
 
     let pool = s.pool().await;
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let conn = crate::support::WriteLock::take(&pool).await;
     daemon
         .wait_log("cannot renew the sending lock within its TTL")
         .await;
@@ -75,8 +71,7 @@ async fn a_daemon_that_cannot_renew_its_lock_is_unhealthy_until_it_can() {
     })
     .await;
 
-    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
+    conn.release().await;
     daemon.wait_log("sending resumes").await;
     wait_health(&bind, 200).await;
     let check = s.run_env(&[("PAPERPOST__HTTP__BIND", &bind)], &["healthcheck"]);

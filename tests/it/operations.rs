@@ -79,11 +79,7 @@ async fn a_truncated_subscriber_file_unsubscribes_nobody_unless_forced() {
     let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     daemon.wait_log("applied the subscriber file").await;
     // The edition is queued for later (so nothing is sent meanwhile).
-    let pool = s.pool().await;
-    let later = paperpost::store::now_ms() + 3_600_000;
-    paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "test", |_| later)
-        .await
-        .unwrap();
+    crate::support::child::queue_edition_later(&s, DATE).await;
 
     for truncated in ["", "[[subscriber]]\nemail = \"ada@example.org\"\n"] {
         s.write("config/subscribers.toml", truncated);
@@ -497,34 +493,31 @@ async fn a_full_disk_stops_sending_at_once_and_loses_nothing() {
     assert!(twice <= 4, "{twice} sent twice (more than the concurrency)");
 }
 
-/// `status` shows the newest editions (and any older one still queued), not
-/// every edition ever started: counting those read every delivery row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_shows_the_newest_editions_and_any_still_queued() {
-    let s = setup(2);
+/// `n` daily editions from 2024-01-01, each selecting one paper: all sent
+/// but number `queued`, which stays queued.
+async fn daily_editions(s: &crate::support::Sandbox, n: i64, queued: usize) -> Vec<String> {
     let first: chrono::NaiveDate = "2024-01-01".parse().unwrap();
-    let dates: Vec<String> = (0..8)
+    let dates: Vec<String> = (0..n)
         .map(|d| (first + chrono::Duration::days(d)).to_string())
         .collect();
     for (i, date) in dates.iter().enumerate() {
         s.run(&["papers", "select", "--date", date, "2403.06410"])
             .ok();
-        if i == 0 {
-            // The oldest stays queued (due in an hour).
-            let pool = s.pool().await;
-            let later = paperpost::store::now_ms() + 3_600_000;
-            paperpost::store::deliveries::start_edition(
-                &pool,
-                date.parse().unwrap(),
-                "test",
-                |_| later,
-            )
-            .await
-            .unwrap();
+        if i == queued {
+            crate::support::child::queue_edition_later(s, date).await;
         } else {
             s.run(&["send", "--date", date]).ok();
         }
     }
+    dates
+}
+
+/// `status` shows the newest editions (and any older one still queued), not
+/// every edition ever started: counting those read every delivery row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_newest_editions_and_any_still_queued() {
+    let s = setup(2);
+    let dates = daily_editions(&s, 8, 0).await;
     let out = s.run(&["status"]);
     let text = out.ok();
     for date in &dates[3..] {
@@ -551,28 +544,7 @@ async fn status_shows_the_newest_editions_and_any_still_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_old_finished_history_and_nothing_else() {
     let s = setup(3);
-    let first: chrono::NaiveDate = "2024-01-01".parse().unwrap();
-    let dates: Vec<String> = (0..4)
-        .map(|d| (first + chrono::Duration::days(d)).to_string())
-        .collect();
-    for (i, date) in dates.iter().enumerate() {
-        s.run(&["papers", "select", "--date", date, "2403.06410"])
-            .ok();
-        if i == 1 {
-            let pool = s.pool().await;
-            let later = paperpost::store::now_ms() + 3_600_000;
-            paperpost::store::deliveries::start_edition(
-                &pool,
-                date.parse().unwrap(),
-                "test",
-                |_| later,
-            )
-            .await
-            .unwrap();
-        } else {
-            s.run(&["send", "--date", date]).ok();
-        }
-    }
+    let dates = daily_editions(&s, 4, 1).await;
     // Every edition started two years ago; an old link use and fire record.
     let pool = s.pool().await;
     let old = paperpost::store::now_ms() - 2 * 365 * 86_400_000;

@@ -30,16 +30,11 @@ async fn ready_comes_only_after_the_migrations_the_lock_and_the_listener() {
     let env = never_fires(with(env, "PAPERPOST__LOG__LEVEL", "info"));
 
     let pool = s.pool_unmigrated().await;
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let conn = crate::support::WriteLock::take(&pool).await;
     let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!notify.has("READY=1"), "READY=1 before the migrations");
-    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
+    conn.release().await;
 
     wait_for("READY=1", || notify.has("READY=1")).await;
     // At READY=1: every migration made, the lock this process's, the
@@ -230,11 +225,7 @@ async fn a_sender_that_cannot_renew_its_lock_starts_no_message_until_it_can() {
     wait_for("the edition under way", || server.accepted().len() >= 4).await;
 
     let pool = s.pool().await;
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let conn = crate::support::WriteLock::take(&pool).await;
     daemon
         .wait_log("cannot renew the sending lock within its TTL")
         .await;
@@ -247,8 +238,7 @@ async fn a_sender_that_cannot_renew_its_lock_starts_no_message_until_it_can() {
         bodies,
         "messages started without the lock"
     );
-    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
+    conn.release().await;
     daemon.wait_log("sending resumes").await;
     wait_for("every reader", || server.counts().len() == 40).await;
     assert_eq!(daemon.stop().await.code, 0);
@@ -283,11 +273,7 @@ async fn unsubscribes_that_arrive_together_are_written_together() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let conn = crate::support::WriteLock::take(&pool).await;
     let posts: Vec<_> = uuids
         .iter()
         .map(|u| {
@@ -311,8 +297,7 @@ async fn unsubscribes_that_arrive_together_are_written_together() {
         server.wait_log("started processing request").await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
+    conn.release().await;
     for p in posts {
         assert_eq!(p.join().unwrap(), 200);
     }

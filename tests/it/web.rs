@@ -52,6 +52,19 @@ fn settings(dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
     support::settings(&env)
 }
 
+/// One request through `router`, its answer read in full.
+async fn call(router: &Router, req: Request<Body>) -> Reply {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
 impl Site {
     async fn new() -> Self {
         Self::with(&[]).await
@@ -95,29 +108,16 @@ impl Site {
     }
 
     async fn request(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        call(&self.router, req).await
     }
 
     /// `GET /metrics` on the metrics listener's router.
     async fn metrics(&self) -> Reply {
-        let req = Request::get("/metrics").body(Body::empty()).unwrap();
-        let res = self.metrics.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        call(
+            &self.metrics,
+            Request::get("/metrics").body(Body::empty()).unwrap(),
+        )
+        .await
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -1200,11 +1200,7 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
     .await
     .unwrap();
     // Both arrive while another process holds the database: one batch.
-    let mut blocker = site.app.pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = crate::support::WriteLock::take(&site.app.pool).await;
     let (good_uri, odd_uri) = (
         format!("/unsubscribe/{good}"),
         format!("/unsubscribe/{odd}"),
@@ -1215,10 +1211,7 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
         site.post_form(&odd_uri, one_click),
         async {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            sqlx::query("ROLLBACK")
-                .execute(&mut *blocker)
-                .await
-                .unwrap();
+            blocker.release().await;
         }
     );
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -1238,18 +1231,11 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
 async fn a_slow_unsubscribe_is_answered_honestly_and_applied() {
     let site = Site::with(&[("PAPERPOST__HTTP__REQUEST_TIMEOUT", "2s")]).await;
     let token = site.subscriber("ada@example.org").await;
-    let mut blocker = site.app.pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = crate::support::WriteLock::take(&site.app.pool).await;
     let uri = format!("/unsubscribe/{token}");
     let (r, _) = tokio::join!(site.post_form(&uri, "List-Unsubscribe=One-Click"), async {
         tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-        sqlx::query("ROLLBACK")
-            .execute(&mut *blocker)
-            .await
-            .unwrap();
+        blocker.release().await;
     });
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     assert!(r.body.contains("being applied"), "{}", r.body);
@@ -1348,11 +1334,7 @@ async fn unknown_tokens_never_wait_for_the_write_lock() {
         ("PAPERPOST__DATABASE__BUSY_TIMEOUT", "60s"),
     ])
     .await;
-    let mut blocker = site.app.pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = crate::support::WriteLock::take(&site.app.pool).await;
     let random = "7".repeat(64);
     for route in ["preferences", "confirm", "resubscribe"] {
         let r = site
@@ -1360,10 +1342,7 @@ async fn unknown_tokens_never_wait_for_the_write_lock() {
             .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{route}");
     }
-    sqlx::query("ROLLBACK")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    blocker.release().await;
 }
 
 /// Issue 16 item 2: /metrics tells whether an address is subscribed (a

@@ -103,6 +103,16 @@ pub async fn queue_edition(s: &Sandbox, date: &str) {
     pool.close().await;
 }
 
+/// Queues `date`'s edition due in an hour: it stays queued during a test.
+pub async fn queue_edition_later(s: &Sandbox, date: &str) {
+    let pool = s.pool().await;
+    let later = paperpost::store::now_ms() + 3_600_000;
+    paperpost::store::deliveries::start_edition(&pool, date.parse().unwrap(), "test", |_| later)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
 /// `env` with a schedule that does not fire during a test.
 pub fn never_fires(env: Vec<(String, String)>) -> Vec<(String, String)> {
     with(env, "PAPERPOST__SCHEDULE__CRON", "0 0 0 1 1 * 2099")

@@ -310,3 +310,22 @@ pub fn migrations() -> usize {
         })
         .count()
 }
+
+/// The database's write lock, held as another process holds it (a large
+/// import, a backup) until `release`.
+pub struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>);
+
+impl WriteLock {
+    pub async fn take(pool: &sqlx::SqlitePool) -> Self {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        WriteLock(conn)
+    }
+
+    pub async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut *self.0).await.unwrap();
+    }
+}
