@@ -1,8 +1,11 @@
 //! The server secret and the per-subscriber link tokens derived from it.
 //!
-//! A subscriber's token is HMAC-SHA256(secret, "unsubscribe:" + uuid), hex-encoded.
-//! The database stores only SHA-256(token), so a stolen copy of the database
-//! cannot forge links, and a token is checked with one indexed lookup.
+//! A subscriber's link token is HMAC-SHA256 keyed with the secret's text (as
+//! configured, or the hex text of the secret file), over [`TOKEN_CONTEXT`]
+//! followed by their uuid, hex-encoded. The database stores only
+//! SHA-256(token), so a stolen copy of the database cannot forge links, and a
+//! token is checked with one indexed lookup. (Confirmation links carry a
+//! random token of their own: `store::confirmations`.)
 
 use std::{io::Write, path::Path};
 
@@ -59,6 +62,10 @@ fn write_private_random(path: &Path) -> anyhow::Result<(std::path::PathBuf, Stri
 pub fn take_new_secret() -> Option<std::path::PathBuf> {
     NEW_SECRET.lock().expect("new secret lock").take()
 }
+
+/// What a subscriber's uuid follows in the HMAC that makes their link token
+/// (the README gives the same recipe; a test follows it by hand).
+pub const TOKEN_CONTEXT: &str = "paperpost-subscriber-token:";
 
 /// The key that all link tokens are derived from.
 #[derive(Clone)]
@@ -166,7 +173,7 @@ impl Keys {
     pub fn subscriber_token(&self, uuid: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose_secret())
             .expect("HMAC accepts keys of any length");
-        mac.update(b"paperpost-subscriber-token:");
+        mac.update(TOKEN_CONTEXT.as_bytes());
         mac.update(uuid.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }

@@ -316,3 +316,30 @@ async fn unsubscribes_that_arrive_together_are_written_together() {
     assert!(batches.len() <= 2, "twenty unsubscribes in {batches:?}");
     assert_eq!(server.stop().await.code, 0);
 }
+
+/// Issue 16 item 11: the README said a link token was HMAC(secret, uuid),
+/// security.rs said "unsubscribe:" + uuid, and the code did neither. The
+/// README's recipe, followed by hand, makes the token the code makes.
+#[test]
+fn the_readme_says_how_a_link_token_is_made() {
+    use hmac::{Hmac, Mac};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let para = readme
+        .split("\n\n")
+        .find(|p| p.starts_with("**Tokens.**"))
+        .expect("the README's Tokens paragraph");
+    // The recipe names the text the uuid follows, in backticks, and says
+    // the key is the secret's text as written.
+    let recipe = para.split_once("HMAC-SHA256(").expect("the recipe").1;
+    let prefix = recipe.split('`').nth(1).expect("a quoted prefix");
+    assert!(para.contains("the secret's text"), "{para}");
+    let secret = crate::support::SECRET;
+    let uuid = "0b5f8c1e-4a4f-4f7e-9d1e-2f3a4b5c6d7e";
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(prefix.as_bytes());
+    mac.update(uuid.as_bytes());
+    let by_hand = hex::encode(mac.finalize().into_bytes());
+    let keys = paperpost::security::Keys::from_bytes(secret.as_bytes());
+    assert_eq!(by_hand, keys.subscriber_token(uuid), "prefix {prefix:?}");
+}
