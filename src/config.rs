@@ -222,12 +222,19 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<Network>,
     #[serde(deserialize_with = "de::base_url")]
     pub public_url: url::Url,
+    /// Other sites' origins (`https://host[:port]`) whose pages may post the
+    /// subscribe form (an embedded form); `public_url`'s always may.
+    #[serde(deserialize_with = "de::origins")]
+    pub form_origins: Vec<String>,
     /// Subscribe form posts one address (IP) may make per minute.
     #[serde(deserialize_with = "de::per_minute")]
     pub subscribe_per_minute: u32,
     /// Longest time a request may take, reading its body included.
     #[serde(deserialize_with = "de::duration")]
     pub request_timeout: Duration,
+    /// Connections served at once; past it, 503 and closed.
+    #[serde(deserialize_with = "de::max_connections")]
+    pub max_connections: usize,
 }
 
 /// An address range, `IP/prefix` (a bare IP is a range of one).
@@ -309,6 +316,10 @@ pub struct SubscribersSettings {
     /// Pending (web) subscribers who never confirm are deleted after this long.
     #[serde(deserialize_with = "de::duration")]
     pub pending_ttl: Duration,
+    /// At most this many confirmation mails go out in any hour, to all
+    /// addresses together (past it, an alert and a metric).
+    #[serde(deserialize_with = "de::per_hour")]
+    pub confirmations_per_hour: u32,
 }
 
 /// How long history is kept before `prune` (daily in the daemon) deletes it.
@@ -716,6 +727,32 @@ mod de {
 
     pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         ranged(d, 1, 100_000, "rate").map(|n| n as u32)
+    }
+
+    pub fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        ranged(d, 16, 1_000_000, "connections").map(|n| n as usize)
+    }
+
+    pub fn per_hour<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        ranged(d, 1, 10_000_000, "rate").map(|n| n as u32)
+    }
+
+    /// Web origins (`scheme://host[:port]`), separated by commas or spaces.
+    pub fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        parsed(d, |s| {
+            s.split([',', ' '])
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| {
+                    let url = url::Url::parse(t.trim())
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+                        .ok_or_else(|| {
+                            format!("invalid origin {t:?} (write scheme://host[:port], e.g. https://blog.example.org)")
+                        })?;
+                    Ok(url.origin().ascii_serialization())
+                })
+                .collect()
+        })
     }
 
     pub fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -24,6 +24,11 @@ pub struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub route: String,
 }
@@ -78,6 +83,10 @@ pub struct Metrics {
     pub confirmations: Counter,
     /// Confirmation mails by outcome (sent, failed).
     pub confirmation_mails: Family<OutcomeLabel, Counter>,
+    /// Connections answered 503 and closed at `http.max_connections`.
+    pub http_shed: Counter,
+    /// Sign-ups that got no mail because of a limit (inbox, hourly).
+    pub signups_limited: Family<LimitLabel, Counter>,
     /// HTTP requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP request latency by route.
@@ -129,6 +138,8 @@ impl Metrics {
             subscriptions: Counter::default(),
             confirmations: Counter::default(),
             confirmation_mails: Family::default(),
+            signups_limited: Family::default(),
+            http_shed: Counter::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             fetches: Family::default(),
@@ -179,6 +190,16 @@ impl Metrics {
             "confirmation_mails",
             "Confirmation mails by outcome",
             m.confirmation_mails.clone(),
+        );
+        r.register(
+            "signups_limited",
+            "Sign-ups that got no confirmation mail because of a limit: inbox (one an hour) or hourly (subscribers.confirmations_per_hour)",
+            m.signups_limited.clone(),
+        );
+        r.register(
+            "http_connections_shed",
+            "Connections answered 503 and closed because http.max_connections were open",
+            m.http_shed.clone(),
         );
         r.register(
             "http_requests",

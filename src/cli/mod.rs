@@ -166,6 +166,10 @@ pub enum SubscribersCmd {
     Add {
         /// Their email address.
         email: String,
+        /// Make someone removed earlier (or whose mail bounced) active again:
+        /// the operator's word, which a sign-up on the web cannot give.
+        #[arg(long)]
+        again: bool,
         #[command(flatten)]
         profile: ProfileArgs,
     },

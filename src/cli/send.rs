@@ -163,8 +163,8 @@ fn report_progress(
 
 pub async fn status(app: &App, date: Option<NaiveDate>, all: bool) -> anyhow::Result<()> {
     let mut conn = app.pool.acquire().await?;
-    if let Some((message, at)) = store::deliveries::alert(&mut conn).await? {
-        println!("ALERT since {}: {message}", store::format_ms(at));
+    for a in store::alerts::current(&mut conn).await? {
+        println!("ALERT since {}: {}", store::format_ms(a.at), a.message);
     }
     if let Some(f) = store::papers::last_fetch(&mut conn).await? {
         let how = if f.ok { "ok" } else { "FAILED" };

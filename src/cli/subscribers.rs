@@ -77,7 +77,11 @@ fn describe(s: &subs::Subscriber) -> String {
 pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
     let pool = &ctx.pool;
     match cmd {
-        SubscribersCmd::Add { email, profile } => add(ctx, email, profile).await?,
+        SubscribersCmd::Add {
+            email,
+            again,
+            profile,
+        } => add(ctx, email, again, profile).await?,
         SubscribersCmd::Edit { email, profile } => edit(ctx, email, profile).await?,
         SubscribersCmd::Remove { email, purge } => remove(ctx, email, purge).await?,
         SubscribersCmd::Unbounce { since, emails } => unbounce(ctx, since, emails).await?,
@@ -98,18 +102,18 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn add(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<()> {
+async fn add(ctx: &App, email: String, again: bool, profile: ProfileArgs) -> anyhow::Result<()> {
     let pool = &ctx.pool;
     let email = SubscriberEmail::parse(&email)?;
-    let profile = parse_changes(profile)?.apply_to(&ctx.defaults());
+    let changes = parse_changes(profile)?;
     let mut conn = pool.acquire().await?;
     if let Some(existing) = subs::find_by_email(&mut conn, email.as_str()).await? {
-        anyhow::bail!(
-            "{} is already a subscriber ({}); change them with `paperpost subscribers edit`",
-            existing.email,
-            existing.status.as_str()
-        );
+        return add_again(&mut conn, existing, again, &changes).await;
     }
+    if again {
+        anyhow::bail!("no subscriber with address {email} to add again; leave out --again");
+    }
+    let profile = changes.apply_to(&ctx.defaults());
     let s = subs::insert(
         &mut conn,
         &ctx.keys,
@@ -121,6 +125,35 @@ async fn add(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<(
     .await?;
     println!("Added {}", describe(&s));
     Ok(())
+}
+
+/// `add` for an address already known: with `--again`, someone no longer
+/// subscribed becomes active again (the operator's word lifts a removal or
+/// a bounce); otherwise an error saying how.
+async fn add_again(
+    conn: &mut sqlx::SqliteConnection,
+    s: subs::Subscriber,
+    again: bool,
+    changes: &ProfileChanges,
+) -> anyhow::Result<()> {
+    let how = match s.status {
+        SubscriberStatus::Active => "change them with `paperpost subscribers edit`",
+        _ if again => {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
+            subs::reactivate(&mut tx, s.id).await?;
+            tx.commit().await?;
+            let s = subs::get_by_email(conn, s.email.as_str()).await?;
+            println!("Added again: {}", describe(&s));
+            return Ok(());
+        }
+        _ => "add --again makes them active again",
+    };
+    anyhow::bail!(
+        "{} is already a subscriber ({}); {how}",
+        s.email,
+        s.status.as_str()
+    )
 }
 
 async fn edit(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<()> {

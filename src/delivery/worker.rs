@@ -419,7 +419,8 @@ impl Engine {
         tokio::spawn(async move {
             let r = async {
                 let mut w = writer.acquire().await?;
-                anyhow::Ok(deliveries::set_alert(&mut w, message.as_deref()).await?)
+                let kind = crate::store::alerts::AlertKind::Delivery;
+                anyhow::Ok(crate::store::alerts::set(&mut w, kind, message.as_deref()).await?)
             };
             if let Err(e) = r.await {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record the alert for `paperpost status`");

@@ -50,6 +50,20 @@ impl SubscriberEmail {
         format!("{first}***@{domain}")
     }
 
+    /// The inbox this address reaches, as far as we can tell: lower case,
+    /// without a `+tag`, and for Gmail without dots in the local part
+    /// (googlemail.com is gmail.com). One key for the per-inbox limit on
+    /// confirmation mails; never used to send.
+    pub fn mailbox(&self) -> String {
+        let lower = self.0.to_lowercase();
+        let (local, domain) = lower.rsplit_once('@').unwrap_or((&lower, ""));
+        let local = local.split('+').next().unwrap_or(local);
+        match domain {
+            "gmail.com" | "googlemail.com" => format!("{}@gmail.com", local.replace('.', "")),
+            _ => format!("{local}@{domain}"),
+        }
+    }
+
     pub fn to_address(&self) -> lettre::Address {
         // Parsed by `parse`, so this cannot fail.
         self.0
@@ -72,6 +86,17 @@ impl fmt::Display for SubscriberEmail {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_inbox_however_it_is_written() {
+        let m = |e: &str| SubscriberEmail::parse(e).unwrap().mailbox();
+        assert_eq!(m("T.Arget+news@GoogleMail.com"), "target@gmail.com");
+        assert_eq!(m("target@gmail.com"), m("ta.rget+1@gmail.com"));
+        assert_eq!(m("Bob+x@Example.org"), "bob@example.org");
+        assert_ne!(m("b.ob@example.org"), m("bob@example.org"));
+        assert_eq!(m("+only@example.org"), "@example.org");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

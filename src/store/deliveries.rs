@@ -316,36 +316,6 @@ pub async fn record_fire(conn: &mut SqliteConnection, at: i64, by: &str) -> Resu
     Ok(())
 }
 
-/// Sets (or with `None` clears) the alert `paperpost status` shows.
-pub async fn set_alert(
-    conn: &mut SqliteConnection,
-    message: Option<&str>,
-) -> Result<(), StoreError> {
-    match message {
-        Some(m) => {
-            sqlx::query(
-                "INSERT INTO alerts (id, message, at) VALUES (1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET message = ?1, at = ?2",
-            )
-            .bind(m)
-            .bind(now_ms())
-            .execute(conn)
-            .await?
-        }
-        None => sqlx::query("DELETE FROM alerts").execute(conn).await?,
-    };
-    Ok(())
-}
-
-/// The current alert and when it was raised.
-pub async fn alert(conn: &mut SqliteConnection) -> Result<Option<(String, i64)>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT message, at FROM alerts WHERE id = 1")
-            .fetch_optional(conn)
-            .await?,
-    )
-}
-
 /// Failed rows of an edition go back to the queue with fresh attempts.
 pub async fn requeue_failed(
     conn: &mut SqliteConnection,

@@ -1,6 +1,8 @@
 //! The SQLite store. Every query paperpost runs lives in this module's children,
 //! and every other module (CLI, daemon, web) reads and writes through them.
 
+pub mod alerts;
+pub mod confirmations;
 pub mod deliveries;
 pub mod events;
 pub mod papers;

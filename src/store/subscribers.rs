@@ -90,6 +90,20 @@ pub struct SubscriberView<'a> {
 }
 
 impl Subscriber {
+    /// On the suppression list: their mail bounced, or the operator removed
+    /// them (`subscribers remove`, or gone from the subscriber file). A
+    /// sign-up on the web sends them nothing; `unbounce` or `subscribers add
+    /// --again` lifts it.
+    pub fn suppressed(&self) -> bool {
+        match self.status {
+            SubscriberStatus::Bounced => true,
+            SubscriberStatus::Unsubscribed => {
+                matches!(self.unsubscribed_by, Some(EndedBy::Cli | EndedBy::Sync))
+            }
+            _ => false,
+        }
+    }
+
     pub fn view(&self) -> SubscriberView<'_> {
         SubscriberView {
             email: self.email.as_str(),
@@ -210,6 +224,14 @@ pub async fn find_by_email(
         .bind(email.trim())
         .fetch_optional(conn)
         .await?)
+}
+
+pub async fn find_by_id(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<Subscriber>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscribers WHERE id = ?");
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
 }
 
 /// Like [`find_by_email`], but a missing subscriber is an error naming the address.
@@ -792,118 +814,26 @@ pub async fn rotate_token(
     Ok(())
 }
 
-/// What a subscribe form post leads to. The page shown is the same for every
-/// case; only whether a confirmation mail goes out differs.
-#[derive(Debug)]
-pub enum SignUp {
-    /// Send this subscriber a confirmation mail.
-    Confirm(Subscriber),
-    /// Nothing to send: already active, or a confirmation went out recently.
-    Nothing,
-}
-
-/// Records a subscribe request from the web: a new address becomes pending; a
-/// pending, unsubscribed or bounced one gets a confirmation mail again (their
-/// click is the consent), but at most one per `resend_after`; an active one
-/// gets nothing. Run inside a `BEGIN IMMEDIATE` transaction.
-pub async fn sign_up(
-    conn: &mut SqliteConnection,
-    keys: &Keys,
-    email: &SubscriberEmail,
-    profile: &Profile,
-    resend_after: std::time::Duration,
-) -> Result<SignUp, StoreError> {
-    let s = match find_by_email(conn, email.as_str()).await? {
-        Some(s) if s.status == SubscriberStatus::Active => return Ok(SignUp::Nothing),
-        // Mail to it bounced: a confirmation would bounce too (or land in a
-        // trap), and a sign-up is not the way back (`unbounce` is).
-        Some(s) if s.status == SubscriberStatus::Bounced => return Ok(SignUp::Nothing),
-        Some(s) => s,
-        None => {
-            let source = SubscriberSource::Web;
-            insert(
-                conn,
-                keys,
-                email,
-                profile,
-                SubscriberStatus::Pending,
-                source,
-            )
-            .await?
-        }
-    };
-    // Someone not pending renews their request; the mail goes only if none
-    // went out within `resend_after`.
-    let now = now_ms();
-    let send: bool = sqlx::query_scalar(
-        "UPDATE subscribers SET \
-           confirm_requested_at = CASE WHEN status = 'pending' THEN confirm_requested_at ELSE ?1 END, \
-           confirm_sent_at = CASE WHEN confirm_sent_at IS NULL OR confirm_sent_at <= ?2 \
-                             THEN ?1 ELSE confirm_sent_at END \
-         WHERE id = ?3 RETURNING confirm_sent_at = ?1",
-    )
-    .bind(now)
-    .bind(now - resend_after.as_millis() as i64)
-    .bind(s.id)
-    .fetch_one(conn)
-    .await?;
-    Ok(if send {
-        SignUp::Confirm(s)
-    } else {
-        SignUp::Nothing
-    })
-}
-
-/// What a confirmation click did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirmed {
-    /// The subscriber is active now.
-    Activated,
-    /// They already were.
-    AlreadyActive,
-    /// No request within `ttl`: the link has expired.
-    Expired,
-}
-
-/// Activates a pending subscriber whose latest confirmation mail went out, or
-/// one who asked to come back, within `ttl`.
-pub async fn confirm(
-    conn: &mut SqliteConnection,
-    s: &Subscriber,
-    ttl: std::time::Duration,
-) -> Result<Confirmed, StoreError> {
-    if s.status == SubscriberStatus::Active {
-        return Ok(Confirmed::AlreadyActive);
-    }
-    let r = sqlx::query(
-        "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
-         hard_bounces = 0, confirm_requested_at = NULL, updated_at = ?1 \
-         WHERE id = ?2 AND CASE status WHEN 'pending' THEN coalesce(confirm_sent_at, created_at) \
-                                       ELSE confirm_requested_at END >= ?3",
-    )
-    .bind(now_ms())
-    .bind(s.id)
-    .bind(now_ms() - ttl.as_millis() as i64)
-    .execute(conn)
-    .await?;
-    Ok(if r.rows_affected() == 1 {
-        Confirmed::Activated
-    } else {
-        Confirmed::Expired
-    })
-}
-
 /// Deletes pending subscribers who did not confirm within `ttl` of their
-/// latest confirmation mail.
+/// latest confirmation mail, and confirmations past `ttl` (and past the hour
+/// the limits count).
 pub async fn expire_pending(
     conn: &mut SqliteConnection,
     ttl: std::time::Duration,
 ) -> Result<u64, StoreError> {
     let before = now_ms() - ttl.as_millis() as i64;
     let r = sqlx::query(
-        "DELETE FROM subscribers WHERE status = 'pending' AND coalesce(confirm_sent_at, created_at) < ?",
+        "DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?1 \
+         AND NOT EXISTS (SELECT 1 FROM confirmations c \
+                         WHERE c.subscriber_id = subscribers.id AND c.created_at >= ?1)",
     )
+    .bind(before)
+    .execute(&mut *conn)
+    .await?;
+    let hour_ago = now_ms() - 3_600_000;
+    sqlx::query("DELETE FROM confirmations WHERE created_at < min(?, ?)")
         .bind(before)
+        .bind(hour_ago)
         .execute(conn)
         .await?;
     Ok(r.rows_affected())

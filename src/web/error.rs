@@ -20,6 +20,9 @@ pub enum WebError {
     NotFound,
     #[error("too many requests")]
     TooManyRequests,
+    /// A browser posted the form from another site's page.
+    #[error("cross-site form")]
+    CrossSite,
     /// Too much waiting already (the unsubscribe queue is full): try again.
     #[error("busy")]
     Busy,
@@ -44,6 +47,7 @@ impl WebError {
         match self {
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            WebError::CrossSite => StatusCode::FORBIDDEN,
             WebError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -59,6 +63,15 @@ impl WebError {
             ),
             WebError::TooManyRequests => {
                 Message::new(page("Too many requests")).para("Please wait a minute and try again.")
+            }
+            WebError::CrossSite => {
+                let home = pages::url(state, crate::links::SUBSCRIBE, "");
+                Message::new(page("Not sent from our site"))
+                    .para(format!(
+                        "This form can only be sent from {}.",
+                        state.app.settings.http.public_url
+                    ))
+                    .link(home, "Subscribe there")
             }
             WebError::Busy => {
                 let m = Message::new(page("Busy")).para("Please try again in a few seconds.");

@@ -3,12 +3,12 @@
 //! `/metrics`. Served by `paperpost run` beside the scheduler, or alone by
 //! `paperpost serve`.
 
-mod confirm_mail;
 pub mod error;
 pub mod health;
 mod pages;
 mod preferences;
 pub mod server;
+mod signups;
 mod subscribe;
 mod unsubscribe;
 mod unsubscriber;
@@ -26,9 +26,9 @@ use axum::{
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
-pub use confirm_mail::ConfirmationMailer;
 pub use health::Liveness;
 pub use server::{serve, start};
+pub use signups::SignUps;
 pub use unsubscriber::Unsubscriber;
 
 use crate::{app::App, delivery::Engine, digest::Look, links, metrics::HttpLabels};
@@ -44,7 +44,7 @@ pub struct WebState(Arc<Inner>);
 pub struct Inner {
     pub app: App,
     pub look: Look,
-    pub confirmations: ConfirmationMailer,
+    pub signups: SignUps,
     pub unsubscriber: Unsubscriber,
     pub liveness: Arc<Liveness>,
     /// The engine, when this process sends (for /metrics).
@@ -69,7 +69,7 @@ impl WebState {
 
     pub fn new(
         app: App,
-        confirmations: ConfirmationMailer,
+        signups: SignUps,
         unsubscriber: Unsubscriber,
         liveness: Arc<Liveness>,
         engine: Option<Arc<Engine>>,
@@ -80,7 +80,7 @@ impl WebState {
             look: Look::from_settings(&app.settings),
             subscribe_limit: RateLimiter::keyed(Quota::per_minute(per_minute)),
             app,
-            confirmations,
+            signups,
             unsubscriber,
             liveness,
             engine,

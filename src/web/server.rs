@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use super::{ConfirmationMailer, Liveness, Unsubscriber, WebState, router};
+use super::{Liveness, SignUps, Unsubscriber, WebState, router};
 use crate::{app::App, delivery::Engine, store};
 
 /// A client must send its request line and headers within this.
@@ -23,6 +23,84 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const GRACE: Duration = Duration::from_secs(10);
 /// How often unconfirmed sign-ups past `subscribers.pending_ttl` are removed.
 const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
+/// Connections the metrics listener keeps open at once (Prometheus needs one).
+const METRICS_CONNECTIONS: usize = 16;
+/// What a connection past the cap is told before it is closed.
+const SHED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nConnection: close\r\n\r\n\
+Too many requests.\n";
+
+/// How many connections the endpoint serves at once, and what it does past
+/// that: answer 503 and close at once, so a descriptor is held only for a
+/// moment and the rest stay free for the engine.
+#[derive(Clone)]
+pub struct Connections {
+    slots: Arc<tokio::sync::Semaphore>,
+    shed: prometheus_client::metrics::counter::Counter,
+}
+
+impl Connections {
+    pub fn new(max: usize, shed: prometheus_client::metrics::counter::Counter) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            shed,
+        }
+    }
+}
+
+/// Descriptors kept for everything but web connections: the database pools,
+/// the mail server connections, both listeners, the log, files read and
+/// written (secret, papers, outbox), and a margin.
+fn reserved_descriptors(app: &App) -> u64 {
+    let s = &app.settings;
+    128 + u64::from(s.database.max_connections)
+        + 2 * u64::from(s.mail.concurrency)
+        + METRICS_CONNECTIONS as u64
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime
+/// does; systemd's soft default is 1024); returns the soft limit now.
+fn raise_descriptor_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `l`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return u64::MAX;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                l = raised;
+            }
+        }
+    }
+    l.rlim_cur
+}
+
+/// `http.max_connections`, lowered (with a warning) to fit under the limit
+/// on open files with the engine's reserve.
+fn connection_cap(app: &App) -> usize {
+    let wanted = app.settings.http.max_connections;
+    let limit = raise_descriptor_limit();
+    let room = limit.saturating_sub(reserved_descriptors(app)).max(16);
+    if (wanted as u64) <= room {
+        return wanted;
+    }
+    tracing::warn!(
+        http.max_connections = wanted,
+        open_files_limit = limit,
+        using = room,
+        "http.max_connections does not fit under the limit on open files with the engine's reserve; \
+         raise LimitNOFILE (the unit sets 65536) or lower http.max_connections"
+    );
+    room as usize
+}
 
 /// Binds `http.bind` and serves the endpoint on `tracker` until `shutdown`.
 /// Returns the address it listens on (the port is chosen when it is 0).
@@ -39,9 +117,9 @@ pub async fn start(
         .with_context(|| format!("cannot listen on http.bind {bind}"))?;
     let addr = listener.local_addr()?;
     warn_if_not_https(app);
-    let confirmations = ConfirmationMailer::start(app, tracker)?;
+    let signups = SignUps::start(app, tracker)?;
     let unsubscriber = Unsubscriber::start(app, tracker);
-    let state = WebState::new(app.clone(), confirmations, unsubscriber, liveness, engine);
+    let state = WebState::new(app.clone(), signups, unsubscriber, liveness, engine);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
     tracker.spawn(trim_limits(state.clone(), shutdown.clone()));
     if let Some(bind) = app.settings.http.metrics_bind {
@@ -51,8 +129,9 @@ pub async fn start(
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening");
         let metrics = super::metrics_router(state.clone());
         let stop = shutdown.clone();
+        let slots = Connections::new(METRICS_CONNECTIONS, app.metrics.http_shed.clone());
         tracker.spawn(async move {
-            if let Err(e) = serve(listener, metrics, stop).await {
+            if let Err(e) = serve(listener, metrics, slots, stop).await {
                 tracing::error!(error = %format!("{e:#}"), "the metrics endpoint stopped");
             }
         });
@@ -60,6 +139,8 @@ pub async fn start(
     // Requests are served on a thread of their own, so answering them never
     // waits for (or delays) the delivery engine on the main thread.
     let listener = listener.into_std()?;
+    let max_connections = connection_cap(app);
+    let slots = Connections::new(max_connections, app.metrics.http_shed.clone());
     tracker.spawn_blocking(move || {
         let served = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -68,14 +149,14 @@ pub async fn start(
             .and_then(|rt| {
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, router(state), shutdown).await
+                    serve(listener, router(state), slots, shutdown).await
                 })
             });
         if let Err(e) = served {
             tracing::error!(error = %format!("{e:#}"), "the web endpoint stopped");
         }
     });
-    tracing::info!(%addr, public_url = %app.settings.http.public_url, "web endpoint listening");
+    tracing::info!(%addr, public_url = %app.settings.http.public_url, max_connections, "web endpoint listening");
     Ok(addr)
 }
 
@@ -125,10 +206,12 @@ async fn expire_pending(app: App, shutdown: CancellationToken) {
 }
 
 /// Accepts connections until `shutdown`, then lets requests in flight finish
-/// (up to [`GRACE`]).
+/// (up to [`GRACE`]). Past `slots`' cap, a connection is answered 503 and
+/// closed at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    slots: Connections,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let connections = TaskTracker::new();
@@ -150,6 +233,12 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(slot) = Arc::clone(&slots.slots).try_acquire_owned() else {
+            // Non-blocking: the 503 fits an empty socket buffer, or is lost.
+            let _ = stream.try_write(SHED);
+            slots.shed.inc();
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req| {
@@ -159,6 +248,7 @@ pub async fn serve(
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

@@ -1,6 +1,8 @@
-//! Confirmation mails for the subscribe form, sent at once (not at the next
-//! edition) through the configured mailer by one background worker, so a form
-//! post never waits on the mail server and every answer takes the same time.
+//! Sign-ups from the subscribe form, recorded and mailed by one background
+//! worker: the form's answer waits for no database or mail server work, so it
+//! takes the same time for every address and tells nothing about any. The
+//! worker records the sign-up (with its limits and the suppression list) and
+//! sends the confirmation mail through the configured mailer at once.
 
 use askama::Template;
 use lettre::message::Mailbox;
@@ -13,20 +15,32 @@ use crate::{
     domain::SubscriberEmail,
     links,
     mailer::Sender,
-    metrics::{Metrics, OutcomeLabel},
-    security::Keys,
-    store::subscribers::Subscriber,
+    metrics::{LimitLabel, OutcomeLabel},
+    store::{
+        alerts::{self, AlertKind},
+        confirmations::{self, Limits, SignUp, Skipped},
+        subscribers::Profile,
+    },
 };
 
-/// Mails waiting for the worker; past this, new requests are dropped (logged),
-/// and the address may ask again after an hour.
+/// Sign-ups waiting for the worker; past this the form answers 503 (try
+/// again) and records nothing.
 const QUEUE: usize = 1024;
 
-/// A confirmation to mail. No name: anyone can post anyone's address with
-/// any name, which would ride to a stranger's inbox under our DKIM.
+/// At most one confirmation mail per inbox per this long.
+pub const PER_INBOX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The sign-up alert clears at the first mail sent this long after it was
+/// raised, so an operator who looks the next day still sees it.
+const ALERT_KEPT_MS: i64 = 24 * 3_600_000;
+
+/// A sign-up to record and mail. The name stays in the profile (for the
+/// digests, once confirmed) and out of the mail: anyone can post anyone's
+/// address with any name, which would ride to a stranger's inbox under our
+/// DKIM.
 struct Job {
     email: SubscriberEmail,
-    token: String,
+    profile: Profile,
 }
 
 #[derive(Template)]
@@ -38,73 +52,137 @@ struct ConfirmText<'a> {
     sender: &'a str,
 }
 
-/// The handle the web handlers queue confirmation mails through.
+/// The handle the subscribe form queues sign-ups through.
 #[derive(Clone)]
-pub struct ConfirmationMailer {
+pub struct SignUps {
     tx: mpsc::Sender<Job>,
 }
 
-impl ConfirmationMailer {
+/// The queue is full: nothing was recorded; the client should try again.
+#[derive(Debug)]
+pub struct Full;
+
+impl SignUps {
     /// Starts the worker on `tracker`; it ends when every handle is dropped.
     pub fn start(app: &App, tracker: &TaskTracker) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let subscribers = &app.settings.subscribers;
         let worker = Worker {
             composer: app.composer()?,
             sender: app.mailer()?.sender(),
-            metrics: std::sync::Arc::clone(&app.metrics),
-            ttl: humantime::format_duration(app.settings.subscribers.pending_ttl).to_string(),
+            app: app.clone(),
+            limits: Limits {
+                per_inbox: PER_INBOX,
+                per_hour: subscribers.confirmations_per_hour,
+            },
+            ttl: humantime::format_duration(subscribers.pending_ttl).to_string(),
         };
         tracker.spawn(worker.run(rx));
         Ok(Self { tx })
     }
 
-    /// Queues a confirmation mail to `s`.
-    pub fn send(&self, keys: &Keys, s: &Subscriber) {
-        let job = Job {
-            email: s.email.clone(),
-            token: keys.subscriber_token(&s.uuid),
-        };
-        if self.tx.try_send(job).is_err() {
-            tracing::warn!(
-                subscriber = s.id,
-                "confirmation mail queue is full; not sent"
-            );
-        }
+    /// Queues a sign-up, or says the queue is full.
+    pub fn submit(&self, email: SubscriberEmail, profile: Profile) -> Result<(), Full> {
+        self.tx.try_send(Job { email, profile }).map_err(|_| {
+            tracing::warn!("the sign-up queue is full; answered 503");
+            Full
+        })
     }
 }
 
 struct Worker {
+    app: App,
     /// Its look (title, sender, base URL) and envelope (From, DKIM).
     composer: Composer,
     sender: Sender,
-    metrics: std::sync::Arc<Metrics>,
+    limits: Limits,
     ttl: String,
 }
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.recv().await {
-            let outcome = match self.deliver(&job).await {
-                Ok(reply) => {
-                    tracing::info!(%reply, "confirmation mail sent");
-                    "sent"
-                }
+            match self.record(&job).await {
+                Ok(SignUp::Confirm { token, .. }) => self.mail(&job.email, &token).await,
+                Ok(SignUp::Nothing(skipped)) => self.skipped(skipped).await,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "confirmation mail not sent");
-                    "failed"
+                    tracing::warn!(error = %format!("{e:#}"), "cannot record a sign-up; nothing sent")
                 }
-            };
-            self.metrics
-                .confirmation_mails
-                .get_or_create(&OutcomeLabel { outcome })
-                .inc();
+            }
         }
         self.sender.close().await;
     }
 
-    async fn deliver(&mut self, job: &Job) -> anyhow::Result<String> {
+    async fn record(&self, job: &Job) -> anyhow::Result<SignUp> {
+        let mut tx = self.app.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let (keys, limits) = (&self.app.keys, self.limits);
+        let outcome =
+            confirmations::sign_up(&mut tx, keys, &job.email, &job.profile, limits).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Sends the confirmation mail; one that fails is forgotten, so the
+    /// address is not locked out by our fault.
+    async fn mail(&mut self, email: &SubscriberEmail, token: &str) {
+        let outcome = match self.deliver(email, token).await {
+            Ok(reply) => {
+                tracing::info!(%reply, "confirmation mail sent");
+                let before = crate::store::now_ms() - ALERT_KEPT_MS;
+                let cleared = async {
+                    let mut c = self.app.writer.acquire().await?;
+                    anyhow::Ok(alerts::clear_older(&mut c, AlertKind::SignUps, before).await?)
+                };
+                logged("clear the sign-up alert", cleared.await);
+                "sent"
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "confirmation mail not sent; the address may ask again");
+                let forgotten = async {
+                    let mut c = self.app.writer.acquire().await?;
+                    anyhow::Ok(confirmations::forget(&mut c, token).await?)
+                };
+                logged("forget a confirmation not sent", forgotten.await);
+                "failed"
+            }
+        };
+        let m = &self.app.metrics;
+        m.confirmation_mails
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    async fn skipped(&self, skipped: Skipped) {
+        let limit = match skipped {
+            Skipped::Active | Skipped::Suppressed => return,
+            Skipped::Inbox => "inbox",
+            Skipped::Hourly => "hourly",
+        };
+        let m = &self.app.metrics;
+        m.signups_limited.get_or_create(&LimitLabel { limit }).inc();
+        if skipped == Skipped::Hourly {
+            let message = format!(
+                "sign-ups reached subscribers.confirmations_per_hour ({}): further sign-ups get \
+                 no confirmation mail until the hour has room (many at once may be an attack)",
+                self.limits.per_hour
+            );
+            let raised = async {
+                let mut c = self.app.writer.acquire().await?;
+                anyhow::Ok(alerts::raise(&mut c, AlertKind::SignUps, &message).await?)
+            };
+            let raised = logged("raise the sign-up alert", raised.await);
+            if raised == Some(true) {
+                tracing::warn!(
+                    limit = self.limits.per_hour,
+                    "sign-ups reached subscribers.confirmations_per_hour"
+                );
+            }
+        }
+    }
+
+    async fn deliver(&mut self, email: &SubscriberEmail, token: &str) -> anyhow::Result<String> {
         let look = &self.composer.look;
-        let url = links::url(&look.base_url, links::CONFIRM, &job.token);
+        let url = links::url(&look.base_url, links::CONFIRM, token);
         let text = ConfirmText {
             title: &look.title,
             url: &url,
@@ -112,7 +190,7 @@ impl Worker {
             sender: &look.sender,
         }
         .render()?;
-        let to = Mailbox::new(None, job.email.to_address());
+        let to = Mailbox::new(None, email.to_address());
         let subject = format!("Confirm your subscription to {}", look.title);
         let message = self.composer.envelope.notice(to, &subject, text)?;
         let raw = message.formatted();
@@ -121,4 +199,10 @@ impl Worker {
             .await
             .map_err(|f| anyhow::anyhow!("{}", f.reason()))
     }
+}
+
+/// A write's value, or `None` with the failure logged (the worker goes on).
+fn logged<T>(what: &str, r: anyhow::Result<T>) -> Option<T> {
+    r.map_err(|e| tracing::warn!(error = %format!("{e:#}"), "cannot {what}"))
+        .ok()
 }

@@ -1,27 +1,28 @@
 //! The subscribe form with double opt-in: `GET/POST /subscribe` and
 //! `GET/POST /confirm/{token}`.
 
-use axum::{Form, extract::State, http::StatusCode, response::Response};
+use axum::{
+    Form,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
 
 use super::{
     ClientIp, Link, UserAgent, WebState,
     error::WebError,
     pages::{self, FieldErrors, Message, Page, Subscribe, SubscribeForm},
     preferences::field,
-    subscriber_for,
 };
 use crate::{
     domain::{SubscriberEmail, SubscriberName, SubscriberStatus, Topics},
     links,
     store::{
+        confirmations::{self, Confirmation},
         events::{self, Action, Channel},
-        subscribers::{self as subs, Confirmed, Profile, SignUp},
+        subscribers::{Profile, Subscriber},
     },
 };
-
-/// At most one confirmation mail per address per this long: the form cannot
-/// be used to flood someone's inbox.
-pub const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn form_page(state: &WebState, form: SubscribeForm, errors: FieldErrors) -> Response {
     let status = pages::form_status(&errors);
@@ -38,22 +39,66 @@ pub async fn page(State(state): State<WebState>) -> Response {
     form_page(&state, SubscribeForm::default(), FieldErrors::new())
 }
 
-/// The same page for a new, pending or active address, so the form does not
-/// tell whether an address is subscribed.
+/// The same page for every address (new, pending, active, suppressed, or
+/// limited), so the form tells nobody whether an address is subscribed.
 fn check_inbox(state: &WebState, email: &SubscriberEmail) -> Response {
-    let m = Message::new(Page::new(state, "Check your inbox")).para(format!(
-        "If {} is not subscribed yet, a message with a confirmation link is on its way to it. \
-         Nothing more arrives until the link is clicked.",
-        email.as_str()
-    ));
+    let m = Message::new(Page::new(state, "Check your inbox"))
+        .para(format!(
+            "If {} is not subscribed yet, a message with a confirmation link is on its way to it. \
+             Nothing more arrives until the link is clicked.",
+            email.as_str()
+        ))
+        .para(format!(
+            "Nothing within an hour? Look in the spam folder. An address removed from the list \
+             before, or whose mail bounced, gets no message: write to {} to be added again.",
+            state.look.sender
+        ));
     pages::html(StatusCode::OK, &m)
+}
+
+/// Refuses a form a browser posts from another site's page, unless
+/// `http.form_origins` allows that site. The browser's `Sec-Fetch-Site`
+/// decides when it is sent (our own pages send `Origin: null`, as their
+/// Referrer-Policy is no-referrer); else `Origin`. Clients that send
+/// neither (not browsers) pass: they can claim any origin anyway, and the
+/// limits hold them.
+fn same_site(state: &WebState, headers: &HeaderMap) -> Result<(), WebError> {
+    let http = &state.app.settings.http;
+    let ours = http.public_url.origin();
+    let allowed = |origin: &str| {
+        let theirs = url::Url::parse(origin).map(|u| u.origin()).ok();
+        theirs.as_ref() == Some(&ours)
+            || http.form_origins.iter().any(|o| o == origin)
+            || (is_loopback(&http.public_url) && theirs.is_some_and(|t| loopback_origin(&t)))
+    };
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let ok = match (header("sec-fetch-site"), header("origin")) {
+        (Some("same-origin" | "none"), _) => true,
+        (Some(_), origin) => origin.is_some_and(allowed),
+        (None, Some(origin)) => allowed(origin),
+        (None, None) => true,
+    };
+    if ok { Ok(()) } else { Err(WebError::CrossSite) }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+}
+
+/// A page served from this machine: while public_url is itself local (a
+/// trial run), the form may be opened as localhost or 127.0.0.1 alike.
+fn loopback_origin(origin: &url::Origin) -> bool {
+    matches!(origin, url::Origin::Tuple(_, host, _)
+        if matches!(host.to_string().as_str(), "localhost" | "127.0.0.1" | "[::1]"))
 }
 
 pub async fn sign_up(
     State(state): State<WebState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     Form(posted): Form<SubscribeForm>,
 ) -> Result<Response, WebError> {
+    same_site(&state, &headers)?;
     if state
         .subscribe_limit
         .check_key(&super::limit_key(ip))
@@ -85,13 +130,13 @@ pub async fn sign_up(
         topics,
         ..state.app.defaults()
     };
-    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let outcome = subs::sign_up(&mut tx, &state.app.keys, &email, &profile, RESEND_AFTER).await?;
-    tx.commit().await?;
+    // Recorded and mailed off the response path: this answer takes the
+    // same work for every address.
+    state
+        .signups
+        .submit(email.clone(), profile)
+        .map_err(|_| WebError::Busy)?;
     state.app.metrics.subscriptions.inc();
-    if let SignUp::Confirm(s) = outcome {
-        state.confirmations.send(&state.app.keys, &s);
-    }
     Ok(check_inbox(&state, &email))
 }
 
@@ -100,19 +145,22 @@ pub async fn confirm_page(State(state): State<WebState>, link: Link) -> Result<R
     let Link::Token(token) = link else {
         return Ok(pages::preview_link(&state));
     };
+    let ttl = state.app.settings.subscribers.pending_ttl;
     let mut conn = state.app.pool.acquire().await?;
-    let s = subscriber_for(&mut conn, &token).await?;
-    if s.status == SubscriberStatus::Active {
-        return Ok(subscribed_page(&state, &s.email, &token));
+    let found = confirmations::find(&mut conn, &token, ttl).await?;
+    match found.ok_or(WebError::NotFound)? {
+        Confirmation::Open(s) => {
+            let m = Message::new(Page::new(&state, "Confirm your subscription"))
+                .para(format!(
+                    "Send {} to {}?",
+                    state.look.title,
+                    s.email.masked()
+                ))
+                .button(pages::url(&state, links::CONFIRM, &token), "Confirm", true);
+            Ok(pages::html(StatusCode::OK, &m))
+        }
+        other => Ok(settled_page(&state, other)),
     }
-    let m = Message::new(Page::new(&state, "Confirm your subscription"))
-        .para(format!(
-            "Send {} to {}?",
-            state.look.title,
-            s.email.masked()
-        ))
-        .button(pages::url(&state, links::CONFIRM, &token), "Confirm", true);
-    Ok(pages::html(StatusCode::OK, &m))
 }
 
 pub async fn confirm(
@@ -124,39 +172,60 @@ pub async fn confirm(
         return Ok(pages::preview_link(&state));
     };
     let ttl = state.app.settings.subscribers.pending_ttl;
-    super::known_token(&state, &token).await?;
+    // Unknown tokens are turned away with a read, before the write lock.
+    let mut conn = state.app.pool.acquire().await?;
+    confirmations::find(&mut conn, &token, ttl)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    drop(conn);
     let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let s = subscriber_for(&mut tx, &token).await?;
-    let outcome = subs::confirm(&mut tx, &s, ttl).await?;
-    if outcome == Confirmed::Activated {
+    let found = confirmations::confirm(&mut tx, &token, ttl).await?;
+    let found = found.ok_or(WebError::NotFound)?;
+    if let Confirmation::Open(s) = &found {
         events::record(&mut tx, s.id, Action::Confirm, Channel::Page, ua.as_deref()).await?;
     }
     tx.commit().await?;
-    match outcome {
-        Confirmed::Activated => {
+    match found {
+        Confirmation::Open(s) => {
             state.app.metrics.confirmations.inc();
             tracing::info!(subscriber = s.id, "subscription confirmed");
-            Ok(subscribed_page(&state, &s.email, &token))
+            Ok(subscribed_page(&state, &s))
         }
-        Confirmed::AlreadyActive => Ok(subscribed_page(&state, &s.email, &token)),
-        Confirmed::Expired => {
-            let m = Message::new(Page::new(&state, "This link has expired"))
-                .para("Confirmation links work for a limited time. Sign up again to get a new one.")
-                .link(pages::url(&state, links::SUBSCRIBE, ""), "Subscribe");
-            Ok(pages::html(StatusCode::GONE, &m))
-        }
+        other => Ok(settled_page(&state, other)),
     }
 }
 
-fn subscribed_page(state: &WebState, email: &SubscriberEmail, token: &str) -> Response {
+/// The page for a confirmation link that no longer confirms: used (by this
+/// person a moment ago, or long since), or expired.
+fn settled_page(state: &WebState, found: Confirmation) -> Response {
+    let again = |m: Message| m.link(pages::url(state, links::SUBSCRIBE, ""), "Subscribe");
+    let m = match found {
+        Confirmation::Used(s) if s.status == SubscriberStatus::Active => {
+            return subscribed_page(state, &s);
+        }
+        Confirmation::Used(_) => again(
+            Message::new(Page::new(state, "This link has already been used"))
+                .para("Each confirmation link works once. Sign up again to get a new one."),
+        ),
+        Confirmation::Expired | Confirmation::Open(_) => again(
+            Message::new(Page::new(state, "This link has expired")).para(
+                "Confirmation links work for a limited time. Sign up again to get a new one.",
+            ),
+        ),
+    };
+    pages::html(StatusCode::GONE, &m)
+}
+
+fn subscribed_page(state: &WebState, s: &Subscriber) -> Response {
+    let token = state.app.keys.subscriber_token(&s.uuid);
     let m = Message::new(Page::new(state, "You are subscribed"))
         .para(format!(
             "{} goes to {}, starting with the next edition.",
             state.look.title,
-            email.masked()
+            s.email.masked()
         ))
         .link(
-            pages::url(state, links::PREFERENCES, token),
+            pages::url(state, links::PREFERENCES, &token),
             "Choose your topics and format",
         );
     pages::html(StatusCode::OK, &m)

@@ -758,3 +758,41 @@ fn on_a_first_run_the_error_comes_first() {
     );
     assert!(s.path("data/secret.key").exists());
 }
+
+/// Issue 16 item 3: a removed address stays off the list until the operator
+/// says otherwise; `subscribers add --again` is that word (a sign-up on the
+/// web cannot bring it back, see web::signup).
+#[test]
+fn an_operator_removal_is_lifted_only_by_add_again() {
+    let s = Sandbox::new();
+    s.run(&["subscribers", "add", "carol@example.org"]).ok();
+    s.run(&["subscribers", "remove", "carol@example.org"]).ok();
+    let out = s.run(&["subscribers", "add", "carol@example.org"]);
+    assert!(out.fails().contains("--again"), "{}", out.stderr);
+    assert_eq!(
+        s.subscriber("carol@example.org").unwrap()["status"],
+        "unsubscribed"
+    );
+    let out = s.run(&[
+        "subscribers",
+        "add",
+        "carol@example.org",
+        "--again",
+        "--max-papers",
+        "3",
+    ]);
+    assert!(
+        out.ok().contains("Added again: carol@example.org"),
+        "{}",
+        out.stdout
+    );
+    let carol = s.subscriber("carol@example.org").unwrap();
+    assert_eq!(carol["status"], "active");
+    assert_eq!(carol["max_papers"], 3);
+    let out = s.run(&["subscribers", "add", "carol@example.org", "--again"]);
+    assert!(
+        out.fails().contains("already a subscriber (active)"),
+        "{}",
+        out.stderr
+    );
+}

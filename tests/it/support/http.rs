@@ -21,8 +21,24 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    exchange(addr, method, path, headers, body, Duration::from_secs(60))
+}
+
+/// A GET of `path` whose answer must come within `limit`.
+pub fn request_within(addr: &str, path: &str, limit: Duration) -> std::io::Result<Response> {
+    exchange(addr, "GET", path, &[], b"", limit)
+}
+
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limit: Duration,
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_read_timeout(Some(limit))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -292,6 +292,10 @@ impl SmtpServer {
                 tokio::select! {
                     r = listener.accept() => {
                         let Ok((sock, _)) = r else { continue };
+                        // As a real server: replies to pipelined commands are
+                        // small writes that Nagle would hold for the client's
+                        // delayed ACK (40 ms a message).
+                        let _ = sock.set_nodelay(true);
                         state.lock().unwrap().connections += 1;
                         let (state, script, delay) = (state.clone(), script.clone(), delay.clone());
                         let wait = *greeting.lock().unwrap();

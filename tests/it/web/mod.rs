@@ -2,6 +2,7 @@
 //! a temporary database: every route and its status paths, what the pages
 //! show, the security headers, and random requests that must never get a 5xx.
 
+mod connections;
 mod signup;
 
 use crate::support;
@@ -19,7 +20,7 @@ use paperpost::{
     config::Settings,
     domain::{SubscriberEmail, SubscriberSource, SubscriberStatus},
     store::{self, subscribers as subs},
-    web::{ConfirmationMailer, Liveness, Unsubscriber, WebState, router},
+    web::{Liveness, SignUps, Unsubscriber, WebState, router},
 };
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -76,7 +77,7 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let app = App::open(settings(dir.path(), extra)).await.unwrap();
         let tracker = TaskTracker::new();
-        let mailer = ConfirmationMailer::start(&app, &tracker).unwrap();
+        let mailer = SignUps::start(&app, &tracker).unwrap();
         let unsubscriber = Unsubscriber::start(&app, &tracker);
         let live = Arc::new(Liveness::default());
         let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
@@ -136,6 +137,38 @@ impl Site {
                 .unwrap(),
         )
         .await
+    }
+
+    /// Waits up to 10 s for `line` in /metrics.
+    async fn wait_metric(&self, line: &str) {
+        for _ in 0..200 {
+            if self.metrics().await.body.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no {line} in\n{}", self.metrics().await.body);
+    }
+
+    /// A form POST from the client at `peer`, with `headers`.
+    async fn post_from(
+        &self,
+        peer: std::net::IpAddr,
+        uri: &str,
+        form: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req =
+            Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Body::from(form.to_string())).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                peer, 5000,
+            )));
+        self.request(req).await
     }
 
     /// The confirmation mails written to the outbox, waiting up to 10 s for `n`.
@@ -655,9 +688,11 @@ async fn request_heads_are_bounded_in_size_and_time() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = tokio_util::sync::CancellationToken::new();
+    let slots = paperpost::web::server::Connections::new(64, Default::default());
     let server = tokio::spawn(paperpost::web::server::serve(
         listener,
         site.router.clone(),
+        slots,
         stop.clone(),
     ));
     let head = |filler: usize| {

@@ -12,6 +12,7 @@ use paperpost::{
 };
 
 use super::{BASE, Site, form_actions, path_of, text_of};
+use crate::support;
 
 #[tokio::test]
 async fn subscribe_confirm_and_the_same_answer_for_every_address() {
@@ -28,16 +29,12 @@ async fn subscribe_confirm_and_the_same_answer_for_every_address() {
         )
         .await;
     assert_eq!(new.status, StatusCode::OK);
+    let mails = site.outbox(1).await;
     let s = site.get_subscriber("new@example.org").await;
     assert_eq!(s.status, SubscriberStatus::Pending);
     assert_eq!(s.profile.topics.join(","), "llm");
-    let mails = site.outbox(1).await;
     assert_eq!(mails.len(), 1);
-    let link = mails[0]
-        .split_whitespace()
-        .find(|w| w.starts_with(&format!("{BASE}/confirm/")))
-        .expect("a confirmation link")
-        .to_string();
+    let link = confirm_link(&mails[0]);
     // Only the address: the posted name is nobody's word yet.
     assert!(mails[0].contains("To: new@example.org"), "{}", mails[0]);
     assert!(!mails[0].contains("Newt"), "{}", mails[0]);
@@ -92,22 +89,18 @@ async fn someone_who_unsubscribed_can_come_back_through_the_form_and_their_click
     let site = Site::new().await;
     let token = site.subscriber("ada@example.org").await;
     site.post_form(&format!("/unsubscribe/{token}"), "").await;
-    // Their old link alone does not confirm: no request was made.
-    let r = site.post_form(&format!("/confirm/{token}"), "").await;
-    assert_eq!(r.status, StatusCode::GONE);
-    assert_eq!(
-        site.get_subscriber("ada@example.org").await.status,
-        SubscriberStatus::Unsubscribed
-    );
     site.post_form("/subscribe", "email=ADA%40example.org")
         .await;
-    assert_eq!(site.outbox(1).await.len(), 1);
-    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    let link = confirm_link(&site.outbox(1).await[0]);
+    let r = site.post_form(path_of(&link), "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         site.get_subscriber("ada@example.org").await.status,
         SubscriberStatus::Active
     );
+    // Their links are the ones they had.
+    let r = site.get(&format!("/preferences/{token}")).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -153,20 +146,31 @@ async fn expired_sign_ups_are_forgotten_and_links_last_from_the_latest_mail() {
         .await;
     site.post_form("/subscribe", "email=resent%40example.org")
         .await;
+    let mails = site.outbox(2).await;
+    let link = |who: &str| {
+        confirm_link(
+            mails
+                .iter()
+                .find(|m| m.contains(&format!("To: {who}@")))
+                .unwrap(),
+        )
+    };
+    let (late, resent) = (link("late"), link("resent"));
     let mut conn = site.app.pool.acquire().await.unwrap();
-    // Both signed up 8 days ago; only resent@ asked again (today) and got a new mail.
+    // Both signed up 8 days ago; only resent@ asked again (today) and got a
+    // new mail, so its link works for the whole TTL, as the mail says.
+    sqlx::query("UPDATE subscribers SET created_at = created_at - 8 * 86400000")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     sqlx::query(
-        "UPDATE subscribers SET created_at = created_at - 8 * 86400000, \
-         confirm_sent_at = CASE email WHEN 'late@example.org' \
-           THEN confirm_sent_at - 8 * 86400000 ELSE confirm_sent_at END",
+        "UPDATE confirmations SET created_at = created_at - 8 * 86400000 \
+         WHERE subscriber_id = (SELECT id FROM subscribers WHERE email = 'late@example.org')",
     )
     .execute(&mut *conn)
     .await
     .unwrap();
-    let token_of = |s: subs::Subscriber| site.app.keys.subscriber_token(&s.uuid);
-    let late = token_of(site.get_subscriber("late@example.org").await);
-    let resent = token_of(site.get_subscriber("resent@example.org").await);
-    let r = site.post_form(&format!("/confirm/{late}"), "").await;
+    let r = site.post_form(path_of(&late), "").await;
     assert_eq!(r.status, StatusCode::GONE);
     let ttl = site.app.settings.subscribers.pending_ttl;
     assert_eq!(subs::expire_pending(&mut conn, ttl).await.unwrap(), 1);
@@ -176,8 +180,7 @@ async fn expired_sign_ups_are_forgotten_and_links_last_from_the_latest_mail() {
             .unwrap()
             .is_none()
     );
-    // The link in the latest mail works for the whole TTL, as the mail says.
-    let r = site.post_form(&format!("/confirm/{resent}"), "").await;
+    let r = site.post_form(path_of(&resent), "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         site.get_subscriber("resent@example.org").await.status,
@@ -270,13 +273,85 @@ async fn ipv6_clients_are_limited_per_64() {
     assert_eq!(limited, 1);
 }
 
-/// Issue 16 item 7: a sign-up for an address whose mail bounced sends it
-/// nothing (a confirmation mail to a dead or trap address hurts the
-/// sender's reputation); the page is the same as for anyone.
+/// Client address number `i`, none of them loopback: each has its own limit.
+fn ip(i: u32) -> std::net::IpAddr {
+    std::net::Ipv4Addr::from(0xc612_0000 + i).into()
+}
+
+/// The confirmation link in a mail.
+fn confirm_link(mail: &str) -> String {
+    mail.split_whitespace()
+        .find(|w| w.starts_with(&format!("{BASE}/confirm/")))
+        .expect("a confirmation link")
+        .to_string()
+}
+
+/// The last path segment of a link: its token.
+fn token_of(link: &str) -> &str {
+    link.rsplit('/').next().unwrap()
+}
+
+/// Issue 16 item 3: the confirmation link was the permanent link token, so
+/// an old digest's link confirmed a sign-up someone else made. A
+/// confirmation is its own random value, and it works once.
 #[tokio::test]
-async fn a_bounced_address_gets_no_confirmation_mail() {
+async fn old_links_never_confirm_and_a_confirmation_works_once() {
     let site = Site::new().await;
+    let token = site.subscriber("ada@example.org").await;
+    site.post_form(&format!("/unsubscribe/{token}"), "").await;
+    site.post_from(ip(1), "/subscribe", "email=ada%40example.org", &[])
+        .await;
+    let link = confirm_link(&site.outbox(1).await[0]);
+    assert_ne!(
+        token_of(&link),
+        token,
+        "the mailed link is not the link token"
+    );
+    // The old link confirms nothing, though a sign-up is waiting.
+    let r = site.post_form(&format!("/confirm/{token}"), "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+    let r = site.post_form(path_of(&link), "").await;
+    assert!(
+        text_of(&r.body).contains("You are subscribed"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Active
+    );
+    // Used once: after she leaves again, the same link brings nobody back.
+    site.post_form(&format!("/unsubscribe/{token}"), "").await;
+    let r = site.post_form(path_of(&link), "").await;
+    assert_eq!(r.status, StatusCode::GONE, "{}", r.body);
+    assert!(text_of(&r.body).contains("already been used"), "{}", r.body);
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+}
+
+/// Issue 16 item 3: an address the operator removed, or whose mail bounced,
+/// is suppressed: a sign-up for it sends nothing (the page is the one
+/// everyone gets, so it tells nobody which addresses are suppressed).
+#[tokio::test]
+async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
+    let site = Site::new().await;
+    site.subscriber("carol@example.org").await;
     let mut conn = site.app.pool.acquire().await.unwrap();
+    let carol = site.get_subscriber("carol@example.org").await;
+    subs::end_subscription(
+        &mut conn,
+        carol.id,
+        SubscriberStatus::Unsubscribed,
+        paperpost::domain::EndedBy::Cli,
+    )
+    .await
+    .unwrap();
     subs::insert(
         &mut conn,
         &site.app.keys,
@@ -288,23 +363,208 @@ async fn a_bounced_address_gets_no_confirmation_mail() {
     .await
     .unwrap();
     drop(conn);
-    let bounced = site
-        .post_form("/subscribe", "email=gone%40example.org")
-        .await;
-    let fresh = site
-        .post_form("/subscribe", "email=new%40example.org")
-        .await;
-    assert_eq!(
-        bounced.body.replace("gone@example.org", "X"),
-        fresh.body.replace("new@example.org", "X")
+    let mut pages = Vec::new();
+    for (i, who) in ["carol", "gone", "new"].iter().enumerate() {
+        let form = format!("email={who}%40example.org");
+        let r = site.post_from(ip(i as u32), "/subscribe", &form, &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        pages.push(r.body.replace(&format!("{who}@example.org"), "X"));
+    }
+    assert!(pages.iter().all(|p| *p == pages[2]), "one page for all");
+    assert!(
+        text_of(&pages[0]).contains("removed from the list"),
+        "{}",
+        pages[0]
     );
-    // The worker sends in order: the later address's mail is there, so a
-    // mail to the bounced one would be too.
+    // Mails go in order: new@'s is there, so one to the others would be.
     let mails = site.outbox(1).await;
     assert_eq!(mails.len(), 1);
     assert!(mails[0].contains("To: new@example.org"), "{}", mails[0]);
     assert_eq!(
-        site.get_subscriber("gone@example.org").await.status,
-        SubscriberStatus::Bounced
+        site.get_subscriber("carol@example.org").await.status,
+        SubscriberStatus::Unsubscribed
+    );
+}
+
+/// Issue 16 item 4: +tags, Gmail's dots and case all reach one inbox; it
+/// gets one confirmation mail an hour, whoever posts and from wherever.
+#[tokio::test]
+async fn one_inbox_gets_one_confirmation_however_its_address_is_written() {
+    let site = Site::new().await;
+    let spellings = [
+        "target@gmail.com",
+        "target+1@gmail.com",
+        "t.arget@gmail.com",
+        "TA.rget@googlemail.com",
+        "bob@example.org",
+        "Bob+news@example.org",
+        "last@example.org",
+    ];
+    for (i, email) in spellings.iter().enumerate() {
+        let form = format!("email={}", email.replace('@', "%40").replace('+', "%2B"));
+        let r = site.post_from(ip(i as u32), "/subscribe", &form, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{email}");
+    }
+    let mails = site.outbox(3).await;
+    // In order: last@'s mail is there, so any other would be too.
+    assert!(mails.iter().any(|m| m.contains("To: last@example.org")));
+    let to: Vec<&str> = mails
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("To: ")))
+        .collect();
+    assert_eq!(to.len(), 3, "{to:?}");
+}
+
+/// Issue 16 item 4: many addresses from many clients (a botnet) are held to
+/// `subscribers.confirmations_per_hour` mails in all, and the operator
+/// hears of it in `status` and in /metrics.
+#[tokio::test]
+async fn the_hourly_limit_on_confirmation_mails_raises_an_alert() {
+    let site = Site::with(&[("PAPERPOST__SUBSCRIBERS__CONFIRMATIONS_PER_HOUR", "3")]).await;
+    for i in 0..5 {
+        let form = format!("email=n{i}%40example.org");
+        let r = site.post_from(ip(i), "/subscribe", &form, &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    site.wait_metric("paperpost_signups_limited_total{limit=\"hourly\"} 2")
+        .await;
+    assert_eq!(site.outbox(3).await.len(), 3);
+    let mut conn = site.app.pool.acquire().await.unwrap();
+    let alerts = paperpost::store::alerts::current(&mut conn).await.unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.message.contains("subscribers.confirmations_per_hour")),
+        "{alerts:?}"
+    );
+}
+
+/// Issue 16 item 4: a page on another site cannot post the form in its
+/// visitors' browsers (each visitor a fresh address to the per-client
+/// limit); the operator's own pages that embed it can be allowed.
+#[tokio::test]
+async fn a_form_posted_from_another_site_is_refused() {
+    let site = Site::with(&[("PAPERPOST__HTTP__FORM_ORIGINS", "https://blog.example.net")]).await;
+    let refused: [&[(&str, &str)]; 4] = [
+        &[
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+    ];
+    for (i, headers) in refused.iter().enumerate() {
+        let r = site
+            .post_from(ip(i as u32), "/subscribe", "email=x%40example.org", headers)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(text_of(&r.body).contains(BASE), "{}", r.body);
+    }
+    let allowed: [&[(&str, &str)]; 5] = [
+        &[("origin", BASE), ("sec-fetch-site", "same-origin")],
+        // What Chromium sends from our own page (its Referrer-Policy is
+        // no-referrer, which makes the Origin of a form post "null").
+        &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+        &[
+            ("origin", "https://blog.example.net"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        &[("sec-fetch-site", "none")],
+        &[],
+    ];
+    for (i, headers) in allowed.iter().enumerate() {
+        let form = format!("email=ok{i}%40example.org");
+        let r = site
+            .post_from(ip(10 + i as u32), "/subscribe", &form, headers)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{headers:?}");
+    }
+    let mails = site.outbox(5).await;
+    assert_eq!(mails.len(), 5);
+    assert!(mails.iter().all(|m| !m.contains("To: x@example.org")));
+}
+
+/// Issue 16 item 7: with the mail queue full, the page said the mail was on
+/// its way and the address was locked out for an hour, though nothing was
+/// sent. A full queue is answered 503 (try again), and records nothing.
+#[tokio::test]
+async fn a_full_mail_queue_is_said_and_locks_nobody_out() {
+    let server = support::smtp::SmtpServer::start().await;
+    server.hold_at(0);
+    let env = support::child::smtp_env(server.port(), 1);
+    let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    extra.push(("PAPERPOST__SUBSCRIBERS__CONFIRMATIONS_PER_HOUR", "100000"));
+    let site = Site::with(&extra).await;
+    let mut busy = None;
+    let mut accepted = 0;
+    for i in 0..3000u32 {
+        let form = format!("email=q{i}%40example.org");
+        let r = site.post_from(ip(i), "/subscribe", &form, &[]).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            busy = Some((i, r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        accepted += 1;
+    }
+    let (i, r) = busy.expect("a full queue is said");
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert!(!text_of(&r.body).contains("on its way"), "{}", r.body);
+    server.release();
+    support::child::wait_for("the queued mails", || server.accepted().len() == accepted).await;
+    // The refused address may ask again at once, and gets its mail.
+    let form = format!("email=q{i}%40example.org");
+    let r = site.post_from(ip(i), "/subscribe", &form, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let to = format!("q{i}@example.org");
+    support::child::wait_for("its mail", || server.accepted().iter().any(|m| m.to == to)).await;
+}
+
+/// Issue 16 item 7: a confirmation mail the server refused is not counted
+/// against the address: asking again sends it.
+#[tokio::test]
+async fn a_refused_confirmation_mail_locks_nobody_out() {
+    let server = support::smtp::SmtpServer::start().await;
+    server.refuse_mail(1, 451, "try later");
+    let env = support::child::smtp_env(server.port(), 1);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let site = Site::with(&extra).await;
+    site.post_from(ip(1), "/subscribe", "email=ada%40example.org", &[])
+        .await;
+    site.wait_metric("paperpost_confirmation_mails_total{outcome=\"failed\"} 1")
+        .await;
+    assert!(server.accepted().is_empty());
+    site.post_from(ip(1), "/subscribe", "email=ada%40example.org", &[])
+        .await;
+    support::child::wait_for("the second mail", || server.accepted().len() == 1).await;
+}
+
+/// Issue 16 item 9: a known address wrote nothing and answered faster than a
+/// new one. The answer now waits for no database work at all: with another
+/// process holding the database, both answer at once, with one page.
+#[tokio::test]
+async fn the_sign_up_answer_waits_for_no_database_work() {
+    let site = Site::new().await;
+    site.subscriber("known@example.org").await;
+    let lock = support::WriteLock::take(&site.app.pool).await;
+    let mut pages = Vec::new();
+    for (i, who) in ["known", "new"].iter().enumerate() {
+        let form = format!("email={who}%40example.org");
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            site.post_from(ip(i as u32), "/subscribe", &form, &[]),
+        )
+        .await
+        .expect("answered while the database is held");
+        assert_eq!(r.status, StatusCode::OK);
+        pages.push(r.body.replace(&format!("{who}@example.org"), "X"));
+    }
+    assert_eq!(pages[0], pages[1]);
+    lock.release().await;
+    assert_eq!(
+        site.outbox(1).await.len(),
+        1,
+        "the new address's mail, later"
     );
 }
