@@ -171,20 +171,16 @@ impl fmt::Debug for SmtpSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DkimAlgorithm {
-    Rsa,
-    Ed25519,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimSettings {
     pub selector: String,
     #[serde(deserialize_with = "de::optional_domain")]
     pub domain: Option<String>,
+    /// One per selector, comma-separated (checked with the keys at start).
     pub key_file: PathBuf,
-    pub algorithm: DkimAlgorithm,
+    /// "rsa" or "ed25519": one for every selector, or one each.
+    pub algorithm: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,7 +573,6 @@ macro_rules! named_choices {
 named_choices!(TransportKind { "smtp" => Smtp, "file" => File });
 named_choices!(TlsMode { "none" => None, "starttls" => Starttls, "tls" => Tls });
 named_choices!(LogFormat { "text" => Text, "json" => Json });
-named_choices!(DkimAlgorithm { "rsa" => Rsa, "ed25519" => Ed25519 });
 
 mod de {
     use super::*;

@@ -62,7 +62,7 @@ pub async fn preview(
     let bytes = match format {
         PreviewFormat::Html => rendered.html.unwrap_or_default().into_bytes(),
         PreviewFormat::Text => rendered.text.into_bytes(),
-        PreviewFormat::Eml => message.formatted(),
+        PreviewFormat::Eml => composer.envelope.finish(&message)?,
     };
     match out {
         Some(path) => {

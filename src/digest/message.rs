@@ -1,21 +1,16 @@
 //! The digest as an Internet message: headers for deliverability and one-click
 //! unsubscribe (RFC 2369, RFC 8058), MIME parts, optional DKIM.
 
-use anyhow::Context;
 use lettre::{
     Message,
     message::{
         Body, Mailbox, MultiPart, SinglePart,
-        dkim::{
-            DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
-            DkimSigningKey,
-        },
         header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue},
     },
 };
 
-use super::{Edition, Reader, Rendered};
-use crate::config::{DkimAlgorithm, Settings};
+use super::{Edition, Reader, Rendered, dkim::Dkim};
+use crate::config::Settings;
 
 /// Message settings, read and checked once at start-up.
 pub struct Envelope {
@@ -24,7 +19,7 @@ pub struct Envelope {
     list_id: String,
     message_id_domain: String,
     unsubscribe_mailto: Option<lettre::Address>,
-    dkim: Option<DkimConfig>,
+    dkim: Option<std::sync::Arc<Dkim>>,
 }
 
 impl std::fmt::Debug for Envelope {
@@ -42,7 +37,8 @@ const fn name(s: &'static str) -> HeaderName {
 }
 
 impl Envelope {
-    /// Reads the DKIM key if signing is on; a missing or bad key names `mail.dkim.key_file`.
+    /// Reads the DKIM keys if signing is on; a missing or bad key names
+    /// `mail.dkim.key_file` and the file.
     pub fn from_settings(s: &Settings) -> anyhow::Result<Self> {
         let from_domain = s.mail.from.email.domain().to_ascii_lowercase();
         let list_id = match s.newsletter.title.is_ascii() {
@@ -53,51 +49,7 @@ impl Envelope {
             ),
             false => format!("<{}>", s.newsletter.list_id),
         };
-        let dkim = if s.mail.dkim.selector.trim().is_empty() {
-            None
-        } else {
-            let d = &s.mail.dkim;
-            let path = &d.key_file;
-            let key_text = std::fs::read_to_string(path).with_context(|| {
-                format!(
-                    "invalid configuration: mail.dkim.key_file: cannot read {:?}",
-                    path.display().to_string()
-                )
-            })?;
-            let algorithm = match d.algorithm {
-                DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
-                DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
-            };
-            let key = DkimSigningKey::new(key_text.trim(), algorithm).map_err(|e| {
-                anyhow::anyhow!(
-                    "invalid configuration: mail.dkim.key_file: {:?} is not a {} key: {e}",
-                    path.display().to_string(),
-                    match d.algorithm {
-                        DkimAlgorithm::Rsa => "PKCS#1 PEM RSA",
-                        DkimAlgorithm::Ed25519 => "base64 ed25519",
-                    }
-                )
-            })?;
-            Some(DkimConfig::new(
-                d.selector.trim().to_string(),
-                d.domain.clone().unwrap_or_else(|| from_domain.clone()),
-                key,
-                vec![
-                    name("From"),
-                    name("To"),
-                    name("Subject"),
-                    name("Date"),
-                    name("Message-ID"),
-                    name("List-Unsubscribe"),
-                    name("List-Unsubscribe-Post"),
-                    name("List-Id"),
-                ],
-                DkimCanonicalization {
-                    header: DkimCanonicalizationType::Relaxed,
-                    body: DkimCanonicalizationType::Relaxed,
-                },
-            ))
-        };
+        let dkim = Dkim::from_settings(&s.mail.dkim, &from_domain)?.map(std::sync::Arc::new);
         Ok(Self {
             from: s.mail.from.clone(),
             reply_to: s.mail.reply_to.clone(),
@@ -166,7 +118,7 @@ impl Envelope {
             b = b.reply_to(r.clone());
         }
         let text = part(ContentType::TEXT_PLAIN, edition.encode(&rendered.text));
-        let mut message = match rendered.html_part {
+        let message = match rendered.html_part {
             Some(html) => b.multipart(
                 MultiPart::alternative()
                     .singlepart(text)
@@ -174,10 +126,22 @@ impl Envelope {
             )?,
             None => b.singlepart(text)?,
         };
-        if let Some(dkim) = &self.dkim {
-            message.sign(dkim);
-        }
         Ok(message)
+    }
+
+    /// The keys that sign every message, if any.
+    pub fn dkim(&self) -> Option<&std::sync::Arc<Dkim>> {
+        self.dkim.as_ref()
+    }
+
+    /// The message as sent: formatted, and signed when DKIM is on (on the
+    /// calling thread; the delivery engine signs off it).
+    pub fn finish(&self, message: &Message) -> anyhow::Result<Vec<u8>> {
+        let raw = message.formatted();
+        match &self.dkim {
+            Some(d) => d.sign(&raw),
+            None => Ok(raw),
+        }
     }
 
     /// A plain-text message that is not a digest (a subscription
@@ -216,11 +180,7 @@ impl Envelope {
             } else {
                 SinglePart::plain(text)
             };
-        let mut message = b.singlepart(part)?;
-        if let Some(dkim) = &self.dkim {
-            message.sign(dkim);
-        }
-        Ok(message)
+        Ok(b.singlepart(part)?)
     }
 
     fn list_id_bare(&self) -> &str {

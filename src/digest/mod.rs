@@ -5,6 +5,7 @@
 //! trimmed and wrapped abstracts) is done once per edition in [`Edition::new`];
 //! per reader only ranking, templating and message building remain, with no I/O.
 
+pub mod dkim;
 pub mod message;
 pub mod qp;
 pub mod rank;

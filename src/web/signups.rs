@@ -193,7 +193,7 @@ impl Worker {
         let to = Mailbox::new(None, email.to_address());
         let subject = format!("Confirm your subscription to {}", look.title);
         let message = self.composer.envelope.notice(to, &subject, text)?;
-        let raw = message.formatted();
+        let raw = self.composer.envelope.finish(&message)?;
         self.sender
             .send(message.envelope(), &raw, Box::pin(async { true }))
             .await

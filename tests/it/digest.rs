@@ -559,10 +559,10 @@ fn dkim_signature_covers_the_required_headers() {
     ]);
     let composer = Composer::new(&s, keys()).unwrap();
     let who = Who::new("a@example.org", None, "");
-    let raw = composer
+    let message = composer
         .compose(&sample_edition(), &who.reader(Format::Html, 3))
-        .unwrap()
-        .formatted();
+        .unwrap();
+    let raw = composer.envelope.finish(&message).unwrap();
     let parsed = MessageParser::default().parse(&raw).unwrap();
     let sig = header_text(&parsed, "DKIM-Signature").replace(['\r', '\n', ' ', '\t'], "");
     assert!(sig.contains("d=news.example.org;"), "{sig}");

@@ -47,16 +47,29 @@ impl ResolverCache<Box<str>, Txt> for Dns {
 impl Dns {
     /// Publishes `record` as the DKIM key of `selector` in the sender's domain.
     fn with_key(selector: &str, record: &str) -> Self {
+        Self::with_keys(&[(selector, record.to_string())])
+    }
+
+    /// Publishes each (selector, record).
+    fn with_keys(keys: &[(&str, String)]) -> Self {
         let dns = Dns(Mutex::new(HashMap::new()));
-        let key = DomainKey::parse(record.as_bytes()).expect("a DKIM key record");
-        let name = format!("{selector}._domainkey.news.example.org.");
-        dns.insert(
-            name.into_boxed_str(),
-            key.into(),
-            Instant::now() + Duration::from_secs(3600),
-        );
+        for (selector, record) in keys {
+            let key = DomainKey::parse(record.as_bytes()).expect("a DKIM key record");
+            let name = format!("{selector}._domainkey.news.example.org.");
+            dns.insert(
+                name.into_boxed_str(),
+                key.into(),
+                Instant::now() + Duration::from_secs(3600),
+            );
+        }
         dns
     }
+}
+
+/// The DNS record of a fixture's public key.
+fn record(kind: &str, pub_file: &str) -> String {
+    let public = std::fs::read_to_string(support::fixture(pub_file)).unwrap();
+    format!("v=DKIM1; k={kind}; p={}", public.trim())
 }
 
 /// The DKIM results for `raw` with the stub's keys.
@@ -88,19 +101,28 @@ fn signed_headers(raw: &[u8]) -> Vec<String> {
 
 /// Sends the sample edition to two readers with DKIM on; the .eml files.
 fn send_signed(algorithm: &str, key_file: &str) -> Vec<Vec<u8>> {
+    send_signed_by("pp2026", algorithm, &[key_file])
+}
+
+/// `send_signed` with one key per selector (comma-separated) and file.
+fn send_signed_by(selectors: &str, algorithms: &str, key_files: &[&str]) -> Vec<Vec<u8>> {
     let s = Sandbox::with_sample_papers();
     s.run(&["subscribers", "add", "ada@example.org"]).ok();
     s.run(&["subscribers", "add", "bob@example.org", "--format", "text"])
         .ok();
-    let key = support::fixture(key_file);
+    let keys: Vec<String> = key_files
+        .iter()
+        .map(|k| support::fixture(k).display().to_string())
+        .collect();
+    let keys = keys.join(", ");
     let env = [
         (
             "PAPERPOST__MAIL__FROM",
             "Paperpost <digest@news.example.org>",
         ),
-        ("PAPERPOST__MAIL__DKIM__SELECTOR", "pp2026"),
-        ("PAPERPOST__MAIL__DKIM__ALGORITHM", algorithm),
-        ("PAPERPOST__MAIL__DKIM__KEY_FILE", key.to_str().unwrap()),
+        ("PAPERPOST__MAIL__DKIM__SELECTOR", selectors),
+        ("PAPERPOST__MAIL__DKIM__ALGORITHM", algorithms),
+        ("PAPERPOST__MAIL__DKIM__KEY_FILE", keys.as_str()),
     ];
     s.run_env(&env, &["send", "--date", "2024-03-11"]).ok();
     let mut files: Vec<Vec<u8>> = std::fs::read_dir(s.path("data/outbox"))
@@ -159,4 +181,100 @@ async fn rsa_signatures_verify() {
     let public = std::fs::read_to_string(support::fixture("dkim-rsa.pub")).unwrap();
     let record = format!("v=DKIM1; k=rsa; p={}", public.trim());
     check("rsa", "dkim-rsa.pem", record).await;
+}
+
+/// Issue 17 item 3: an RSA and an Ed25519 key (RFC 8463) sign each message
+/// once each; a receiver verifies both, and with only one of the records
+/// published, that one.
+#[tokio::test]
+async fn dual_signatures_verify_with_each_key() {
+    let both = Dns::with_keys(&[
+        ("pp2026r", record("rsa", "dkim-rsa.pub")),
+        ("pp2026e", record("ed25519", "dkim-ed25519.pub")),
+    ]);
+    let rsa_only = Dns::with_keys(&[("pp2026r", record("rsa", "dkim-rsa.pub"))]);
+    let files = ["dkim-rsa.pem", "dkim-ed25519.key"];
+    for raw in send_signed_by("pp2026r, pp2026e", "rsa, ed25519", &files) {
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+        assert!(text.contains("a=rsa-sha256") && text.contains("a=ed25519-sha256"));
+        assert_eq!(
+            verify(&both, &raw).await,
+            vec![DkimResult::Pass, DkimResult::Pass]
+        );
+        let one = verify(&rsa_only, &raw).await;
+        assert_eq!(
+            one.iter().filter(|r| **r == DkimResult::Pass).count(),
+            1,
+            "{one:?}"
+        );
+    }
+}
+
+/// Issue 17 item 6: during a rotation the old and the new RSA selector both
+/// sign, so a receiver still holding either record verifies.
+#[tokio::test]
+async fn a_rotation_signs_with_the_old_and_the_new_key() {
+    let files = ["dkim-rsa.pem", "dkim-rsa-2.pem"];
+    let raws = send_signed_by("old2026, new2026", "rsa", &files);
+    let old = Dns::with_keys(&[("old2026", record("rsa", "dkim-rsa.pub"))]);
+    let new = Dns::with_keys(&[("new2026", record("rsa", "dkim-rsa-2.pub"))]);
+    // Each record verifies its own signature, and only its own.
+    let swapped = Dns::with_keys(&[("new2026", record("rsa", "dkim-rsa.pub"))]);
+    for raw in raws {
+        for dns in [&old, &new] {
+            let results = verify(dns, &raw).await;
+            assert!(results.contains(&DkimResult::Pass), "{results:?}");
+        }
+        let results = verify(&swapped, &raw).await;
+        assert!(!results.contains(&DkimResult::Pass), "{results:?}");
+    }
+}
+
+/// Issue 17 item 3: a key that cannot sign stops start-up, naming its file.
+#[test]
+fn a_bad_key_stops_start_up_naming_its_file() {
+    let s = Sandbox::with_sample_papers();
+    let cases = [
+        ("rsa", "missing.pem".to_string(), "cannot read"),
+        (
+            "rsa",
+            support::fixture("dkim-ed25519.key").display().to_string(),
+            "not a PEM RSA",
+        ),
+        (
+            "rsa",
+            support::fixture("dkim-rsa-1024.pem").display().to_string(),
+            "2048",
+        ),
+        (
+            "ed25519",
+            support::fixture("dkim-rsa.pem").display().to_string(),
+            "Ed25519",
+        ),
+    ];
+    for (algorithm, file, why) in cases {
+        let env = [
+            ("PAPERPOST__MAIL__DKIM__SELECTOR", "pp2026"),
+            ("PAPERPOST__MAIL__DKIM__ALGORITHM", algorithm),
+            ("PAPERPOST__MAIL__DKIM__KEY_FILE", file.as_str()),
+        ];
+        let out = s.run_env(&env, &["send", "--date", "2024-03-11"]);
+        let err = out.fails();
+        assert!(
+            err.contains("mail.dkim.key_file") && err.contains(&file),
+            "{err}"
+        );
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    let env = [
+        ("PAPERPOST__MAIL__DKIM__SELECTOR", "a, b"),
+        ("PAPERPOST__MAIL__DKIM__KEY_FILE", "one.pem"),
+    ];
+    let out = s.run_env(&env, &["send", "--date", "2024-03-11"]);
+    assert!(
+        out.fails().contains("2 selectors, 1 key files"),
+        "{}",
+        out.stderr
+    );
 }

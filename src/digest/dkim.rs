@@ -1,0 +1,291 @@
+//! DKIM signatures (RFC 6376, relaxed/relaxed, SHA-256) with ring's RSA and
+//! Ed25519 (through mail-auth's signer), one per configured key: an RSA and
+//! an Ed25519 selector together (RFC 8463), or two of a kind during a key
+//! rotation. Signing runs on blocking threads, at most one per core, so a
+//! send uses every core while the scheduler thread composes and sends.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use mail_auth::{
+    common::{
+        crypto::{Ed25519Key, RsaKey, Sha256},
+        headers::HeaderWriter,
+    },
+    dkim::{Canonicalization, DkimSigner, Done},
+};
+use ring::signature::KeyPair;
+use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+
+use crate::config::DkimSettings;
+
+/// The headers every signature covers, when the message has them.
+pub const SIGNED_HEADERS: [&str; 8] = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Id",
+];
+
+/// The kind of a DKIM key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    Ed25519,
+}
+
+impl KeyKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "rsa" => Some(Self::Rsa),
+            "ed25519" => Some(Self::Ed25519),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rsa => "rsa",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+}
+
+enum Signer {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+impl Signer {
+    fn header(&self, raw: &[u8]) -> anyhow::Result<String> {
+        let signature = match self {
+            Signer::Rsa(s) => s.sign(raw),
+            Signer::Ed25519(s) => s.sign(raw),
+        };
+        Ok(signature
+            .map_err(|e| anyhow!("cannot sign: {e}"))?
+            .to_header())
+    }
+}
+
+/// One configured key: its selector, domain and kind.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub selector: String,
+    pub domain: String,
+    pub kind: KeyKind,
+    /// The public key as the DNS record's `p=` (base64).
+    pub public: String,
+}
+
+/// Every configured signing key.
+pub struct Dkim {
+    signers: Vec<Signer>,
+    pub keys: Vec<KeyInfo>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Dkim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dkim").field("keys", &self.keys).finish()
+    }
+}
+
+/// `list` split at commas, trimmed, empty items dropped.
+fn items(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl Dkim {
+    /// The keys `mail.dkim` names (none when `selector` is empty), each read
+    /// and checked now: a missing, unreadable or wrong key stops start-up
+    /// with the key's file named.
+    pub fn from_settings(d: &DkimSettings, from_domain: &str) -> anyhow::Result<Option<Self>> {
+        let selectors = items(&d.selector);
+        if selectors.is_empty() {
+            return Ok(None);
+        }
+        let files_text = d.key_file.to_string_lossy();
+        let files = items(&files_text);
+        let kinds: Vec<KeyKind> = items(&d.algorithm)
+            .into_iter()
+            .map(|a| {
+                KeyKind::parse(a).ok_or_else(|| {
+                    anyhow!(
+                        "invalid configuration: mail.dkim.algorithm: {a:?} is not rsa or ed25519"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if files.len() != selectors.len() || !(kinds.len() == 1 || kinds.len() == selectors.len()) {
+            bail!(
+                "invalid configuration: mail.dkim: {} selectors, {} key files and {} algorithms \
+                 (give one key file per selector, and one algorithm for all or one each)",
+                selectors.len(),
+                files.len(),
+                kinds.len()
+            );
+        }
+        let domain = d.domain.clone().unwrap_or_else(|| from_domain.to_string());
+        let mut dkim = Dkim {
+            signers: Vec::new(),
+            keys: Vec::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(cores())),
+        };
+        for (i, (selector, file)) in selectors.iter().zip(&files).enumerate() {
+            let kind = kinds[if kinds.len() == 1 { 0 } else { i }];
+            let (signer, public) = load(Path::new(file), kind, &domain, selector)
+                .with_context(|| format!("invalid configuration: mail.dkim.key_file: {file}"))?;
+            dkim.signers.push(signer);
+            let (selector, domain) = (selector.to_string(), domain.clone());
+            dkim.keys.push(KeyInfo {
+                selector,
+                domain,
+                kind,
+                public,
+            });
+        }
+        Ok(Some(dkim))
+    }
+
+    /// `raw` with one DKIM-Signature header per key in front.
+    pub fn sign(&self, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut headers = String::new();
+        for s in &self.signers {
+            headers.push_str(&s.header(raw)?);
+        }
+        let mut out = Vec::with_capacity(headers.len() + raw.len());
+        out.extend_from_slice(headers.as_bytes());
+        out.extend_from_slice(raw);
+        Ok(out)
+    }
+
+    /// [`Dkim::sign`] on a blocking thread, at most one per core at a time,
+    /// so the runtime's thread goes on composing and sending meanwhile.
+    pub async fn sign_off_thread(self: &Arc<Self>, raw: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let _slot = self.slots.acquire().await?;
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.sign(&raw)).await?
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Reads one key file: RSA as PEM (PKCS#1 or PKCS#8), 2048 to 4096 bits
+/// (ring's range); Ed25519 as PKCS#8 PEM or a base64 32-byte seed.
+fn load(
+    path: &Path,
+    kind: KeyKind,
+    domain: &str,
+    selector: &str,
+) -> anyhow::Result<(Signer, String)> {
+    let text = std::fs::read_to_string(path).context("cannot read it")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let headers = SIGNED_HEADERS;
+    let relaxed = Canonicalization::Relaxed;
+    match kind {
+        KeyKind::Rsa => {
+            let der = PrivateKeyDer::from_pem_slice(text.as_bytes())
+                .map_err(|e| anyhow!("not a PEM RSA private key: {e}"))?;
+            let pair = match &der {
+                PrivateKeyDer::Pkcs1(k) => {
+                    ring::signature::RsaKeyPair::from_der(k.secret_pkcs1_der())
+                }
+                PrivateKeyDer::Pkcs8(k) => {
+                    ring::signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der())
+                }
+                _ => bail!("not an RSA private key (PKCS#1 or PKCS#8 PEM)"),
+            }
+            .map_err(|e| {
+                anyhow!("not a usable RSA key ({e}; RSA keys must be 2048 to 4096 bits)")
+            })?;
+            let public = b64.encode(spki_rsa(pair.public_key().as_ref()));
+            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| anyhow!("{e}"))?;
+            let signer = DkimSigner::from_key(key)
+                .domain(domain)
+                .selector(selector)
+                .headers(headers)
+                .header_canonicalization(relaxed)
+                .body_canonicalization(relaxed);
+            Ok((Signer::Rsa(signer), public))
+        }
+        KeyKind::Ed25519 => {
+            let (seed, public) = ed25519_parts(&text)?;
+            let key =
+                Ed25519Key::from_seed_and_public_key(&seed, &public).map_err(|e| anyhow!("{e}"))?;
+            let signer = DkimSigner::from_key(key)
+                .domain(domain)
+                .selector(selector)
+                .headers(headers)
+                .header_canonicalization(relaxed)
+                .body_canonicalization(relaxed);
+            Ok((Signer::Ed25519(signer), b64.encode(public)))
+        }
+    }
+}
+
+/// The seed and public key of an Ed25519 key given as a base64 32-byte
+/// seed, or as PKCS#8 PEM.
+fn ed25519_parts(text: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let seed = if text.contains("-----BEGIN") {
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes())
+            .map_err(|e| anyhow!("not a PKCS#8 PEM Ed25519 key: {e}"))?;
+        // The seed is the last 32 bytes of an RFC 8410 PKCS#8 v1 key.
+        let der = der.secret_pkcs8_der();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|e| anyhow!("not an Ed25519 key: {e}"))?;
+        let seed = der[der.len().saturating_sub(32)..].to_vec();
+        return Ok((seed, pair.public_key().as_ref().to_vec()));
+    } else {
+        b64.decode(text.trim())
+            .map_err(|e| anyhow!("not base64 (an Ed25519 key is a base64 32-byte seed): {e}"))?
+    };
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|_| anyhow!("not an Ed25519 seed: it must be 32 bytes, base64"))?;
+    Ok((seed, pair.public_key().as_ref().to_vec()))
+}
+
+/// An RSA public key (PKCS#1 RSAPublicKey DER, as ring gives it) wrapped in
+/// a SubjectPublicKeyInfo, the form a DKIM record's `p=` carries.
+fn spki_rsa(pkcs1: &[u8]) -> Vec<u8> {
+    // AlgorithmIdentifier: rsaEncryption with NULL parameters.
+    const ALG: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut bit_string = vec![0u8];
+    bit_string.extend_from_slice(pkcs1);
+    let bits = der(0x03, &bit_string);
+    let mut body = ALG.to_vec();
+    body.extend_from_slice(&bits);
+    der(0x30, &body)
+}
+
+/// One DER element: tag, definite length, contents.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
