@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 mod demo;
+mod dkim;
 mod output;
 mod papers;
 mod preview;
@@ -115,6 +116,9 @@ pub enum Command {
     /// The link secret (rotate it).
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// DKIM keys: make one and its DNS record, check the published records.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCmd),
     /// Render one digest without sending it or touching any delivery state.
     Preview {
         /// The edition date.
@@ -383,6 +387,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
         Command::Secret(cmd) => secret::run(settings, cmd).await,
+        Command::Dkim(cmd) => dkim::run(settings, cmd).await,
         Command::Prune { dry_run } => {
             let app = App::open(settings).await?;
             let p = crate::daemon::prune(&app, dry_run).await?;

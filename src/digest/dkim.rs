@@ -1,4 +1,4 @@
-//! DKIM signatures (RFC 6376, relaxed/relaxed, SHA-256) with ring's RSA and
+//! DKIM signatures (RFC 6376, relaxed/relaxed, SHA-256) with AWS-LC.s RSA and
 //! Ed25519 (through mail-auth's signer), one per configured key: an RSA and
 //! an Ed25519 selector together (RFC 8463), or two of a kind during a key
 //! rotation. Signing runs on blocking threads, at most one per core, so a
@@ -156,6 +156,23 @@ impl Dkim {
         Ok(Some(dkim))
     }
 
+    /// The key in `path` (as `mail.dkim` would read it), described.
+    pub fn key_info(
+        path: &Path,
+        kind: KeyKind,
+        domain: &str,
+        selector: &str,
+    ) -> anyhow::Result<KeyInfo> {
+        let (_, public) = load(path, kind, domain, selector)?;
+        let (selector, domain) = (selector.to_string(), domain.to_string());
+        Ok(KeyInfo {
+            selector,
+            domain,
+            kind,
+            public,
+        })
+    }
+
     /// `raw` with one DKIM-Signature header per key in front.
     pub fn sign(&self, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
         let mut headers = String::new();
@@ -241,11 +258,22 @@ fn ed25519_parts(text: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let seed = if text.contains("-----BEGIN") {
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes())
             .map_err(|e| anyhow!("not a PKCS#8 PEM Ed25519 key: {e}"))?;
-        // The seed is the last 32 bytes of an RFC 8410 PKCS#8 v1 key.
         let der = der.secret_pkcs8_der();
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|e| anyhow!("not an Ed25519 key: {e}"))?;
-        let seed = der[der.len().saturating_sub(32)..].to_vec();
+        // RFC 8410: the private key is an OCTET STRING holding the 32-byte
+        // seed as an OCTET STRING (04 22 04 20), in PKCS#8 v1 and v2 alike.
+        let seed = der
+            .windows(4)
+            .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+            .and_then(|i| der.get(i + 4..i + 36))
+            .ok_or_else(|| anyhow!("not an RFC 8410 Ed25519 key"))?
+            .to_vec();
+        let derived = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| anyhow!("not an Ed25519 key"))?;
+        if derived.public_key().as_ref() != pair.public_key().as_ref() {
+            bail!("not a consistent Ed25519 key (its public key is not its seed's)");
+        }
         return Ok((seed, pair.public_key().as_ref().to_vec()));
     } else {
         b64.decode(text.trim())

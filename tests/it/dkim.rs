@@ -278,3 +278,162 @@ fn a_bad_key_stops_start_up_naming_its_file() {
         out.stderr
     );
 }
+
+/// A DNS server on loopback UDP: TXT answers from `records` (lower-case
+/// names with the final dot), NXDOMAIN for anything else.
+fn stub_dns(records: HashMap<String, String>) -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if let Some(answer) = dns_answer(&buf[..n], &records) {
+                let _ = socket.send_to(&answer, from);
+            }
+        }
+    });
+    addr
+}
+
+fn dns_answer(query: &[u8], records: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let mut i = 12;
+    let mut name = String::new();
+    while *query.get(i)? != 0 {
+        let len = query[i] as usize;
+        name.push_str(&String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_lowercase());
+        name.push('.');
+        i += 1 + len;
+    }
+    let question_end = i + 5;
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let text = records.get(&name).filter(|_| qtype == 16);
+    let mut out = query[..2].to_vec();
+    out.extend_from_slice(&[0x81, if text.is_some() { 0x80 } else { 0x83 }]);
+    out.extend_from_slice(&[0, 1, 0, u8::from(text.is_some()), 0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..question_end)?);
+    if let Some(text) = text {
+        let mut rdata = Vec::new();
+        for chunk in text.as_bytes().chunks(255) {
+            rdata.push(chunk.len() as u8);
+            rdata.extend_from_slice(chunk);
+        }
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 16, 0, 1, 0, 0, 0, 60]);
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&rdata);
+    }
+    Some(out)
+}
+
+/// The record text in `dkim keygen`'s zone line (its quoted strings joined).
+fn keygen_record(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("._domainkey.") && l.contains("IN TXT"))
+        .expect("a zone line");
+    line.split('"').skip(1).step_by(2).collect()
+}
+
+/// Issue 17 item 4: `dkim keygen` writes a private key and prints its
+/// record; `dkim check` finds the published records the same (through a
+/// stub DNS server), or says which differs; and mail signed with the new
+/// keys verifies against the printed records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_then_check_then_sign() {
+    let s = Sandbox::new();
+    let from = (
+        "PAPERPOST__MAIL__FROM",
+        "Paperpost <digest@news.example.org>",
+    );
+    let rsa = s.path("dkim-rsa.pem");
+    let ed = s.path("dkim-ed.pem");
+    let keygen = |sel: &str, alg: &str, out: &std::path::Path| {
+        s.run_env(
+            &[from],
+            &[
+                "dkim",
+                "keygen",
+                "--selector",
+                sel,
+                "--algorithm",
+                alg,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let rsa_out = keygen("k1", "rsa", &rsa);
+    let rsa_record = keygen_record(rsa_out.ok());
+    assert!(
+        rsa_out.stdout.contains("k1._domainkey.news.example.org."),
+        "{}",
+        rsa_out.stdout
+    );
+    assert!(
+        rsa_record.starts_with("v=DKIM1; k=rsa; p=MII"),
+        "{rsa_record}"
+    );
+    let ed_record = keygen_record(keygen("k2", "ed25519", &ed).ok());
+    assert!(
+        ed_record.starts_with("v=DKIM1; k=ed25519; p="),
+        "{ed_record}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&rsa).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        keygen("k1", "rsa", &rsa)
+            .fails()
+            .contains("never overwritten")
+    );
+
+    let keys = format!("{}, {}", rsa.display(), ed.display());
+    let env = [
+        from,
+        ("PAPERPOST__MAIL__DKIM__SELECTOR", "k1, k2"),
+        ("PAPERPOST__MAIL__DKIM__ALGORITHM", "rsa, ed25519"),
+        ("PAPERPOST__MAIL__DKIM__KEY_FILE", keys.as_str()),
+    ];
+    let name = |sel: &str| format!("{sel}._domainkey.news.example.org.");
+    let published = HashMap::from([
+        (name("k1"), rsa_record.clone()),
+        (name("k2"), ed_record.clone()),
+    ]);
+    let dns = stub_dns(published).to_string();
+    let out = s.run_env(&env, &["dkim", "check", "--resolver", &dns]);
+    assert_eq!(
+        out.ok().matches("publishes the configured").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+
+    // Another key under k1, and nothing under k2: both said, exit 1.
+    let other = record("rsa", "dkim-rsa.pub");
+    let dns = stub_dns(HashMap::from([(name("k1"), other)])).to_string();
+    let out = s.run_env(&env, &["dkim", "check", "--resolver", &dns]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("k1._domainkey.news.example.org.: DIFFERS"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("k2._domainkey.news.example.org.: NO RECORD"),
+        "{}",
+        out.stdout
+    );
+
+    // The printed records verify the mail the new keys sign.
+    let both = Dns::with_keys(&[("k1", rsa_record), ("k2", ed_record)]);
+    let (rsa, ed) = (rsa.to_str().unwrap(), ed.to_str().unwrap());
+    for raw in send_signed_by("k1, k2", "rsa, ed25519", &[rsa, ed]) {
+        assert_eq!(
+            verify(&both, &raw).await,
+            vec![DkimResult::Pass, DkimResult::Pass]
+        );
+    }
+}
