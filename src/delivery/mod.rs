@@ -26,7 +26,7 @@ use crate::{
     digest::{Composer, Edition, Reader},
     domain::SubscriberStatus,
     lock::Fence,
-    mailer::{Failure, Gate, Mailer, Sender},
+    mailer::{Failure, Gate, Headers, Mailer, Sender},
     store::{
         self,
         deliveries::{self, Claimed},

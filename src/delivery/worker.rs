@@ -192,14 +192,18 @@ impl Engine {
             .get_raw("Message-ID")
             .unwrap_or_default()
             .to_string();
-        let raw = match self.finish(job, &message).await {
-            Ok(raw) => raw,
-            Err(outcome) => return outcome,
+        // Signing starts now, on another thread, while the transaction opens.
+        let raw = Arc::new(message.formatted());
+        let headers = match self.composer().envelope.dkim() {
+            Some(dkim) => Headers::Pending(Box::pin(dkim.headers_soon(Arc::clone(&raw)))),
+            None => Headers::None,
         };
         let started = std::time::Instant::now();
         let changed: Mutex<Option<Standing>> = Mutex::new(None);
         let gate = self.last_look(job, answered, gate, &changed);
-        let result = sender.send(message.envelope(), &raw, gate).await;
+        let result = sender
+            .send_headed(message.envelope(), &raw, headers, gate)
+            .await;
         self.metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -244,24 +248,6 @@ impl Engine {
             Ok(m) => Ok(m),
             Err(e) => Err(failed(format!("cannot build the message: {e:#}"))),
         }
-    }
-
-    /// The message as sent: formatted, and signed on a blocking thread when
-    /// DKIM is on, so this thread goes on composing and sending.
-    async fn finish(
-        &self,
-        job: &Job,
-        message: &lettre::Message,
-    ) -> Result<Vec<u8>, (Outcome, Tally)> {
-        let raw = message.formatted();
-        let Some(dkim) = self.composer().envelope.dkim().cloned() else {
-            return Ok(raw);
-        };
-        dkim.sign_off_thread(raw).await.map_err(|e| {
-            let (id, bounce) = (job.claimed.id, None);
-            let reason = format!("cannot sign the message: {e:#}");
-            (Outcome::Failed { id, reason, bounce }, Tally::Failed)
-        })
     }
 
     /// `gate` followed by a last look before the body: this process still

@@ -173,24 +173,35 @@ impl Dkim {
         })
     }
 
-    /// `raw` with one DKIM-Signature header per key in front.
-    pub fn sign(&self, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// One DKIM-Signature header per key, for `raw`.
+    pub fn headers(&self, raw: &[u8]) -> anyhow::Result<String> {
         let mut headers = String::new();
         for s in &self.signers {
             headers.push_str(&s.header(raw)?);
         }
-        let mut out = Vec::with_capacity(headers.len() + raw.len());
-        out.extend_from_slice(headers.as_bytes());
-        out.extend_from_slice(raw);
-        Ok(out)
+        Ok(headers)
     }
 
-    /// [`Dkim::sign`] on a blocking thread, at most one per core at a time,
-    /// so the runtime's thread goes on composing and sending meanwhile.
-    pub async fn sign_off_thread(self: &Arc<Self>, raw: Vec<u8>) -> anyhow::Result<Vec<u8>> {
-        let _slot = self.slots.acquire().await?;
+    /// `raw` with its DKIM-Signature headers in front.
+    pub fn sign(&self, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let headers = self.headers(raw)?;
+        Ok([headers.as_bytes(), raw].concat())
+    }
+
+    /// Starts [`Dkim::headers`] on a blocking thread (at most one per core
+    /// at a time) now, so signing overlaps whatever the caller does next;
+    /// the returned future yields the headers.
+    pub fn headers_soon(
+        self: &Arc<Self>,
+        raw: Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = anyhow::Result<String>> + Send + 'static {
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || me.sign(&raw)).await?
+        let task = tokio::spawn(async move {
+            let _slot = me.slots.acquire().await?;
+            let signer = Arc::clone(&me);
+            tokio::task::spawn_blocking(move || signer.headers(&raw)).await?
+        });
+        async move { task.await? }
     }
 }
 

@@ -159,6 +159,40 @@ fn limiter(per_second: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
 /// outcome being recorded. `false` means stop: the message is not sent.
 pub type Gate<'g> = Pin<Box<dyn Future<Output = bool> + Send + 'g>>;
 
+/// Header lines that go in front of the message (its DKIM signatures),
+/// still being made while the transaction opens: awaited after the gate,
+/// once, and kept for a second attempt on a fresh connection.
+pub enum Headers<'h> {
+    None,
+    Pending(Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + 'h>>),
+    Ready(String),
+}
+
+impl Headers<'_> {
+    /// The lines, made if still pending.
+    async fn ready(&mut self) -> anyhow::Result<Option<&str>> {
+        if let Headers::Pending(f) = self {
+            *self = Headers::Ready(f.await?);
+        }
+        Ok(match self {
+            Headers::Ready(h) => Some(h.as_str()),
+            _ => None,
+        })
+    }
+
+    /// `raw` with the lines in front (borrowed when there are none).
+    async fn complete<'r>(&mut self, raw: &'r [u8]) -> Result<std::borrow::Cow<'r, [u8]>, Failure> {
+        match self.ready().await {
+            Ok(None) => Ok(std::borrow::Cow::Borrowed(raw)),
+            Ok(Some(h)) => Ok(std::borrow::Cow::Owned([h.as_bytes(), raw].concat())),
+            Err(e) => Err(Failure::Transient {
+                reason: format!("cannot sign the message: {e:#}"),
+                connection: false,
+            }),
+        }
+    }
+}
+
 impl Sender {
     /// Sends one message; returns what the server (or the file system) said.
     ///
@@ -169,6 +203,18 @@ impl Sender {
         &mut self,
         envelope: &Envelope,
         raw: &[u8],
+        gate: Gate<'_>,
+    ) -> Result<String, Failure> {
+        self.send_headed(envelope, raw, Headers::None, gate).await
+    }
+
+    /// [`Sender::send`] with `headers` in front of `raw`: their making
+    /// (signing) overlaps the transaction's opening.
+    pub async fn send_headed(
+        &mut self,
+        envelope: &Envelope,
+        raw: &[u8],
+        mut headers: Headers<'_>,
         gate: Gate<'_>,
     ) -> Result<String, Failure> {
         let limiter = self.mailer.limiter.read().expect("limiter lock").clone();
@@ -183,7 +229,7 @@ impl Sender {
                 {
                     return Err(not_sent());
                 }
-                let (dir, raw) = (dir.clone(), raw.to_vec());
+                let (dir, raw) = (dir.clone(), headers.complete(raw).await?.into_owned());
                 let written = tokio::task::spawn_blocking(move || file::write(&dir, &raw)).await;
                 return match written {
                     Ok(Ok(name)) => Ok(format!("written as {name}")),
@@ -203,7 +249,9 @@ impl Sender {
         if !reused {
             self.drop_connection().await;
         }
-        let result = self.transaction(&target, envelope, raw, &mut gate).await;
+        let result = self
+            .transaction(&target, envelope, raw, &mut headers, &mut gate)
+            .await;
         // A kept connection may have been closed by the server in the meantime:
         // if it failed before the server took anything (at MAIL), one immediate
         // retry on a fresh connection. Later failures may have delivered the
@@ -213,7 +261,8 @@ impl Sender {
                 connection: true, ..
             }) if reused && self.failed_at == Some(Step::Mail) => {
                 self.conn = None;
-                self.transaction(&target, envelope, raw, &mut gate).await
+                self.transaction(&target, envelope, raw, &mut headers, &mut gate)
+                    .await
             }
             other => other,
         };

@@ -198,6 +198,7 @@ impl Sender {
         t: &SmtpTarget,
         envelope: &Envelope,
         raw: &[u8],
+        headers: &mut super::Headers<'_>,
         gate: &mut Option<Gate<'_>>,
     ) -> Result<String, Failure> {
         let timeout = self.mailer.timeout;
@@ -220,6 +221,14 @@ impl Sender {
             self.conn = None;
             return Err(not_sent());
         }
+        let raw = match headers.complete(raw).await {
+            Ok(raw) => raw,
+            Err(failure) => {
+                self.conn = None;
+                return Err(failure);
+            }
+        };
+        let raw: &[u8] = &raw;
         self.failed_at = Some(Step::Data);
         let conn = self.conn.as_mut().expect("connected by open_data");
         let body = async {

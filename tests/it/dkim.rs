@@ -437,3 +437,52 @@ async fn keygen_then_check_then_sign() {
         );
     }
 }
+
+/// Over SMTP the signatures are made while the transaction opens and go in
+/// front of the body after the server's 354: what the server receives
+/// verifies, with both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_over_smtp_carry_signatures_that_verify() {
+    let server = crate::support::smtp::SmtpServer::start().await;
+    let s = Sandbox::with_sample_papers();
+    for i in 0..6 {
+        s.run(&["subscribers", "add", &format!("r{i}@example.org")])
+            .ok();
+    }
+    let keys = format!(
+        "{}, {}",
+        support::fixture("dkim-rsa.pem").display(),
+        support::fixture("dkim-ed25519.key").display()
+    );
+    let mut env = crate::support::child::smtp_env(server.port(), 3);
+    for (k, v) in [
+        (
+            "PAPERPOST__MAIL__FROM",
+            "Paperpost <digest@news.example.org>",
+        ),
+        ("PAPERPOST__MAIL__DKIM__SELECTOR", "pp2026r, pp2026e"),
+        ("PAPERPOST__MAIL__DKIM__ALGORITHM", "rsa, ed25519"),
+        ("PAPERPOST__MAIL__DKIM__KEY_FILE", keys.as_str()),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    let out =
+        tokio::task::spawn_blocking(move || s.run_env(&env, &["send", "--date", "2024-03-11"]))
+            .await
+            .unwrap();
+    out.ok();
+    let both = Dns::with_keys(&[
+        ("pp2026r", record("rsa", "dkim-rsa.pub")),
+        ("pp2026e", record("ed25519", "dkim-ed25519.pub")),
+    ]);
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 6);
+    for m in accepted {
+        assert_eq!(
+            verify(&both, &m.data).await,
+            vec![DkimResult::Pass, DkimResult::Pass],
+            "{}",
+            m.to
+        );
+    }
+}
