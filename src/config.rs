@@ -188,6 +188,22 @@ pub struct DkimSettings {
 pub struct BounceSettings {
     #[serde(deserialize_with = "de::attempts")]
     pub threshold: u32,
+    /// The domain of the signed VERP envelope sender
+    /// (`bounces+ID-TAG@domain`); `None` (empty): `mail.from`.
+    #[serde(deserialize_with = "de::optional_domain")]
+    pub verp_domain: Option<String>,
+    /// Soft bounces (mailbox full, 4.x.x) from this many distinct editions
+    /// within `soft_window` suppress a subscriber.
+    #[serde(deserialize_with = "de::attempts")]
+    pub soft_editions: u32,
+    #[serde(deserialize_with = "de::duration")]
+    pub soft_window: Duration,
+    /// The guard: one diagnostic from this many recipient domains within
+    /// `guard_window` is the relay's fault, not the recipients'.
+    #[serde(deserialize_with = "de::attempts")]
+    pub guard_domains: u32,
+    #[serde(deserialize_with = "de::duration")]
+    pub guard_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod autopilot;
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod daemon;

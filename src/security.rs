@@ -178,6 +178,40 @@ impl Keys {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// The tag that signs a VERP envelope sender for delivery `id`: 80 bits
+    /// of HMAC-SHA256(secret, "paperpost-verp:" + id), 20 lowercase hex
+    /// digits. A bounce to `bounces+ID-TAG@…` with another tag is forged.
+    pub fn verp_tag(&self, id: i64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose_secret())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"paperpost-verp:");
+        mac.update(id.to_string().as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..10])
+    }
+
+    /// The VERP envelope sender for delivery `id` at `domain`.
+    pub fn verp_address(&self, id: i64, domain: &str) -> String {
+        format!("bounces+{id}-{}@{domain}", self.verp_tag(id))
+    }
+
+    /// The delivery a VERP address at `domain` names, if its tag is ours
+    /// (compared ignoring case: mail systems may fold it).
+    pub fn verp_delivery(&self, address: &str, domain: &str) -> Option<i64> {
+        let address = address.trim().trim_matches(['<', '>']);
+        let (local, at) = address.rsplit_once('@')?;
+        if !at.eq_ignore_ascii_case(domain) {
+            return None;
+        }
+        let rest = local
+            .get(..8)?
+            .eq_ignore_ascii_case("bounces+")
+            .then(|| &local[8..])?;
+        let (id, tag) = rest.split_once('-')?;
+        let id: i64 = id.parse().ok()?;
+        let ours = self.verp_tag(id);
+        (tag.len() == ours.len() && tag.eq_ignore_ascii_case(&ours)).then_some(id)
+    }
+
     /// What the database stores for a subscriber: the hash of their token.
     pub fn subscriber_token_hash(&self, uuid: &str) -> String {
         token_hash(&self.subscriber_token(uuid))
@@ -192,6 +226,33 @@ pub fn token_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verp_addresses_name_their_delivery_and_resist_forgery() {
+        let k = Keys::from_bytes(b"0123456789abcdef0123456789abcdef");
+        let a = k.verp_address(42, "bounces.example.org");
+        assert!(
+            a.starts_with("bounces+42-") && a.len() == "bounces+42-@bounces.example.org".len() + 20
+        );
+        assert_eq!(k.verp_delivery(&a, "bounces.example.org"), Some(42));
+        assert_eq!(
+            k.verp_delivery(&a.to_uppercase(), "bounces.example.org"),
+            Some(42)
+        );
+        assert_eq!(
+            k.verp_delivery(&format!("<{a}>"), "bounces.example.org"),
+            Some(42)
+        );
+        let forged = a.replace("bounces+42-", "bounces+43-");
+        assert_eq!(k.verp_delivery(&forged, "bounces.example.org"), None);
+        assert_eq!(k.verp_delivery(&a, "other.example.org"), None);
+        assert_eq!(
+            k.verp_delivery("bounces+x-y@bounces.example.org", "bounces.example.org"),
+            None
+        );
+        let other = Keys::from_bytes(b"fedcba9876543210fedcba9876543210");
+        assert_eq!(other.verp_delivery(&a, "bounces.example.org"), None);
+    }
 
     #[test]
     fn tokens_depend_on_secret_and_uuid() {

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
+mod bounces;
 mod demo;
 mod dkim;
 mod output;
@@ -119,6 +120,9 @@ pub enum Command {
     /// DKIM keys: make one and its DNS record, check the published records.
     #[command(subcommand)]
     Dkim(dkim::DkimCmd),
+    /// Bounce and complaint reports: read them (a Postfix pipe, a Maildir), list them.
+    #[command(subcommand)]
+    Bounces(bounces::BouncesCmd),
     /// Render one digest without sending it or touching any delivery state.
     Preview {
         /// The edition date.
@@ -243,6 +247,9 @@ pub enum SubscribersCmd {
         /// truncated file looks like that).
         #[arg(long)]
         force: bool,
+        /// Let --resubscribe bring back someone who reported our mail as spam.
+        #[arg(long)]
+        include_complaints: bool,
     },
 }
 
@@ -299,11 +306,22 @@ pub const EXIT_CONFIG: u8 = 78;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     quiet_on_closed_pipe(&cli.command);
+    // The mail system reads `bounces ingest`'s exit code: every failure is
+    // "try again later" (75), never one that bounces the bounce.
+    let ingest = matches!(
+        cli.command,
+        Command::Bounces(bounces::BouncesCmd::Ingest { .. })
+    );
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            let code = if ingest {
+                bounces::TEMPFAIL as u8
+            } else {
+                EXIT_CONFIG
+            };
+            return ExitCode::from(code);
         }
     };
     crate::telemetry::init(&settings.log);
@@ -322,6 +340,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Bounces(bounces::BouncesCmd::Ingest { recipient, maildir }) = cli.command {
+        let code = runtime.block_on(bounces::ingest_exit(settings, recipient, maildir));
+        return ExitCode::from(code as u8);
+    }
     let code = match runtime.block_on(run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -388,6 +410,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Backup { file } => backup(&settings, &file).await,
         Command::Secret(cmd) => secret::run(settings, cmd).await,
         Command::Dkim(cmd) => dkim::run(settings, cmd).await,
+        Command::Bounces(cmd) => bounces::run(&App::open(settings).await?, cmd).await,
         Command::Prune { dry_run } => {
             let app = App::open(settings).await?;
             let p = crate::daemon::prune(&app, dry_run).await?;

@@ -94,8 +94,13 @@ pub async fn run(ctx: &App, cmd: SubscribersCmd) -> anyhow::Result<()> {
             resubscribe,
             dry_run,
             force,
+            include_complaints,
         } => {
-            let mode = subscriber_file::SyncMode { dry_run, force };
+            let mode = subscriber_file::SyncMode {
+                dry_run,
+                force,
+                include_complaints,
+            };
             sync(ctx, file, resubscribe, mode).await?
         }
     }
@@ -392,7 +397,7 @@ pub fn print_sync(path: &Path, r: &subscriber_file::SyncReport, dry_run: bool) {
 
 /// `--since`: a span back from now ("2h"), an RFC 3339 time, or a date (its
 /// midnight UTC), as Unix ms.
-fn parse_since(text: &str) -> anyhow::Result<i64> {
+pub(super) fn parse_since(text: &str) -> anyhow::Result<i64> {
     let now = chrono::Utc::now();
     if let Ok(span) = humantime::parse_duration(text) {
         return Ok((now - chrono::Duration::from_std(span)?).timestamp_millis());

@@ -168,6 +168,8 @@ pub struct Engine {
     /// How long a claimed row stays leased to this process (`mail.lease`).
     lease: Duration,
     thumbnails: bool,
+    /// The domain of the signed VERP envelope sender (`mail.bounce.verp_domain`).
+    verp_domain: Option<String>,
     editions: tokio::sync::Mutex<EditionCache>,
     pub breaker: Breaker,
     pub progress: Progress,
@@ -222,6 +224,7 @@ impl Engine {
             concurrency: usize::from(settings.mail.concurrency),
             lease: settings.mail.lease,
             thumbnails: settings.newsletter.thumbnails,
+            verp_domain: settings.mail.bounce.verp_domain.clone(),
             editions: Default::default(),
             breaker: Breaker::default(),
             progress: Progress::default(),

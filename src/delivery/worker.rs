@@ -194,6 +194,7 @@ impl Engine {
             .to_string();
         // Signing starts now, on another thread, while the transaction opens.
         let raw = Arc::new(message.formatted());
+        let envelope = self.envelope_for(job, &message);
         let headers = match self.composer().envelope.dkim() {
             Some(dkim) => Headers::Pending(Box::pin(dkim.headers_soon(Arc::clone(&raw)))),
             None => Headers::None,
@@ -201,9 +202,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let changed: Mutex<Option<Standing>> = Mutex::new(None);
         let gate = self.last_look(job, answered, gate, &changed);
-        let result = sender
-            .send_headed(message.envelope(), &raw, headers, gate)
-            .await;
+        let result = sender.send_headed(&envelope, &raw, headers, gate).await;
         self.metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -216,9 +215,24 @@ impl Engine {
                 reason,
                 hard_bounce,
             }) => self.refused(job, reason, hard_bounce),
+            Err(Failure::SenderRefused { reason }) => self.sender_refused(job, reason),
             Err(Failure::Transient { reason, connection }) => {
                 self.transient(job, reason, connection)
             }
+        }
+    }
+
+    /// The envelope: the message's, with the signed VERP address of the row
+    /// as its sender when `mail.bounce.verp_domain` is set.
+    fn envelope_for(&self, job: &Job, message: &lettre::Message) -> lettre::address::Envelope {
+        let plain = message.envelope().clone();
+        let Some(domain) = &self.verp_domain else {
+            return plain;
+        };
+        let verp = self.composer().verp_address(job.claimed.id, domain);
+        match (verp.parse(), plain.to().to_vec()) {
+            (Ok(from), to) => lettre::address::Envelope::new(Some(from), to).unwrap_or(plain),
+            (Err(_), _) => plain,
         }
     }
 
@@ -417,12 +431,18 @@ impl Engine {
 
     /// Records (or, with `None`, clears) the alert `paperpost status` shows.
     pub(super) fn alert(&self, reply: Option<&str>) {
-        let (writer, message) = (
-            self.writer.clone(),
-            reply.map(|r| {
-                format!("sending paused: the mail server refuses every recipient with \"{r}\"")
-            }),
-        );
+        let message = reply.map(|r| {
+            format!("sending paused: the mail server refuses every recipient with \"{r}\"")
+        });
+        self.set_alert(message);
+    }
+
+    fn alert_text(&self, message: String) {
+        self.set_alert(Some(message));
+    }
+
+    fn set_alert(&self, message: Option<String>) {
+        let writer = self.writer.clone();
         tokio::spawn(async move {
             let r = async {
                 let mut w = writer.acquire().await?;
@@ -433,6 +453,20 @@ impl Engine {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record the alert for `paperpost status`");
             }
         });
+    }
+
+    /// The server refuses our envelope sender: no recipient's fault and no
+    /// attempt spent; sending pauses (the breaker) and an alert says why.
+    pub(super) fn sender_refused(&self, job: &Job, reason: String) -> (Outcome, Tally) {
+        self.alerted.store(true, Ordering::Relaxed);
+        tracing::error!(%reason, "the mail server refuses our envelope sender; sending pauses");
+        let message = format!(
+            "sending paused: the mail server refuses the envelope sender ({reason}); with \
+             mail.bounce.verp_domain set, let this login send as bounces+…@that domain, or empty it"
+        );
+        self.alert_text(message);
+        self.breaker.trip(&reason);
+        uncounted(job.claimed.id, reason, store::now_ms())
     }
 
     /// A failure worth another try.

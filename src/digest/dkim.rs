@@ -1,8 +1,9 @@
-//! DKIM signatures (RFC 6376, relaxed/relaxed, SHA-256) with AWS-LC.s RSA and
+//! DKIM signatures (RFC 6376, relaxed/relaxed, SHA-256) with AWS-LC's RSA and
 //! Ed25519 (through mail-auth's signer), one per configured key: an RSA and
 //! an Ed25519 selector together (RFC 8463), or two of a kind during a key
-//! rotation. Signing runs on blocking threads, at most one per core, so a
-//! send uses every core while the scheduler thread composes and sends.
+//! rotation. Signing runs on blocking threads, one per core but the one the
+//! runtime's thread needs, so a send uses every core while that thread
+//! composes and sends.
 
 use std::{path::Path, sync::Arc};
 
@@ -205,8 +206,11 @@ impl Dkim {
     }
 }
 
+/// Signing threads at once: one per core but one, which the runtime's
+/// thread (composing and sending for every worker) keeps; with one core,
+/// one.
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    std::thread::available_parallelism().map_or(1, |n| usize::from(n).saturating_sub(1).max(1))
 }
 
 /// Reads one key file: RSA as PEM (PKCS#1 or PKCS#8), 2048 to 4096 bits

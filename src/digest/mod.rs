@@ -516,6 +516,11 @@ pub struct Composer {
 }
 
 impl Composer {
+    /// The signed VERP envelope sender of delivery `id` at `domain`.
+    pub fn verp_address(&self, id: i64, domain: &str) -> String {
+        self.keys.verp_address(id, domain)
+    }
+
     pub fn new(
         settings: &crate::config::Settings,
         keys: crate::security::Keys,

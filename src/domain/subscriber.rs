@@ -305,6 +305,9 @@ pub enum EndedBy {
     Link,
     /// Their mail bounced (`mail.bounce.threshold`).
     Bounce,
+    /// They reported our mail as spam (a feedback report): never brought
+    /// back without their own confirmation or an explicit operator action.
+    Complaint,
 }
 
 impl EndedBy {
@@ -314,6 +317,7 @@ impl EndedBy {
             Self::Cli => "cli",
             Self::Link => "link",
             Self::Bounce => "bounce",
+            Self::Complaint => "complaint",
         }
     }
 }
@@ -326,6 +330,7 @@ impl FromStr for EndedBy {
             "cli" => Ok(Self::Cli),
             "link" => Ok(Self::Link),
             "bounce" => Ok(Self::Bounce),
+            "complaint" => Ok(Self::Complaint),
             other => Err(ParseError::new(format!(
                 "unknown unsubscribed_by {other:?}"
             ))),

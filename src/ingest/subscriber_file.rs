@@ -188,6 +188,8 @@ pub struct SyncMode {
     pub dry_run: bool,
     /// Apply even a mass removal ([`too_many_removed`]).
     pub force: bool,
+    /// `--resubscribe` may bring back someone who reported our mail as spam.
+    pub include_complaints: bool,
 }
 
 /// Applies the file's entries in one transaction.
@@ -213,6 +215,7 @@ pub async fn sync(
         let key = entry.email.as_str().to_lowercase();
         listed.insert(key.clone());
         let resubscribing = wanted.contains(&key);
+        let resubscribing = (resubscribing, mode.include_complaints);
         if apply_entry(&mut tx, keys, entry, resubscribing, &mut report).await? {
             used.insert(key);
         }
@@ -275,7 +278,7 @@ async fn apply_entry(
     tx: &mut sqlx::SqliteConnection,
     keys: &Keys,
     entry: &FileSubscriber,
-    resubscribing: bool,
+    (resubscribing, include_complaints): (bool, bool),
     report: &mut SyncReport,
 ) -> anyhow::Result<bool> {
     let Some(existing) = store::find_by_email(&mut *tx, entry.email.as_str()).await? else {
@@ -302,6 +305,7 @@ async fn apply_entry(
         return Ok(false);
     }
     let by = existing.unsubscribed_by;
+    let resubscribing = resubscribing && (by != Some(EndedBy::Complaint) || include_complaints);
     if by == Some(EndedBy::Sync) || resubscribing {
         store::update_profile(&mut *tx, existing.id, &entry.profile).await?;
         store::reactivate(&mut *tx, existing.id).await?;
@@ -312,6 +316,9 @@ async fn apply_entry(
         (SubscriberStatus::Bounced, _) => "mail to them bounced".to_string(),
         (_, Some(EndedBy::Link)) => "unsubscribed by link".to_string(),
         (_, Some(EndedBy::Cli)) => "removed on the command line".to_string(),
+        (_, Some(EndedBy::Complaint)) => {
+            "they reported our mail as spam (--resubscribe needs --include-complaints)".to_string()
+        }
         (_, other) => format!("unsubscribed ({})", other.map_or("unknown", |b| b.as_str())),
     };
     report.kept_unsubscribed.push((who(&existing), how));

@@ -43,12 +43,18 @@ pub enum Failure {
     /// Never retry: a 5xx reply to RCPT or DATA. `hard_bounce`: the mailbox does
     /// not exist (550, 551, 553 to RCPT).
     Permanent { reason: String, hard_bounce: bool },
+    /// A 5xx reply to MAIL FROM: the server refuses our envelope sender (a
+    /// relay that does not let this login send as the VERP address, say).
+    /// Nothing about the recipient: sending pauses, no attempt is spent.
+    SenderRefused { reason: String },
 }
 
 impl Failure {
     pub fn reason(&self) -> &str {
         match self {
-            Failure::Transient { reason, .. } | Failure::Permanent { reason, .. } => reason,
+            Failure::Transient { reason, .. }
+            | Failure::Permanent { reason, .. }
+            | Failure::SenderRefused { reason } => reason,
         }
     }
 }

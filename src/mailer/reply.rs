@@ -57,15 +57,41 @@ pub fn enhanced(text: &str) -> Option<(u8, u16, u16)> {
         .then_some((class, subject, detail))
 }
 
+/// What a permanent (5.x.x) enhanced status code says about the
+/// recipient: the one code table that both the SMTP reply classifier
+/// ([`judge`]) and the bounce report classifier (`bounce::classify`) read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    /// The mailbox does not exist or is disabled (5.1.x, 5.2.1).
+    Mailbox,
+    /// A condition that may pass: mailbox full (5.2.2), the mail system or
+    /// the network (5.3.x, 5.4.x).
+    Passing,
+    /// Policy, protocol, security or anything else (5.5.x, 5.6.x, 5.7.x, ...):
+    /// nothing about the mailbox.
+    Policy,
+}
+
+/// The meaning of the permanent status code 5.`subject`.`detail`.
+pub fn meaning(subject: u16, detail: u16) -> Meaning {
+    match (subject, detail) {
+        (1, _) | (2, 1) => Meaning::Mailbox,
+        (2, 2) | (3, _) | (4, _) => Meaning::Passing,
+        _ => Meaning::Policy,
+    }
+}
+
 /// What a refusal with reply `code` and `text` to `step` means.
 pub fn judge(step: Step, code: u16, text: &str) -> Verdict {
     if code < 500 || step == Step::Mail {
         return Verdict::Retry;
     }
     match enhanced(text) {
-        Some((5, 1, _) | (5, 2, 1)) => Verdict::Bounce,
-        Some((5, 2, 2) | (5, 3, _) | (5, 4, _)) => Verdict::Retry,
-        Some((5, _, _)) => Verdict::Refused,
+        Some((5, subject, detail)) => match meaning(subject, detail) {
+            Meaning::Mailbox => Verdict::Bounce,
+            Meaning::Passing => Verdict::Retry,
+            Meaning::Policy => Verdict::Refused,
+        },
         // No enhanced code (or one that contradicts the reply code).
         _ => match code {
             550 | 551 | 553 if step == Step::Rcpt => Verdict::Bounce,

@@ -73,6 +73,9 @@ pub(super) fn classify(stage: Step, e: lettre::transport::smtp::Error) -> (Failu
         );
     };
     let step = stage;
+    if step == Step::Mail && code >= 500 {
+        return (Failure::SenderRefused { reason }, true);
+    }
     let failure = match reply::judge(step, code, &reply_text(&e)) {
         reply::Verdict::Retry => Failure::Transient {
             reason,

@@ -11,6 +11,9 @@ pub enum AlertKind {
     Delivery,
     /// Confirmation mails reached `subscribers.confirmations_per_hour`.
     SignUps,
+    /// Bounce reports: a policy block, or the guard found the relay at fault.
+    /// Stays until an operator clears it (`bounces clear-alert`).
+    Bounces,
 }
 
 impl AlertKind {
@@ -18,6 +21,7 @@ impl AlertKind {
         match self {
             Self::Delivery => "delivery",
             Self::SignUps => "signups",
+            Self::Bounces => "bounces",
         }
     }
 }

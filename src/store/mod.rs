@@ -2,6 +2,7 @@
 //! and every other module (CLI, daemon, web) reads and writes through them.
 
 pub mod alerts;
+pub mod bounces;
 pub mod confirmations;
 pub mod deliveries;
 pub mod events;
@@ -131,6 +132,9 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("cannot apply database migrations")?;
+    allow_complaints(pool)
+        .await
+        .context("cannot apply database migrations (unsubscribed_by 'complaint')")?;
     // An upgrade is worth a line; creating a new database is not (on a first
     // run the first line of standard error should be the error, if any).
     if applied > 0 && applied < known {
@@ -138,6 +142,55 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
     } else if applied < known {
         tracing::debug!(schema = known, "created the database");
     }
+    Ok(())
+}
+
+/// Lets `subscribers.unsubscribed_by` say 'complaint' (issue 18). SQLite
+/// cannot alter a CHECK constraint, and rebuilding the table inside a
+/// migration's transaction would cascade-delete every delivery (foreign keys
+/// cannot be turned off there): the table's recorded SQL is edited in place,
+/// with the schema version raised so every connection reads it again, as
+/// SQLite documents for such changes. Idempotent; checked at every start.
+async fn allow_complaints(pool: &SqlitePool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let sql: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'subscribers'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if sql.contains("'complaint'") {
+        return Ok(());
+    }
+    let (old, new) = ("'sync', 'bounce'))", "'sync', 'bounce', 'complaint'))");
+    anyhow::ensure!(
+        sql.contains(old),
+        "the subscribers table is not as expected"
+    );
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let edited = async {
+        let version: i64 = sqlx::query_scalar("PRAGMA schema_version")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::raw_sql("PRAGMA writable_schema = ON").execute(&mut *conn).await?;
+        sqlx::query("UPDATE sqlite_schema SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'subscribers'")
+            .bind(old)
+            .bind(new)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::raw_sql(&format!("PRAGMA schema_version = {}", version + 1))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::raw_sql("PRAGMA writable_schema = OFF").execute(&mut *conn).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let end = if edited.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    sqlx::raw_sql(end).execute(&mut *conn).await?;
+    edited?;
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut *conn)
+        .await?;
+    anyhow::ensure!(check == "ok", "integrity check after the edit: {check}");
     Ok(())
 }
 

@@ -97,9 +97,10 @@ impl Subscriber {
     pub fn suppressed(&self) -> bool {
         match self.status {
             SubscriberStatus::Bounced => true,
-            SubscriberStatus::Unsubscribed => {
-                matches!(self.unsubscribed_by, Some(EndedBy::Cli | EndedBy::Sync))
-            }
+            SubscriberStatus::Unsubscribed => matches!(
+                self.unsubscribed_by,
+                Some(EndedBy::Cli | EndedBy::Sync | EndedBy::Complaint)
+            ),
             _ => false,
         }
     }
@@ -488,18 +489,23 @@ pub async fn unbounce(
     emails: &[SubscriberEmail],
 ) -> Result<Vec<String>, StoreError> {
     let emails: Vec<&str> = emails.iter().map(SubscriberEmail::as_str).collect();
-    Ok(sqlx::query_scalar(
+    let back: Vec<(i64, String)> = sqlx::query_as(
         "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
            hard_bounces = 0, updated_at = ?1 \
          WHERE status = 'bounced' AND (?2 IS NULL OR unsubscribed_at >= ?2) \
            AND (?3 = '[]' OR email IN (SELECT value FROM json_each(?3))) \
-         RETURNING email",
+         RETURNING id, email",
     )
     .bind(now_ms())
     .bind(since)
     .bind(serde_json::to_string(&emails).expect("strings serialize"))
-    .fetch_all(conn)
-    .await?)
+    .fetch_all(&mut *conn)
+    .await?;
+    // Their bounce reports stop counting, or the soft rule would suppress
+    // them again at the next one.
+    let ids: Vec<i64> = back.iter().map(|(id, _)| *id).collect();
+    super::bounces::uncount(conn, &ids).await?;
+    Ok(back.into_iter().map(|(_, email)| email).collect())
 }
 
 /// Deletes a subscriber with their deliveries and link history.
