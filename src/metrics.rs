@@ -24,6 +24,12 @@ pub struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    pub source: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
     pub limit: &'static str,
 }
@@ -83,6 +89,11 @@ pub struct Metrics {
     pub confirmations: Counter,
     /// Confirmation mails by outcome (sent, failed).
     pub confirmation_mails: Family<OutcomeLabel, Counter>,
+    /// Bounce and complaint reports recorded, by source and kind (read from
+    /// the database at each scrape: `bounces ingest` runs in processes of its own).
+    pub bounce_reports: Family<BounceLabels, Gauge>,
+    /// Complaints per message sent of the newest edition with reports.
+    pub complaint_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Connections answered 503 and closed at `http.max_connections`.
     pub http_shed: Counter,
     /// Sign-ups that got no mail because of a limit (inbox, hourly).
@@ -140,6 +151,8 @@ impl Metrics {
             confirmation_mails: Family::default(),
             signups_limited: Family::default(),
             http_shed: Counter::default(),
+            bounce_reports: Family::default(),
+            complaint_rate: Gauge::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             fetches: Family::default(),
@@ -195,6 +208,16 @@ impl Metrics {
             "signups_limited",
             "Sign-ups that got no confirmation mail because of a limit: inbox (one an hour) or hourly (subscribers.confirmations_per_hour)",
             m.signups_limited.clone(),
+        );
+        r.register(
+            "bounce_reports",
+            "Bounce and complaint reports recorded, by source and kind",
+            m.bounce_reports.clone(),
+        );
+        r.register(
+            "last_edition_complaint_rate",
+            "Complaints per message sent of the newest edition with reports (Gmail and Yahoo want under 0.003)",
+            m.complaint_rate.clone(),
         );
         r.register(
             "http_connections_shed",

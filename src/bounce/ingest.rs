@@ -158,8 +158,25 @@ async fn matched(
     {
         new.subscriber_id = Some(s.id);
         new.matched_by = "link-token";
+        new.edition_date = report
+            .message_id
+            .as_deref()
+            .and_then(|m| edition_of(m, &s.uuid));
     }
     Ok(new)
+}
+
+/// The edition date in one of our digests' Message-IDs
+/// (`<digest.DATE.UUID@domain>`) when it is the subscriber's (`uuid`): for
+/// counting reports per edition, never for matching.
+fn edition_of(message_id: &str, uuid: &str) -> Option<String> {
+    let rest = message_id
+        .trim()
+        .trim_start_matches('<')
+        .strip_prefix("digest.")?;
+    let (date, rest) = rest.split_once('.')?;
+    let ours = rest.split('@').next()? == uuid;
+    (ours && date.parse::<chrono::NaiveDate>().is_ok()).then(|| date.to_string())
 }
 
 /// The delivery a VERP address of ours names, if its tag is good and the

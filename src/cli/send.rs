@@ -161,6 +161,29 @@ fn report_progress(
     })
 }
 
+/// Bounce and complaint reports of the newest editions that have any.
+async fn print_bounces(app: &App) -> anyhow::Result<()> {
+    let rows = store::bounces::by_edition(&app.pool, 5).await?;
+    let mut dates: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    dates.dedup();
+    for date in dates {
+        let of: Vec<_> = rows.iter().filter(|r| r.0 == date).collect();
+        let sent = of[0].3;
+        let kinds: Vec<String> = of.iter().map(|r| format!("{} {}", r.1, r.2)).collect();
+        let complaints: i64 = of.iter().filter(|r| r.1 == "complaint").map(|r| r.2).sum();
+        let rate = if sent > 0 {
+            100.0 * complaints as f64 / sent as f64
+        } else {
+            0.0
+        };
+        println!(
+            "Reports for {date}: {} ({sent} sent; complaint rate {rate:.2}%)",
+            kinds.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub async fn status(app: &App, date: Option<NaiveDate>, all: bool) -> anyhow::Result<()> {
     let mut conn = app.pool.acquire().await?;
     for a in store::alerts::current(&mut conn).await? {
@@ -176,6 +199,7 @@ pub async fn status(app: &App, date: Option<NaiveDate>, all: bool) -> anyhow::Re
         );
     }
     print_editions(&mut conn, date, all).await?;
+    print_bounces(app).await?;
     let links = store::events::counts(&app.pool).await?;
     if !links.is_empty() {
         let uses: Vec<String> = links

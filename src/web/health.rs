@@ -115,6 +115,31 @@ pub async fn healthz(State(state): State<WebState>) -> Response {
 }
 
 /// The Prometheus text format; gauges about the database are read now.
+/// The bounce report gauges, from the database.
+async fn bounce_metrics(state: &WebState) {
+    let m = &state.app.metrics;
+    if let Ok(counts) = store::bounces::counts(&state.app.pool).await {
+        for (source, kind, n) in counts {
+            let labels = crate::metrics::BounceLabels { source, kind };
+            m.bounce_reports.get_or_create(&labels).set(n);
+        }
+    }
+    if let Ok(rows) = store::bounces::by_edition(&state.app.pool, 1).await {
+        let sent = rows.first().map_or(0, |r| r.3);
+        let complaints: i64 = rows
+            .iter()
+            .filter(|r| r.1 == "complaint")
+            .map(|r| r.2)
+            .sum();
+        let rate = if sent > 0 {
+            complaints as f64 / sent as f64
+        } else {
+            0.0
+        };
+        m.complaint_rate.set(rate);
+    }
+}
+
 pub async fn metrics(State(state): State<WebState>) -> Response {
     let m = &state.app.metrics;
     if let Ok(n) = store::deliveries::queue_depth(&state.app.pool).await {
@@ -132,6 +157,7 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
     if let Some(engine) = &state.engine {
         m.breaker_open.set(i64::from(engine.breaker.is_open()));
     }
+    bounce_metrics(&state).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -283,12 +283,17 @@ async fn a_complaint_unsubscribes_and_stays() {
         .find(|l| l.starts_with("List-Unsubscribe:"))
         .unwrap()
         .to_string();
+    let message_id = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .unwrap()
+        .to_string();
     let arf = format!(
         "From: fbl@isp.example\r\nTo: abuse@news.example.org\r\nSubject: complaint\r\nMessage-ID: <arf1@isp.example>\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
          --b\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n\
          --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: isp/1.0\r\nVersion: 1\r\n\r\n\
-         --b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: Paperpost <digest@news.example.org>\r\n{unsubscribe}\r\n--b--\r\n"
+         --b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: Paperpost <digest@news.example.org>\r\n{message_id}\r\n{unsubscribe}\r\n--b--\r\n"
     );
     let out = ingest(&s, &env, "abuse@news.example.org", &arf);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -299,6 +304,46 @@ async fn a_complaint_unsubscribes_and_stays() {
     assert_eq!(reports(&s)[0]["matched_by"], "link-token");
     s.run(&["subscribers", "unbounce", "ada@example.org"]).ok();
     assert_eq!(status(&s, "ada@example.org").1, "complaint");
+    let st = s.run(&["status"]);
+    assert!(
+        st.ok()
+            .contains("Reports for 2024-03-11: complaint 1 (1 sent; complaint rate 100.00%)"),
+        "{}",
+        st.stdout
+    );
+    // /metrics (on its own listener) counts the reports and the rate.
+    let serve_env = [
+        ("PAPERPOST__LOG__LEVEL".to_string(), "info".to_string()),
+        (
+            "PAPERPOST__HTTP__BIND".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ];
+    let mut web = crate::support::daemon::TestDaemon::spawn(&s, &serve_env, &["serve"]);
+    let line = web.wait_log("metrics endpoint listening addr=").await;
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let metrics = tokio::task::spawn_blocking(move || {
+        crate::support::http::request(&addr, "GET", "/metrics", &[], b"").unwrap()
+    })
+    .await
+    .unwrap()
+    .body;
+    web.stop().await;
+    assert!(
+        metrics.contains("paperpost_bounce_reports{source=\"mail\",kind=\"complaint\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("paperpost_last_edition_complaint_rate 1.0"),
+        "{metrics}"
+    );
 }
 
 /// A relay that accepts everything and bounces it later with one diagnostic
