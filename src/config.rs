@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::domain::{Format, MaxPapers, ParseError, SubscriberEmail, TimeZone};
@@ -42,6 +42,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub log: LogSettings,
     pub retention: RetentionSettings,
+    pub webhooks: WebhookSettings,
     /// The configuration file these settings were read from, if any (SIGHUP
     /// reads it again).
     #[serde(skip)]
@@ -348,6 +349,40 @@ pub struct RetentionSettings {
     /// Records of handled fire times older than this.
     #[serde(deserialize_with = "de::retention")]
     pub fires: Duration,
+}
+
+/// Bounce and complaint webhooks of mail providers (`POST /webhooks/NAME`);
+/// each is off while its credential is empty.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Postmark: the Basic auth user and password set on the webhook.
+    pub postmark_user: String,
+    #[serde(deserialize_with = "de::credential")]
+    pub postmark_password: SecretString,
+    /// Mailgun: the HTTP webhook signing key.
+    #[serde(deserialize_with = "de::credential")]
+    pub mailgun_signing_key: SecretString,
+    /// SendGrid: the signed event webhook's verification key (base64).
+    pub sendgrid_public_key: String,
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |s: &SecretString| {
+            if s.expose_secret().is_empty() {
+                ""
+            } else {
+                "[REDACTED]"
+            }
+        };
+        f.debug_struct("WebhookSettings")
+            .field("postmark_user", &self.postmark_user)
+            .field("postmark_password", &set(&self.postmark_password))
+            .field("mailgun_signing_key", &set(&self.mailgun_signing_key))
+            .field("sendgrid_public_key", &self.sendgrid_public_key)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -963,6 +998,11 @@ mod de {
                 Ok(crate::domain::normalize_ws(s))
             }
         })
+    }
+
+    /// A credential kept from logs and `paperpost config`; any length.
+    pub fn credential<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        parsed(d, |s| Ok(SecretString::from(s.trim().to_string())))
     }
 
     pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub complaint_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Connections answered 503 and closed at `http.max_connections`.
     pub http_shed: Counter,
+    /// Webhook requests refused (off, unauthenticated, unreadable, busy).
+    pub webhooks_refused: Counter,
     /// Sign-ups that got no mail because of a limit (inbox, hourly).
     pub signups_limited: Family<LimitLabel, Counter>,
     /// HTTP requests by route, method and status.
@@ -151,6 +153,7 @@ impl Metrics {
             confirmation_mails: Family::default(),
             signups_limited: Family::default(),
             http_shed: Counter::default(),
+            webhooks_refused: Counter::default(),
             bounce_reports: Family::default(),
             complaint_rate: Gauge::default(),
             http_requests: Family::default(),
@@ -218,6 +221,11 @@ impl Metrics {
             "last_edition_complaint_rate",
             "Complaints per message sent of the newest edition with reports (Gmail and Yahoo want under 0.003)",
             m.complaint_rate.clone(),
+        );
+        r.register(
+            "webhooks_refused",
+            "Webhook requests refused: off, unauthenticated, replayed, unreadable or busy",
+            m.webhooks_refused.clone(),
         );
         r.register(
             "http_connections_shed",

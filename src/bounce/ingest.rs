@@ -107,6 +107,35 @@ pub async fn ingest(
     Ok(Ingested::Reports(done))
 }
 
+/// Applies one event a provider reported through its (authenticated)
+/// webhook: matched by the recipient address it names, which the provider
+/// vouches for. A replayed event (same source and event key) does nothing.
+pub async fn provider_event(
+    app: &App,
+    source: &str,
+    report: &Report,
+) -> Result<Effect, StoreError> {
+    let policy = Policy::from_app(app);
+    let mut tx = app.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let key = report.event_key.clone();
+    let mut new = matched(&mut tx, &app.keys, &policy, report, None, source, key).await?;
+    if new.subscriber_id.is_none()
+        && let Some(r) = &report.recipient
+        && let Some(s) = subscribers::find_by_email(&mut tx, r).await?
+    {
+        new.subscriber_id = Some(s.id);
+        new.matched_by = "provider";
+        new.edition_date = report
+            .message_id
+            .as_deref()
+            .and_then(|m| edition_of(m, &s.uuid));
+    }
+    let effect = apply(&mut tx, &policy, report.kind, &new).await?;
+    tx.commit().await?;
+    log(report, &new, &effect);
+    Ok(effect)
+}
+
 fn log(report: &Report, new: &NewBounce, effect: &Effect) {
     tracing::info!(
         kind = report.kind.as_str(),

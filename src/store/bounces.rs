@@ -207,3 +207,24 @@ pub async fn by_edition(
     .fetch_all(pool)
     .await?)
 }
+
+/// Takes a webhook's one-time token; false when it was used before (a
+/// replay). Tokens older than a day are forgotten on the way.
+pub async fn take_token(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    token: &str,
+) -> Result<bool, StoreError> {
+    sqlx::query("DELETE FROM webhook_tokens WHERE at < ?")
+        .bind(now_ms() - 86_400_000)
+        .execute(&mut *conn)
+        .await?;
+    let r =
+        sqlx::query("INSERT OR IGNORE INTO webhook_tokens (provider, token, at) VALUES (?, ?, ?)")
+            .bind(provider)
+            .bind(token)
+            .bind(now_ms())
+            .execute(conn)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}

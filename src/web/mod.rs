@@ -12,6 +12,7 @@ mod signups;
 mod subscribe;
 mod unsubscribe;
 mod unsubscriber;
+mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -108,6 +109,10 @@ pub fn router(state: WebState) -> Router {
         .route(
             links::CONFIRM,
             get(subscribe::confirm_page).post(subscribe::confirm),
+        )
+        .route(
+            "/webhooks/{provider}",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BODY)),
         )
         .route("/", get(subscribe::page))
         .route("/healthz", get(health::healthz))

@@ -4,6 +4,7 @@
 
 mod connections;
 mod signup;
+mod webhooks;
 
 use crate::support;
 
