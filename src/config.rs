@@ -365,6 +365,9 @@ pub struct WebhookSettings {
     pub mailgun_signing_key: SecretString,
     /// SendGrid: the signed event webhook's verification key (base64).
     pub sendgrid_public_key: String,
+    /// Amazon SES through SNS: the topic's ARN (messages from any other
+    /// topic are refused).
+    pub ses_topic_arn: String,
 }
 
 impl fmt::Debug for WebhookSettings {
@@ -381,6 +384,7 @@ impl fmt::Debug for WebhookSettings {
             .field("postmark_password", &set(&self.postmark_password))
             .field("mailgun_signing_key", &set(&self.mailgun_signing_key))
             .field("sendgrid_public_key", &self.sendgrid_public_key)
+            .field("ses_topic_arn", &self.ses_topic_arn)
             .finish()
     }
 }

@@ -8,6 +8,7 @@ pub mod health;
 mod pages;
 mod preferences;
 pub mod server;
+pub mod ses;
 mod signups;
 mod subscribe;
 mod unsubscribe;
@@ -51,6 +52,10 @@ pub struct Inner {
     /// The engine, when this process sends (for /metrics).
     pub engine: Option<Arc<Engine>>,
     subscribe_limit: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// How SNS certificates and subscription URLs are fetched (tests inject
+    /// their own), and the certificates fetched so far.
+    sns_fetch: std::sync::RwLock<ses::Fetch>,
+    sns_certs: ses::Certificates,
 }
 
 impl std::ops::Deref for WebState {
@@ -61,6 +66,11 @@ impl std::ops::Deref for WebState {
 }
 
 impl WebState {
+    /// Replaces how SNS certificates and subscription URLs are fetched.
+    pub fn set_sns_fetch(&self, fetch: ses::Fetch) {
+        *self.sns_fetch.write().expect("sns fetch lock") = fetch;
+    }
+
     /// Forgets the clients whose sign-up limit is back to full (every
     /// minute, or the limiter grows by every address that ever posted).
     pub fn trim_limits(&self) {
@@ -85,6 +95,8 @@ impl WebState {
             unsubscriber,
             liveness,
             engine,
+            sns_fetch: std::sync::RwLock::new(ses::https_fetch()),
+            sns_certs: ses::Certificates::default(),
         }))
     }
 }

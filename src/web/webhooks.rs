@@ -76,6 +76,7 @@ pub async fn receive(
         "postmark" => postmark(&state, &headers, &body),
         "mailgun" => mailgun(&state, &body).await,
         "sendgrid" => sendgrid(&state, &headers, &body),
+        "ses" => ses_events(&state, &body).await,
         _ => Err(Refused::Off),
     };
     let events = match events {
@@ -260,6 +261,24 @@ fn sendgrid(state: &WebState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Re
         ));
     }
     Ok(out)
+}
+
+/// Amazon SES through SNS ([`super::ses`]).
+async fn ses_events(state: &WebState, body: &[u8]) -> Result<Vec<Report>, Refused> {
+    let topic = &state.app.settings.webhooks.ses_topic_arn;
+    if topic.is_empty() {
+        return Err(Refused::Off);
+    }
+    let fetch = state.sns_fetch.read().expect("sns fetch lock").clone();
+    match super::ses::receive(body, topic, &fetch, &state.sns_certs).await {
+        Ok(super::ses::Sns::Events(reports)) => Ok(reports),
+        Ok(_) => Ok(Vec::new()),
+        Err(super::ses::SnsRefusal::Unauthorized(why)) => {
+            tracing::info!(why, "an SNS message was refused");
+            Err(Refused::Unauthorized)
+        }
+        Err(super::ses::SnsRefusal::Bad) => Err(Refused::Bad),
+    }
 }
 
 /// The uncompressed P-256 point of a verification key: SubjectPublicKeyInfo

@@ -34,6 +34,7 @@ struct Site {
     router: Router,
     /// `/metrics`, on its own listener in the daemon.
     metrics: Router,
+    state: WebState,
 }
 
 struct Reply {
@@ -85,7 +86,8 @@ impl Site {
         Site {
             dir,
             router: router(state.clone()),
-            metrics: paperpost::web::metrics_router(state),
+            metrics: paperpost::web::metrics_router(state.clone()),
+            state,
             app,
         }
     }

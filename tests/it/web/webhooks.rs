@@ -235,3 +235,140 @@ async fn sendgrid_events_need_their_ecdsa_signature() {
     );
     assert_eq!(count_reports(&site).await, 3);
 }
+
+/// Signs `message` as SNS does (SignatureVersion 2) with the key of the
+/// test certificate.
+fn sns_message(kind: &str, extra: &[(&str, &str)], message: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "Type": kind,
+        "MessageId": format!("m-{}", message.len()),
+        "TopicArn": TOPIC,
+        "Message": message,
+        "Timestamp": "2026-12-01T05:00:00.000Z",
+        "SignatureVersion": "2",
+        "SigningCertURL": CERT_URL,
+    });
+    for (k, val) in extra {
+        v[*k] = serde_json::Value::String(val.to_string());
+    }
+    let fields: &[&str] = if kind == "Notification" {
+        &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ]
+    } else {
+        &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ]
+    };
+    let mut text = String::new();
+    for f in fields {
+        if let Some(value) = v[*f].as_str() {
+            text.push_str(&format!("{f}\n{value}\n"));
+        }
+    }
+    let pem = std::fs::read(crate::support::fixture("dkim-rsa.pem")).unwrap();
+    use rustls_pki_types::{PrivatePkcs1KeyDer, pem::PemObject};
+    let der = PrivatePkcs1KeyDer::from_pem_slice(&pem).unwrap();
+    let key = ring::signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).unwrap();
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    let rng = ring::rand::SystemRandom::new();
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &rng,
+        text.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    v["Signature"] = serde_json::Value::String(B64.encode(sig));
+    v
+}
+
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-bounces";
+const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
+
+/// SES through SNS: the subscription is confirmed, notifications signed by
+/// the certificate at SNS's host are recorded, and a tampered message, one
+/// from another topic, or one whose certificate is elsewhere is refused.
+#[tokio::test]
+async fn ses_events_need_a_valid_sns_signature_from_the_pinned_topic() {
+    let site = Site::with(&[("PAPERPOST__WEBHOOKS__SES_TOPIC_ARN", TOPIC)]).await;
+    site.subscriber("ada@example.org").await;
+    site.subscriber("bob@example.org").await;
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&fetched);
+    site.state
+        .set_sns_fetch(std::sync::Arc::new(move |url: url::Url| {
+            seen.lock().unwrap().push(url.to_string());
+            Box::pin(async move {
+                if url.as_str() == CERT_URL {
+                    Ok(std::fs::read(crate::support::fixture("sns-cert.pem")).unwrap())
+                } else {
+                    Ok(b"<ConfirmSubscriptionResponse/>".to_vec())
+                }
+            })
+        }));
+    let send = |v: serde_json::Value| post(&site, "/webhooks/ses", &[], v.to_string());
+    let subscribe_url = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=t1";
+    let confirm = sns_message(
+        "SubscriptionConfirmation",
+        &[("SubscribeURL", subscribe_url), ("Token", "t1")],
+        "You have chosen to subscribe",
+    );
+    assert_eq!(send(confirm).await.status, StatusCode::OK);
+    assert!(fetched.lock().unwrap().iter().any(|u| u == subscribe_url));
+
+    let bounce = serde_json::json!({
+        "notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "feedbackId": "fb-1", "bouncedRecipients": [
+            {"emailAddress": "ada@example.org", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
+        "mail": {"commonHeaders": {"messageId": "<x@y>"}},
+    })
+    .to_string();
+    let complaint = serde_json::json!({
+        "notificationType": "Complaint",
+        "complaint": {"feedbackId": "fb-2", "complainedRecipients": [{"emailAddress": "bob@example.org"}]},
+    })
+    .to_string();
+    // Refused: tampered, another topic, a certificate elsewhere.
+    let mut tampered = sns_message("Notification", &[], &bounce);
+    tampered["Message"] = serde_json::Value::String(bounce.replace("ada@", "bob@"));
+    let mut other_topic = sns_message("Notification", &[], &bounce);
+    other_topic["TopicArn"] = "arn:aws:sns:us-east-1:999999999999:other".into();
+    let mut elsewhere = sns_message("Notification", &[], &bounce);
+    elsewhere["SigningCertURL"] = "https://sns.us-east-1.amazonaws.com.evil.example/c.pem".into();
+    for refused in [tampered, other_topic, elsewhere] {
+        assert_eq!(send(refused).await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(count_reports(&site).await, 0);
+    for m in [&bounce, &bounce, &complaint] {
+        let r = send(sns_message("Notification", &[], m)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(count_reports(&site).await, 2, "SNS's retry counts once");
+    assert_eq!(
+        site.get_subscriber("ada@example.org").await.status,
+        SubscriberStatus::Bounced
+    );
+    assert_eq!(
+        site.get_subscriber("bob@example.org").await.unsubscribed_by,
+        Some(EndedBy::Complaint)
+    );
+    let certs = fetched
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| *u == CERT_URL)
+        .count();
+    assert_eq!(certs, 1, "the certificate is fetched once");
+}
