@@ -155,3 +155,118 @@ async fn an_edition_through_postfix_arrives_once_per_subscriber() {
         );
     }
 }
+
+/// Issue 18 end to end: an edition through Postfix with signed VERP; the
+/// mailboxes that do not exist, are full, fail for now or refuse by policy
+/// come back later as Postfix's own delivery status notifications, to the
+/// VERP addresses, in the bounce domain's Maildir; `bounces ingest
+/// --maildir` reads them. Exactly the missing mailboxes end bounced; the
+/// full and the busy one are soft (and active), the blocked one a block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_from_postfix_reach_exactly_their_subscribers() {
+    let Some(postfix) = Postfix::require(false) else {
+        return;
+    };
+    let bounces = std::path::PathBuf::from(
+        std::env::var("PAPERPOST_POSTFIX_BOUNCES").expect("PAPERPOST_POSTFIX_BOUNCES"),
+    );
+    let s = Sandbox::with_sample_papers();
+    let run_id = format!("{:x}", chrono::Utc::now().timestamp_micros());
+    let mut emails: Vec<String> = (0..14)
+        .map(|i| format!("ok{run_id}-{i}@example.org"))
+        .collect();
+    let special = [
+        "g0@ghost.test",
+        "g1@ghost.test",
+        "g2@ghost.test",
+        "f@full.test",
+        "b@busy.test",
+        "x@blocked.test",
+    ];
+    emails.extend(special.iter().map(|e| format!("{run_id}{e}")));
+    let mut csv = String::from("email\n");
+    for e in &emails {
+        csv.push_str(&format!("{e}\n"));
+    }
+    let f = s.write("subs.csv", csv);
+    s.run(&["subscribers", "import", f.to_str().unwrap()]).ok();
+    // Earlier runs' reports stay in the Maildir: set them aside first (each
+    // run waited for its own to land).
+    let _ = std::fs::create_dir_all(bounces.join("cur"));
+    for e in std::fs::read_dir(bounces.join("new"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::rename(e.path(), bounces.join("cur").join(e.file_name()));
+    }
+    let mut env = postfix.env();
+    for (k, v) in [
+        ("PAPERPOST__MAIL__BOUNCE__VERP_DOMAIN", "bounces.test"),
+        (
+            "PAPERPOST__MAIL__FROM",
+            "Paperpost <digest@news.example.org>",
+        ),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    let out = s.run_env(&env, &["send", "--date", "2024-03-11"]);
+    assert!(
+        out.ok().contains("20 sent, 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let reports = || std::fs::read_dir(bounces.join("new")).map_or(0, |d| d.count());
+    postfix.wait_drained("six reports", || reports() >= 6);
+
+    let dir = bounces.to_str().unwrap();
+    let out = s.run_env(&env, &["bounces", "ingest", "--maildir", dir]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let status = |e: &str| {
+        s.subscriber(e).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for e in &emails {
+        let want = if e.contains("@ghost.test") {
+            "bounced"
+        } else {
+            "active"
+        };
+        assert_eq!(status(e), want, "{e}");
+    }
+    let listed = s.run_env(&env, &["bounces", "list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(listed.ok()).unwrap();
+    let kind_of = |suffix: &str| {
+        listed
+            .iter()
+            .filter(|r| r["email"].as_str().is_some_and(|e| e.ends_with(suffix)))
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["matched_by"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kind_of("@ghost.test"),
+        vec![("hard".to_string(), "verp".to_string()); 3],
+        "{listed:#?}"
+    );
+    assert_eq!(
+        kind_of("@full.test"),
+        vec![("soft".to_string(), "verp".to_string())]
+    );
+    assert_eq!(
+        kind_of("@busy.test"),
+        vec![("soft".to_string(), "verp".to_string())]
+    );
+    assert_eq!(
+        kind_of("@blocked.test"),
+        vec![("block".to_string(), "verp".to_string())]
+    );
+    assert_eq!(listed.len(), 6, "{listed:#?}");
+}
