@@ -205,6 +205,10 @@ pub struct BounceSettings {
     pub guard_domains: u32,
     #[serde(deserialize_with = "de::duration")]
     pub guard_window: Duration,
+    /// ... or hard reports for more than this share (0 to 1) of an
+    /// edition's messages within `guard_window`.
+    #[serde(deserialize_with = "de::share")]
+    pub guard_share: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -781,6 +785,16 @@ mod de {
 
     pub fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         ranged(d, 16, 1_000_000, "connections").map(|n| n as usize)
+    }
+
+    pub fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        parsed(d, |s| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=1.0).contains(x))
+                .ok_or_else(|| format!("invalid share {s:?}: a number from 0 to 1, e.g. 0.2"))
+        })
     }
 
     pub fn per_hour<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -33,7 +33,14 @@ pub struct Policy {
     pub soft_window: Duration,
     pub guard_domains: i64,
     pub guard_window: Duration,
+    /// Hard reports for more than this share of an edition's messages
+    /// within the window (and at least [`GUARD_MIN_REPORTS`]) trip it too.
+    pub guard_share: f64,
 }
+
+/// The share rule needs this many hard reports in the window: a small list
+/// with a few dead addresses is not a relay's fault.
+pub const GUARD_MIN_REPORTS: i64 = 20;
 
 impl Policy {
     pub fn from_app(app: &App) -> Self {
@@ -45,6 +52,7 @@ impl Policy {
             soft_window: b.soft_window,
             guard_domains: i64::from(b.guard_domains),
             guard_window: b.guard_window,
+            guard_share: b.guard_share,
         }
     }
 }
@@ -350,18 +358,39 @@ async fn guard(
         return Ok(None);
     };
     let since = store::now_ms() - policy.guard_window.as_millis() as i64;
-    if bounces::domains_with(conn, key, since).await? < policy.guard_domains {
+    let spread = bounces::domains_with(conn, key, since).await? >= policy.guard_domains;
+    let share = match &new.edition_date {
+        Some(edition) if !spread => {
+            let (hard, sent) = bounces::hard_share(conn, edition, since).await?;
+            hard >= GUARD_MIN_REPORTS && hard as f64 > policy.guard_share * sent as f64
+        }
+        _ => false,
+    };
+    if !spread && !share {
         return Ok(None);
     }
-    let taken = bounces::take_back(conn, key, since).await?;
+    let taken = if spread {
+        bounces::take_back(conn, key, since).await?
+    } else {
+        bounces::take_back_edition(conn, new.edition_date.as_deref().unwrap_or(""), since).await?
+    };
     for s in &taken {
         subscribers::undo_bounce(conn, *s, policy.threshold).await?;
     }
+    let why = if spread {
+        format!(
+            "one diagnostic ({key}) from {} or more recipient domains",
+            policy.guard_domains
+        )
+    } else {
+        format!(
+            "hard reports for over {:.0}% of an edition's messages",
+            policy.guard_share * 100.0
+        )
+    };
     let message = format!(
-        "bounce reports with one diagnostic ({key}) came from {} or more recipient domains within \
-         {}: the relay's fault, not the recipients'; those suppressions were undone. Check the \
-         relay, then `paperpost bounces clear-alert`",
-        policy.guard_domains,
+        "bounce reports: {why} within {}: the relay's fault, not the recipients'; those \
+         suppressions were undone. Check the relay, then `paperpost bounces clear-alert`",
         humantime::format_duration(policy.guard_window)
     );
     alerts::set(conn, AlertKind::Bounces, Some(&message)).await?;

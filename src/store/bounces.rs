@@ -131,6 +131,41 @@ pub async fn take_back(
     .await?)
 }
 
+/// Counted hard reports since `since` for `edition`, and the messages it sent.
+pub async fn hard_share(
+    conn: &mut SqliteConnection,
+    edition: &str,
+    since: i64,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT count(*) FROM bounces INDEXED BY bounces_recent WHERE occurred_at >= ?1 \
+                 AND kind = 'hard' AND counted = 1 AND edition_date = ?2), \
+                (SELECT count(*) FROM deliveries INDEXED BY deliveries_edition \
+                 WHERE edition_date = ?2 AND status = 'sent')",
+    )
+    .bind(since)
+    .bind(edition)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// [`take_back`] for every hard report of `edition` since `since`.
+pub async fn take_back_edition(
+    conn: &mut SqliteConnection,
+    edition: &str,
+    since: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE bounces SET counted = 0 WHERE occurred_at >= ? AND kind = 'hard' \
+         AND edition_date = ? AND counted = 1 AND subscriber_id IS NOT NULL \
+         RETURNING subscriber_id",
+    )
+    .bind(since)
+    .bind(edition)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Stops the soft bounces of `subscribers` counting (their suppression was
 /// lifted by the operator: the same bounces must not suppress them again).
 pub async fn uncount(conn: &mut SqliteConnection, subscribers: &[i64]) -> Result<(), StoreError> {

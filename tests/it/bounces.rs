@@ -498,3 +498,106 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
         .await;
     assert!(refused.is_err(), "the CHECK still holds for anything else");
 }
+
+/// The guard's second rule: hard reports for more than `guard_share` of an
+/// edition's messages (20 at least) are the relay's doing, even from one
+/// domain with diagnostics that all differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_hard_bounces_for_one_edition_is_taken_back() {
+    let server = SmtpServer::start().await;
+    let emails: Vec<String> = (0..25).map(|i| format!("r{i}@example.org")).collect();
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let s = sent(&server, &refs, &[DATE]).await;
+    let env = env(&server);
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
+    ];
+    for (i, e) in emails.iter().take(20).enumerate() {
+        let to = verp_of(&server, e).remove(0);
+        let diag = format!(
+            "550 5.1.1 mailbox {} {} unknown",
+            words[i % 7],
+            words[i / 7]
+        );
+        let out = ingest(
+            &s,
+            &env,
+            &to,
+            &dsn(&to, e, "failed", "5.1.1", &diag, &format!("f{i}")),
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if i == 18 {
+            assert_eq!(status(&s, &emails[0]).0, "bounced", "19 of 25: not yet");
+        }
+    }
+    for e in &emails {
+        assert_eq!(status(&s, e).0, "active", "{e}");
+    }
+    let st = s.run(&["status"]);
+    assert!(
+        st.ok().contains("ALERT") && st.stdout.contains("edition's messages"),
+        "{}",
+        st.stdout
+    );
+}
+
+/// Soft bounces older than `soft_window` do not count; after `unbounce`,
+/// the reports that suppressed someone do not suppress them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_bounces_age_out_and_unbounce_starts_afresh() {
+    let server = SmtpServer::start().await;
+    let dates = ["2024-03-11", "2024-03-12", "2024-03-13", "2024-03-14"];
+    let s = sent(&server, &["old@example.org", "back@example.org"], &dates).await;
+    let env = env(&server);
+    let soft = |who: &str, i: usize, to: &str| {
+        dsn(
+            to,
+            who,
+            "failed",
+            "4.2.2",
+            "452 4.2.2 Mailbox full",
+            &format!("{who}{i}"),
+        )
+    };
+    let old = verp_of(&server, "old@example.org");
+    for (i, to) in old.iter().take(2).enumerate() {
+        assert_eq!(
+            ingest(&s, &env, to, &soft("old@example.org", i, to)).code,
+            0
+        );
+    }
+    // Twenty days pass for those two.
+    let pool = s.pool().await;
+    sqlx::query("UPDATE bounces SET occurred_at = occurred_at - 20 * 86400000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ingest(&s, &env, &old[2], &soft("old@example.org", 2, &old[2])).code,
+        0
+    );
+    assert_eq!(
+        status(&s, "old@example.org").0,
+        "active",
+        "two of three are too old"
+    );
+
+    let back = verp_of(&server, "back@example.org");
+    for (i, to) in back.iter().take(3).enumerate() {
+        assert_eq!(
+            ingest(&s, &env, to, &soft("back@example.org", i, to)).code,
+            0
+        );
+    }
+    assert_eq!(status(&s, "back@example.org").0, "bounced");
+    s.run(&["subscribers", "unbounce", "back@example.org"]).ok();
+    assert_eq!(
+        ingest(&s, &env, &back[3], &soft("back@example.org", 3, &back[3])).code,
+        0
+    );
+    assert_eq!(
+        status(&s, "back@example.org").0,
+        "active",
+        "one new soft bounce after unbounce"
+    );
+}

@@ -796,3 +796,40 @@ fn an_operator_removal_is_lifted_only_by_add_again() {
         out.stderr
     );
 }
+
+/// Issue 18: `sync --resubscribe` does not bring back someone who reported
+/// our mail as spam, unless `--include-complaints` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_resubscribe_needs_include_complaints_for_a_complainer() {
+    let s = Sandbox::new();
+    s.write(
+        "config/subscribers.toml",
+        "[[subscriber]]\nemail = \"cy@example.org\"\n",
+    );
+    s.run(&["subscribers", "sync"]).ok();
+    let pool = s.pool().await;
+    sqlx::query("UPDATE subscribers SET status = 'unsubscribed', unsubscribed_by = 'complaint'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = s.run(&["subscribers", "sync", "--resubscribe", "cy@example.org"]);
+    assert!(
+        out.ok().contains("reported our mail as spam"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        s.subscriber("cy@example.org").unwrap()["status"],
+        "unsubscribed"
+    );
+    let out = s.run(&[
+        "subscribers",
+        "sync",
+        "--resubscribe",
+        "cy@example.org",
+        "--include-complaints",
+    ]);
+    out.ok();
+    assert_eq!(s.subscriber("cy@example.org").unwrap()["status"], "active");
+}
