@@ -193,8 +193,8 @@ fn dkim_env(keys: &[(&str, &str, &str)]) -> Vec<(String, String)> {
     ]
 }
 
-/// Unsigned, RSA-2048-signed and dual-signed (RSA and Ed25519) sends of the
-/// same edition, alternated twice, then the signer's own rate on one core
+/// Unsigned (without and with a signed VERP envelope sender), RSA-2048-signed
+/// and dual-signed (RSA and Ed25519) sends of the same edition, alternated twice, then the signer's own rate on one core
 /// beside `openssl speed`'s.
 fn signing(port: u16, sink: &Sink, n: usize, quick: bool) {
     let rsa = [("pp2026r", "rsa", "dkim-rsa.pem")];
@@ -202,8 +202,13 @@ fn signing(port: u16, sink: &Sink, n: usize, quick: bool) {
         ("pp2026r", "rsa", "dkim-rsa.pem"),
         ("pp2026e", "ed25519", "dkim-ed25519.key"),
     ];
-    let runs: [(&str, Vec<(String, String)>); 3] = [
+    let verp = vec![(
+        "PAPERPOST__MAIL__BOUNCE__VERP_DOMAIN".to_string(),
+        "bounces.example.org".to_string(),
+    )];
+    let runs: [(&str, Vec<(String, String)>); 4] = [
         ("unsigned", vec![]),
+        ("unsigned, VERP", verp),
         ("RSA-2048", dkim_env(&rsa)),
         ("RSA + Ed25519", dkim_env(&dual)),
     ];

@@ -114,7 +114,11 @@ async fn a_5xx_to_mail_from_is_retried_spends_no_attempt_and_bounces_nobody() {
     // a relay refusing the VERP sender must not use up every row's).
     let rows = deliveries(&s);
     assert!(rows.values().all(|r| r["attempts"] == 1), "{rows:?}");
-    assert!(out.stderr.contains("refuses our envelope sender"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refuses our envelope sender"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
