@@ -902,6 +902,10 @@ mod fuzz {
             "/metrics",
             "/style.css",
             "/favicon.ico",
+            "/webhooks/ses",
+            "/webhooks/postmark",
+            "/webhooks/mailgun",
+            "/webhooks/sendgrid",
         ])
         .prop_map(str::to_string);
         let segment = prop::sample::select(vec![
@@ -913,6 +917,7 @@ mod fuzz {
             "healthz",
             "metrics",
             "style.css",
+            "webhooks",
             "..",
             "%00",
             "%ff",
@@ -996,7 +1001,17 @@ mod fuzz {
         let seen: std::collections::HashSet<String> = (0..300)
             .map(|_| strategy.new_tree(&mut runner).unwrap().current())
             .collect();
-        for route in ["/", "/subscribe", "/healthz", "/metrics", "/style.css"] {
+        for route in [
+            "/",
+            "/subscribe",
+            "/healthz",
+            "/metrics",
+            "/style.css",
+            "/webhooks/ses",
+            "/webhooks/postmark",
+            "/webhooks/mailgun",
+            "/webhooks/sendgrid",
+        ] {
             assert!(seen.contains(route), "{route} never generated");
         }
         for prefix in [
@@ -1034,7 +1049,14 @@ mod fuzz {
             // confirmation mailer) live on the runtime that made it.
             let (rt, site) = SITE.get_or_init(|| {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let site = rt.block_on(Site::new());
+                // Every webhook on, so random bodies meet their checks.
+                let site = rt.block_on(Site::with(&[
+                    ("PAPERPOST__WEBHOOKS__POSTMARK_USER", "pm"),
+                    ("PAPERPOST__WEBHOOKS__POSTMARK_PASSWORD", "pw"),
+                    ("PAPERPOST__WEBHOOKS__MAILGUN_SIGNING_KEY", "key"),
+                    ("PAPERPOST__WEBHOOKS__SENDGRID_PUBLIC_KEY", "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"),
+                    ("PAPERPOST__WEBHOOKS__SES_TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"),
+                ]));
                 (rt, site)
             });
             let mut req = Request::builder().method(m).uri(p.as_str());
