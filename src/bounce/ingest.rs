@@ -99,7 +99,7 @@ pub async fn ingest(
     let policy = Policy::from_app(app);
     let mut done = Vec::new();
     for (i, report) in reports.iter().enumerate() {
-        let mut tx = app.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::write(&app.writer).await?;
         let event_key = if i == 0 {
             report.event_key.clone()
         } else {
@@ -124,7 +124,7 @@ pub async fn provider_event(
     report: &Report,
 ) -> Result<Effect, StoreError> {
     let policy = Policy::from_app(app);
-    let mut tx = app.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(&app.writer).await?;
     let key = report.event_key.clone();
     let mut new = matched(&mut tx, &app.keys, &policy, report, None, source, key).await?;
     if new.subscriber_id.is_none()

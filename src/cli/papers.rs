@@ -104,7 +104,7 @@ async fn select(ctx: &App, date: NaiveDate, ids: Vec<String>) -> anyhow::Result<
         .iter()
         .map(|i| PaperId::parse(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     let changed = store::papers::replace_selection(&mut tx, date, &ids)
         .await
         .map_err(|e| match e {

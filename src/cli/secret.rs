@@ -31,7 +31,7 @@ async fn rotate(settings: Settings) -> anyhow::Result<()> {
     };
     // The file is replaced first: if this fails now, the next command
     // refuses (the database has the old fingerprint) and this can run again.
-    let mut tx = app.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(&app.pool).await?;
     let n = store::secret::rekey(&mut tx, &keys)
         .await
         .context("cannot re-make the subscribers' links")?;

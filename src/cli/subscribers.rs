@@ -169,7 +169,7 @@ async fn edit(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<
             "nothing to change: give --name, --topics, --timezone, --format or --max-papers"
         );
     }
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     let s = subs::get_by_email(&mut tx, &email).await?;
     let changed = subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
     let s = subs::get_by_email(&mut tx, &email).await?;
@@ -184,7 +184,7 @@ async fn edit(ctx: &App, email: String, profile: ProfileArgs) -> anyhow::Result<
 
 async fn remove(ctx: &App, email: String, purge: bool) -> anyhow::Result<()> {
     let pool = &ctx.pool;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     let s = subs::get_by_email(&mut tx, &email).await?;
     if purge {
         subs::purge(&mut tx, s.id).await?;
@@ -239,7 +239,7 @@ async fn unbounce(ctx: &App, since: Option<String>, emails: Vec<String>) -> anyh
 
 async fn rotate_token(ctx: &App, email: String) -> anyhow::Result<()> {
     let pool = &ctx.pool;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     let s = subs::get_by_email(&mut tx, &email).await?;
     subs::rotate_token(&mut tx, &ctx.keys, s.id).await?;
     events::record(&mut tx, s.id, Action::Rotate, Channel::Cli, None).await?;

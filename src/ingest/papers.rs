@@ -417,7 +417,7 @@ pub async fn store(
     origin: SelectionOrigin,
 ) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     for r in records {
         match store::upsert(&mut tx, &r.paper).await? {
             Upsert::Added => report.added += 1,

@@ -210,7 +210,7 @@ pub async fn sync(
         .collect();
     let mut used: HashSet<String> = HashSet::new();
     let mut listed: HashSet<String> = HashSet::new();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(pool).await?;
     for entry in entries {
         let key = entry.email.as_str().to_lowercase();
         listed.insert(key.clone());

@@ -31,7 +31,7 @@ pub async fn start_edition(
     send_at: impl Fn(&str) -> i64,
 ) -> Result<Started, StoreError> {
     let now = now_ms();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = super::write(pool).await?;
     let r = sqlx::query("INSERT INTO editions (edition_date, started_at, started_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
         .bind(date.to_string())
         .bind(now)

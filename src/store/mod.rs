@@ -23,6 +23,13 @@ use crate::config::DatabaseSettings;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
+/// A write transaction: it takes the database's write lock at once
+/// (`BEGIN IMMEDIATE`), so it never fails half-way for a lock another
+/// writer took meanwhile. The one way every module starts a write.
+pub async fn write(pool: &SqlitePool) -> Result<Tx<'static>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 /// The migrations in migrations/, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

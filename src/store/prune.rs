@@ -46,7 +46,7 @@ fn cutoff(keep: Duration) -> i64 {
 async fn in_chunks(writer: &SqlitePool, sql: &str, value: &str) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = super::write(writer).await?;
         let n = sqlx::query(sql)
             .bind(value)
             .bind(CHUNK)
@@ -104,7 +104,7 @@ pub async fn prune(
             date,
         )
         .await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = super::write(writer).await?;
         for table in ["selections", "selection_origins", "editions"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE edition_date = ?"))
                 .bind(date)

@@ -123,7 +123,7 @@ pub async fn save(
         return Ok(pages::preview_link(&state));
     };
     super::known_token(&state, &token).await?;
-    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(&state.app.writer).await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let profile = match parse(&posted) {
         Ok(p) => p,

@@ -114,7 +114,7 @@ impl Worker {
     }
 
     async fn record(&self, job: &Job) -> anyhow::Result<SignUp> {
-        let mut tx = self.app.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::write(&self.app.writer).await?;
         let (keys, limits) = (&self.app.keys, self.limits);
         let outcome =
             confirmations::sign_up(&mut tx, keys, &job.email, &job.profile, limits).await?;

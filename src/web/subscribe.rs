@@ -178,7 +178,7 @@ pub async fn confirm(
         .await?
         .ok_or(WebError::NotFound)?;
     drop(conn);
-    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(&state.app.writer).await?;
     let found = confirmations::confirm(&mut tx, &token, ttl).await?;
     let found = found.ok_or(WebError::NotFound)?;
     if let Confirmation::Open(s) = &found {

@@ -140,7 +140,7 @@ pub async fn resubscribe(
         return Ok(pages::preview_link(&state));
     };
     super::known_token(&state, &token).await?;
-    let mut tx = state.app.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::write(&state.app.writer).await?;
     let s = subscriber_for(&mut tx, &token).await?;
     let by_link = s.status == SubscriberStatus::Unsubscribed
         && s.unsubscribed_by == Some(crate::domain::EndedBy::Link);

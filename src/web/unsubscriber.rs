@@ -83,7 +83,7 @@ async fn write_batches(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let (uses, replies): (Vec<LinkUse>, Vec<Reply>) = batch.drain(..).unzip();
         let result = async {
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = crate::store::write(&writer).await?;
             let done = subs::unsubscribe_by_links(&mut tx, &uses).await?;
             tx.commit().await?;
             anyhow::Ok(done)
