@@ -174,7 +174,7 @@ pub async fn start(
 }
 
 /// How much nicer than the rest of the process the web thread runs.
-const WEB_NICE: libc::c_int = 5;
+const WEB_NICE: libc::c_int = 10;
 
 /// Lowers this thread's CPU priority (Linux's nice is per thread): when the
 /// cores are busy, the delivery engine keeps its pace and requests get a
