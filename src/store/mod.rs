@@ -34,6 +34,8 @@ pub async fn write(pool: &SqlitePool) -> Result<Tx<'static>, sqlx::Error> {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Errors a store function reports to its caller in words a user understands.
+/// [`StoreError::is_busy`] tells a database held by another writer (try
+/// again) from a fault.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -42,6 +44,13 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// The database was busy (held by another writer): try again.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Db(e) if busy(e))
+    }
 }
 
 /// Opens (creating if needed) the database file with WAL, foreign keys and a
@@ -245,12 +254,23 @@ pub fn format_ms(ms: i64) -> String {
 /// chain: worth waiting out and trying again.
 pub fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::Database(d))
-                if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
-        )
+        cause.downcast_ref::<sqlx::Error>().is_some_and(busy)
+            || matches!(cause.downcast_ref::<StoreError>(), Some(StoreError::Db(e)) if busy(e))
     })
+}
+
+/// The database is held by another writer past `database.busy_timeout`
+/// (SQLITE_BUSY, SQLITE_LOCKED), or no connection came free in time: not a
+/// fault, a reason to try again shortly.
+pub fn busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
 }
 
 /// True when `e` is a UNIQUE constraint violation.

@@ -30,15 +30,21 @@ pub enum WebError {
     Internal(#[from] anyhow::Error),
 }
 
+/// A database held by another writer is busy (503, try again); anything
+/// else is internal.
 impl From<crate::store::StoreError> for WebError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e.is_busy() {
+            tracing::warn!(error = %e, "the database is busy; answered 503");
+            return WebError::Busy;
+        }
         WebError::Internal(e.into())
     }
 }
 
 impl From<sqlx::Error> for WebError {
     fn from(e: sqlx::Error) -> Self {
-        WebError::Internal(e.into())
+        crate::store::StoreError::Db(e).into()
     }
 }
 

@@ -1266,3 +1266,30 @@ async fn metrics_are_served_apart_from_the_public_endpoint() {
     );
     assert_eq!(server.stop().await.code, 0);
 }
+
+/// A database another process holds past `database.busy_timeout` is not
+/// our internal error: the page says busy, with 503 and Retry-After, so a
+/// client (or a proxy) tries again; nothing is half-saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_answers_503_with_retry_after() {
+    let site = Site::with(&[("PAPERPOST__DATABASE__BUSY_TIMEOUT", "300ms")]).await;
+    let token = site.subscriber("ada@example.org").await;
+    let blocker = crate::support::WriteLock::take(&site.app.pool).await;
+    let r = site
+        .post_form(
+            &format!("/preferences/{token}"),
+            "name=Ada&topics=llm&format=text&max_papers=5&timezone=UTC",
+        )
+        .await;
+    blocker.release().await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        site.get_subscriber("ada@example.org")
+            .await
+            .profile
+            .max_papers
+            .get(),
+        10
+    );
+}
