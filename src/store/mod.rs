@@ -31,7 +31,7 @@ pub async fn write(pool: &SqlitePool) -> Result<Tx<'static>, sqlx::Error> {
 }
 
 /// The migrations in migrations/, compiled in.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Errors a store function reports to its caller in words a user understands.
 /// [`StoreError::is_busy`] tells a database held by another writer (try

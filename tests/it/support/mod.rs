@@ -274,7 +274,7 @@ pub fn has_html_part(m: &mail_parser::Message<'_>) -> bool {
 pub async fn database_at_version(s: &Sandbox, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut files: Vec<PathBuf> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
@@ -299,7 +299,7 @@ pub async fn database_at_version(s: &Sandbox, n: usize) {
 
 /// The number of migrations this build knows.
 pub fn migrations() -> usize {
-    std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+    std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
