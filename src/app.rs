@@ -6,7 +6,6 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 
 use chrono::NaiveDate;
-use sqlx::SqlitePool;
 
 use crate::{
     config::Settings, digest::Composer, domain::Topics, mailer::Mailer, metrics::Metrics,
@@ -18,9 +17,9 @@ use crate::{
 #[derive(Clone)]
 pub struct App {
     pub settings: Settings,
-    pub pool: SqlitePool,
+    pub pool: crate::store::Pool,
     /// The one connection this process writes through ([`store::writer`]).
-    pub writer: SqlitePool,
+    pub writer: crate::store::Pool,
     pub keys: Keys,
     /// This process's Prometheus metrics.
     pub metrics: Arc<Metrics>,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -108,7 +107,7 @@ async fn reloader(
 #[tracing::instrument(name = "fire", skip_all, fields(time = %fire_time.to_rfc3339(), by))]
 pub async fn fire(
     schedule: &Schedule,
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     engine: &Engine,
     fire_time: DateTime<Utc>,
     by: &str,
@@ -376,7 +375,7 @@ const FIRST_FETCH_PATIENCE: std::time::Duration = std::time::Duration::from_secs
 /// What firing a fire time needs.
 struct Firing<'a> {
     schedule: &'a Schedule,
-    pool: &'a SqlitePool,
+    pool: &'a crate::store::Pool,
     engine: &'a Engine,
     liveness: &'a Liveness,
     shutdown: &'a CancellationToken,
@@ -410,7 +409,7 @@ impl Firing<'_> {
 /// Starts the due edition at each fire time until `shutdown`.
 async fn schedule_loop(
     schedule: &Schedule,
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     engine: &Engine,
     liveness: &Liveness,
     shutdown: &CancellationToken,

@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use sqlx::SqlitePool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -304,14 +303,14 @@ impl Default for Watch {
 
 /// The sending lock, taken by `run` and `send`.
 pub struct Lock {
-    pool: SqlitePool,
+    pool: crate::store::Pool,
     fence: Fence,
 }
 
 impl Lock {
     /// Takes the lock, or fails naming the process that holds it. A holder on
     /// this machine that is no longer running is taken over at once.
-    pub async fn acquire(pool: &SqlitePool, ttl: Duration) -> anyhow::Result<Self> {
+    pub async fn acquire(pool: &crate::store::Pool, ttl: Duration) -> anyhow::Result<Self> {
         Self::take(pool, ttl, None).await
     }
 
@@ -321,7 +320,7 @@ impl Lock {
     /// monotonic clock; never because its expiry is past by this host's
     /// wall clock (a clock step, a suspend, another host's clock).
     pub async fn acquire_watching(
-        pool: &SqlitePool,
+        pool: &crate::store::Pool,
         ttl: Duration,
         watch: &mut Watch,
     ) -> anyhow::Result<Self> {
@@ -331,7 +330,7 @@ impl Lock {
     /// [`Lock::acquire`] (an expired lock is taken by its expiry) or, with
     /// `watch`, [`Lock::acquire_watching`].
     async fn take(
-        pool: &SqlitePool,
+        pool: &crate::store::Pool,
         ttl: Duration,
         watch: Option<&mut Watch>,
     ) -> anyhow::Result<Self> {
@@ -341,7 +340,7 @@ impl Lock {
         let at = Instant::now();
         let by_expiry = watch.is_none();
         let mut conn = pool.acquire().await?;
-        let taken = |pool: &SqlitePool| Lock {
+        let taken = |pool: &crate::store::Pool| Lock {
             pool: pool.clone(),
             fence: Fence::new(me.clone(), ttl, at),
         };
@@ -433,7 +432,7 @@ impl Lock {
     }
 }
 
-async fn renew(pool: &SqlitePool, fence: &Fence) -> anyhow::Result<bool> {
+async fn renew(pool: &crate::store::Pool, fence: &Fence) -> anyhow::Result<bool> {
     let mut conn = pool.acquire().await?;
     let ttl = fence.0.ttl.as_millis() as i64;
     Ok(deliveries::renew_lock(&mut conn, fence.me(), ttl).await?)
@@ -441,7 +440,7 @@ async fn renew(pool: &SqlitePool, fence: &Fence) -> anyhow::Result<bool> {
 
 /// After taking the lock: rows that were being sent when the last holder
 /// stopped go back to the queue.
-pub async fn recover(pool: &SqlitePool) -> anyhow::Result<()> {
+pub async fn recover(pool: &crate::store::Pool) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     let n = deliveries::release_in_flight(&mut conn).await?;
     if n > 0 {

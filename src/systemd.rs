@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use sd_notify::NotifyState;
-use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{store, web::health::Liveness};
@@ -42,7 +41,7 @@ pub fn stopping() {
 /// its period while the scheduler is alive, and updates STATUS= with what the
 /// daemon is doing, at least every 5 s.
 pub async fn watch(
-    pool: SqlitePool,
+    pool: crate::store::Pool,
     liveness: Arc<Liveness>,
     engine: Option<Arc<crate::delivery::Engine>>,
     shutdown: CancellationToken,
@@ -90,7 +89,7 @@ pub async fn watch(
 }
 
 /// "sending 2026-11-28: 1,204/20,000", or "idle" with the last edition.
-async fn describe(pool: &SqlitePool) -> String {
+async fn describe(pool: &crate::store::Pool) -> String {
     let result = async {
         let mut conn = pool.acquire().await?;
         let editions = store::deliveries::editions(&mut conn).await?;

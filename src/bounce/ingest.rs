@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use sqlx::SqliteConnection;
-
 use super::{Kind, Parsed, Report, parse};
 use crate::{
     app::App,
@@ -159,7 +157,7 @@ fn log(report: &Report, new: &NewBounce, effect: &Effect) {
 /// The report as a row: matched by its VERP address, else by the link token
 /// the original message carried; the Message-ID is kept, never matched.
 async fn matched(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     keys: &Keys,
     policy: &Policy,
     report: &Report,
@@ -219,7 +217,7 @@ fn edition_of(message_id: &str, uuid: &str) -> Option<String> {
 /// The delivery a VERP address of ours names, if its tag is good and the
 /// message went out within [`VERP_VALID`].
 async fn by_verp(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     keys: &Keys,
     policy: &Policy,
     report: &Report,
@@ -278,7 +276,7 @@ pub fn diagnostic_key(report: &Report) -> String {
 
 /// Records the report and does what its kind asks.
 async fn apply(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     policy: &Policy,
     kind: Kind,
     new: &NewBounce,
@@ -308,7 +306,7 @@ async fn apply(
     }
 }
 
-async fn block(conn: &mut SqliteConnection, new: &NewBounce) -> Result<Effect, StoreError> {
+async fn block(conn: &mut crate::store::Conn, new: &NewBounce) -> Result<Effect, StoreError> {
     let message = format!(
         "a receiving server refused our mail by policy ({} {}): not the subscriber's fault; \
          check SPF, DKIM and DMARC alignment and the sending reputation (5.7.26 is a DMARC failure)",
@@ -320,7 +318,7 @@ async fn block(conn: &mut SqliteConnection, new: &NewBounce) -> Result<Effect, S
 }
 
 async fn hard(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     policy: &Policy,
     id: i64,
     new: &NewBounce,
@@ -350,7 +348,7 @@ async fn hard(
 /// counting, the suppressions they made are undone, and an alert stays up
 /// until an operator clears it.
 async fn guard(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     policy: &Policy,
     new: &NewBounce,
 ) -> Result<Option<usize>, StoreError> {
@@ -399,7 +397,7 @@ async fn guard(
 }
 
 async fn soft(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     policy: &Policy,
     subscriber: i64,
 ) -> Result<Effect, StoreError> {

@@ -232,7 +232,7 @@ const FINISHED_SHOWN: usize = 5;
 /// `all`, the newest editions only: counting every edition ever started
 /// reads every delivery row.
 async fn print_editions(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     date: Option<NaiveDate>,
     all: bool,
 ) -> anyhow::Result<()> {

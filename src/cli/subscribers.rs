@@ -7,7 +7,6 @@ use std::{
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use sqlx::SqlitePool;
 
 use super::{ProfileArgs, SubscribersCmd, output};
 use crate::{
@@ -136,7 +135,7 @@ async fn add(ctx: &App, email: String, again: bool, profile: ProfileArgs) -> any
 /// subscribed becomes active again (the operator's word lifts a removal or
 /// a bounce); otherwise an error saying how.
 async fn add_again(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     s: subs::Subscriber,
     again: bool,
     changes: &ProfileChanges,
@@ -316,7 +315,7 @@ async fn sync(
 }
 
 pub async fn list_subscribers(
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     status: Option<SubscriberStatus>,
     json: bool,
 ) -> anyhow::Result<()> {

@@ -17,7 +17,6 @@ use std::{
 };
 
 use chrono::NaiveDate;
-use sqlx::SqlitePool;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -156,9 +155,9 @@ struct Unrecorded {
 
 /// The engine. Build one per process; [`Engine::run`] drives it.
 pub struct Engine {
-    pool: SqlitePool,
+    pool: crate::store::Pool,
     /// The process's one writing connection ([`store::writer`]).
-    writer: SqlitePool,
+    writer: crate::store::Pool,
     /// Swapped when the newsletter texts change (SIGHUP).
     composer: std::sync::RwLock<Arc<Composer>>,
     mailer: Arc<Mailer>,
@@ -200,8 +199,8 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         settings: &Settings,
-        pool: SqlitePool,
-        writer: SqlitePool,
+        pool: crate::store::Pool,
+        writer: crate::store::Pool,
         composer: Composer,
         mailer: Arc<Mailer>,
         metrics: Arc<crate::metrics::Metrics>,

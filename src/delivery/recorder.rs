@@ -85,8 +85,8 @@ pub(super) struct Recorder {
 
 impl Recorder {
     pub(super) fn start(
-        pool: SqlitePool,
-        writer: SqlitePool,
+        pool: crate::store::Pool,
+        writer: crate::store::Pool,
         token: i64,
         bounce_threshold: i64,
     ) -> Self {
@@ -173,7 +173,7 @@ pub(super) type StatusReply = tokio::sync::oneshot::Receiver<Standing>;
 pub(super) const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 
 pub(super) async fn write_patiently(
-    writer: &SqlitePool,
+    writer: &crate::store::Pool,
     token: i64,
     items: &[Outcome],
     bounce_threshold: i64,
@@ -201,7 +201,7 @@ pub(super) async fn write_patiently(
 }
 
 pub(super) async fn write_outcomes(
-    writer: &SqlitePool,
+    writer: &crate::store::Pool,
     token: i64,
     items: &[Outcome],
     bounce_threshold: i64,
@@ -241,7 +241,7 @@ pub(super) async fn write_outcomes(
 
 /// Writes one outcome other than a plain "sent" (those go in one statement).
 async fn write_one(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut crate::store::Conn,
     token: i64,
     o: &Outcome,
     bounce_threshold: i64,

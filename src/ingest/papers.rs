@@ -6,7 +6,6 @@ use std::{collections::HashMap, path::Path};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 
 use super::InputError;
 use crate::{
@@ -411,7 +410,7 @@ pub fn by_date(
 /// Stores the papers and sets each date's selection to the file's list, in
 /// the file's order, all in one transaction.
 pub async fn store(
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     records: &[Record],
     groups: &[(NaiveDate, Vec<usize>)],
     origin: SelectionOrigin,
@@ -444,7 +443,7 @@ pub async fn store(
 /// Why a fetch must leave `date`'s selection alone, if it must: the editor
 /// made it, or its edition has started.
 async fn fetch_keeps(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     date: NaiveDate,
 ) -> anyhow::Result<Option<&'static str>> {
     match store::selection_origin(&mut *conn, date).await? {

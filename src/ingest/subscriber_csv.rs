@@ -6,7 +6,6 @@
 use std::{fs::File, io::Write, path::Path};
 
 use futures_util::TryStreamExt;
-use sqlx::SqlitePool;
 
 use super::{InputError, LineLimit, line_too_long};
 use crate::{
@@ -153,7 +152,7 @@ fn csv_error(file: &Path, e: csv::Error) -> InputError {
 /// Imports a CSV file in one transaction: every row is validated and staged,
 /// then merged; the first bad row aborts the whole import and changes nothing.
 pub async fn import(
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     keys: &Keys,
     defaults: &Profile,
     path: &Path,
@@ -212,7 +211,7 @@ pub async fn import(
 
 /// Writes subscribers of `status` as CSV with the import's columns, streaming.
 pub async fn export(
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     status: SubscriberStatus,
     out: impl Write,
 ) -> anyhow::Result<u64> {

@@ -10,7 +10,6 @@ use crate::domain::EndedBy;
 use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
-use sqlx::SqlitePool;
 use toml::Spanned;
 
 use super::InputError;
@@ -194,7 +193,7 @@ pub struct SyncMode {
 
 /// Applies the file's entries in one transaction.
 pub async fn sync(
-    pool: &SqlitePool,
+    pool: &crate::store::Pool,
     keys: &Keys,
     entries: &[FileSubscriber],
     resubscribe: &[SubscriberEmail],
@@ -275,7 +274,7 @@ pub async fn sync(
 /// or `resubscribing`) reactivates them; anyone else's decision is kept.
 /// True if `resubscribing` was used.
 async fn apply_entry(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut crate::store::Conn,
     keys: &Keys,
     entry: &FileSubscriber,
     (resubscribing, include_complaints): (bool, bool),

@@ -23,6 +23,12 @@ use crate::config::DatabaseSettings;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
+/// The database handles the rest of paperpost passes around: which database
+/// it is stays the store's business (no SQLite type outside `src/store/`).
+pub type Pool = sqlx::SqlitePool;
+/// One connection (or a transaction, through `&mut *tx`).
+pub type Conn = sqlx::SqliteConnection;
+
 /// A write transaction: it takes the database's write lock at once
 /// (`BEGIN IMMEDIATE`), so it never fails half-way for a lock another
 /// writer took meanwhile. The one way every module starts a write.

@@ -345,7 +345,7 @@ pub async fn known_token(state: &WebState, token: &str) -> Result<(), WebError> 
 }
 
 pub async fn subscriber_for(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     token: &str,
 ) -> Result<crate::store::subscribers::Subscriber, WebError> {
     crate::store::subscribers::find_by_token(conn, token)

@@ -75,7 +75,7 @@ impl Unsubscriber {
 }
 
 async fn write_batches(
-    writer: sqlx::SqlitePool,
+    writer: crate::store::Pool,
     metrics: std::sync::Arc<Metrics>,
     mut rx: mpsc::Receiver<(LinkUse, Reply)>,
 ) {
