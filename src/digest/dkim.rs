@@ -9,14 +9,17 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
+use aws_lc_rs::{
+    encoding::{AsBigEndian, AsDer, Curve25519SeedBin, PublicKeyX509Der},
+    signature::{Ed25519KeyPair, KeyPair, RsaKeyPair},
+};
 use mail_auth::{
     common::{
-        crypto::{Ed25519Key, RsaKey, Sha256},
+        crypto::{Ed25519Key, RsaKey, Sha256, SigningKey},
         headers::HeaderWriter,
     },
     dkim::{Canonicalization, DkimSigner, Done},
 };
-use ring::signature::KeyPair;
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 
 use crate::config::DkimSettings;
@@ -213,8 +216,8 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| usize::from(n).saturating_sub(1).max(1))
 }
 
-/// Reads one key file: RSA as PEM (PKCS#1 or PKCS#8), 2048 to 4096 bits
-/// (ring's range); Ed25519 as PKCS#8 PEM or a base64 32-byte seed.
+/// Reads one key file: RSA as PEM (PKCS#1 or PKCS#8), 2048 to 8192 bits
+/// (AWS-LC's range); Ed25519 as PKCS#8 PEM or a base64 32-byte seed.
 fn load(
     path: &Path,
     kind: KeyKind,
@@ -223,112 +226,65 @@ fn load(
 ) -> anyhow::Result<(Signer, String)> {
     let text = std::fs::read_to_string(path).context("cannot read it")?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let headers = SIGNED_HEADERS;
-    let relaxed = Canonicalization::Relaxed;
     match kind {
         KeyKind::Rsa => {
             let der = PrivateKeyDer::from_pem_slice(text.as_bytes())
                 .map_err(|e| anyhow!("not a PEM RSA private key: {e}"))?;
             let pair = match &der {
-                PrivateKeyDer::Pkcs1(k) => {
-                    ring::signature::RsaKeyPair::from_der(k.secret_pkcs1_der())
-                }
-                PrivateKeyDer::Pkcs8(k) => {
-                    ring::signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der())
-                }
+                PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+                PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
                 _ => bail!("not an RSA private key (PKCS#1 or PKCS#8 PEM)"),
             }
             .map_err(|e| {
-                anyhow!("not a usable RSA key ({e}; RSA keys must be 2048 to 4096 bits)")
+                anyhow!("not a usable RSA key ({e}; RSA keys must be 2048 to 8192 bits)")
             })?;
-            let public = b64.encode(spki_rsa(pair.public_key().as_ref()));
+            // The record's p= is the SubjectPublicKeyInfo.
+            let spki: PublicKeyX509Der = pair
+                .public_key()
+                .as_der()
+                .map_err(|e| anyhow!("cannot encode the public key: {e}"))?;
             let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| anyhow!("{e}"))?;
-            let signer = DkimSigner::from_key(key)
-                .domain(domain)
-                .selector(selector)
-                .headers(headers)
-                .header_canonicalization(relaxed)
-                .body_canonicalization(relaxed);
-            Ok((Signer::Rsa(signer), public))
+            let signer = Signer::Rsa(signer(key, domain, selector));
+            Ok((signer, b64.encode(spki.as_ref())))
         }
         KeyKind::Ed25519 => {
             let (seed, public) = ed25519_parts(&text)?;
             let key =
                 Ed25519Key::from_seed_and_public_key(&seed, &public).map_err(|e| anyhow!("{e}"))?;
-            let signer = DkimSigner::from_key(key)
-                .domain(domain)
-                .selector(selector)
-                .headers(headers)
-                .header_canonicalization(relaxed)
-                .body_canonicalization(relaxed);
-            Ok((Signer::Ed25519(signer), b64.encode(public)))
+            let signer = Signer::Ed25519(signer(key, domain, selector));
+            Ok((signer, b64.encode(public)))
         }
     }
+}
+
+/// The signer for `key`: relaxed/relaxed over [`SIGNED_HEADERS`].
+fn signer<K: SigningKey>(key: K, domain: &str, selector: &str) -> DkimSigner<K, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS)
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// The seed and public key of an Ed25519 key given as a base64 32-byte
-/// seed, or as PKCS#8 PEM.
+/// seed, or as PKCS#8 PEM (v1 or v2).
 fn ed25519_parts(text: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let seed = if text.contains("-----BEGIN") {
+    let pair = if text.contains("-----BEGIN") {
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes())
             .map_err(|e| anyhow!("not a PKCS#8 PEM Ed25519 key: {e}"))?;
-        let der = der.secret_pkcs8_der();
-        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|e| anyhow!("not an Ed25519 key: {e}"))?;
-        // RFC 8410: the private key is an OCTET STRING holding the 32-byte
-        // seed as an OCTET STRING (04 22 04 20), in PKCS#8 v1 and v2 alike.
-        let seed = der
-            .windows(4)
-            .position(|w| w == [0x04, 0x22, 0x04, 0x20])
-            .and_then(|i| der.get(i + 4..i + 36))
-            .ok_or_else(|| anyhow!("not an RFC 8410 Ed25519 key"))?
-            .to_vec();
-        let derived = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
-            .map_err(|_| anyhow!("not an Ed25519 key"))?;
-        if derived.public_key().as_ref() != pair.public_key().as_ref() {
-            bail!("not a consistent Ed25519 key (its public key is not its seed's)");
-        }
-        return Ok((seed, pair.public_key().as_ref().to_vec()));
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+            .map_err(|e| anyhow!("not an Ed25519 key: {e}"))?
     } else {
-        b64.decode(text.trim())
-            .map_err(|e| anyhow!("not base64 (an Ed25519 key is a base64 32-byte seed): {e}"))?
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| anyhow!("not base64 (an Ed25519 key is a base64 32-byte seed): {e}"))?;
+        Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| anyhow!("not an Ed25519 seed: it must be 32 bytes, base64"))?
     };
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
-        .map_err(|_| anyhow!("not an Ed25519 seed: it must be 32 bytes, base64"))?;
-    Ok((seed, pair.public_key().as_ref().to_vec()))
-}
-
-/// An RSA public key (PKCS#1 RSAPublicKey DER, as ring gives it) wrapped in
-/// a SubjectPublicKeyInfo, the form a DKIM record's `p=` carries.
-fn spki_rsa(pkcs1: &[u8]) -> Vec<u8> {
-    // AlgorithmIdentifier: rsaEncryption with NULL parameters.
-    const ALG: [u8; 15] = [
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let mut bit_string = vec![0u8];
-    bit_string.extend_from_slice(pkcs1);
-    let bits = der(0x03, &bit_string);
-    let mut body = ALG.to_vec();
-    body.extend_from_slice(&bits);
-    der(0x30, &body)
-}
-
-/// One DER element: tag, definite length, contents.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(content);
-    out
+    let seed: Curve25519SeedBin = pair
+        .seed()
+        .and_then(|s| s.as_be_bytes())
+        .map_err(|_| anyhow!("cannot read the Ed25519 seed"))?;
+    Ok((seed.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
 }
