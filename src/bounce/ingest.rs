@@ -367,11 +367,11 @@ async fn guard(
     if !spread && !share {
         return Ok(None);
     }
-    let taken = if spread {
-        bounces::take_back(conn, key, since).await?
-    } else {
-        bounces::take_back_edition(conn, new.edition_date.as_deref().unwrap_or(""), since).await?
+    let window = match &new.edition_date {
+        Some(edition) if !spread => bounces::Window::Edition(edition),
+        _ => bounces::Window::Diagnostic(key),
     };
+    let taken = bounces::take_back(conn, window, since).await?;
     for s in &taken {
         subscribers::undo_bounce(conn, *s, policy.threshold).await?;
     }

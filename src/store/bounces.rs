@@ -113,22 +113,36 @@ pub async fn domains_with(
     .await?)
 }
 
-/// Takes back the hard bounces with diagnostic `key` since `since`: they no
-/// longer count. Returns the subscribers each named (once per bounce).
+/// Which hard reports the guard takes back.
+#[derive(Debug, Clone, Copy)]
+pub enum Window<'a> {
+    /// Those with this normalized diagnostic.
+    Diagnostic(&'a str),
+    /// Those for this edition.
+    Edition(&'a str),
+}
+
+/// Takes back the counted hard reports of `window` since `since`: they no
+/// longer count. Returns the subscribers each named (once per report).
 pub async fn take_back(
     conn: &mut SqliteConnection,
-    key: &str,
+    window: Window<'_>,
     since: i64,
 ) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
+    let (column, value) = match window {
+        Window::Diagnostic(key) => ("diagnostic_key", key),
+        Window::Edition(date) => ("edition_date", date),
+    };
+    let sql = format!(
         "UPDATE bounces SET counted = 0 WHERE occurred_at >= ? AND kind = 'hard' \
-         AND diagnostic_key = ? AND counted = 1 AND subscriber_id IS NOT NULL \
-         RETURNING subscriber_id",
-    )
-    .bind(since)
-    .bind(key)
-    .fetch_all(conn)
-    .await?)
+         AND {column} = ? AND counted = 1 AND subscriber_id IS NOT NULL \
+         RETURNING subscriber_id"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(since)
+        .bind(value)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// Counted hard reports since `since` for `edition`, and the messages it sent.
@@ -146,23 +160,6 @@ pub async fn hard_share(
     .bind(since)
     .bind(edition)
     .fetch_one(conn)
-    .await?)
-}
-
-/// [`take_back`] for every hard report of `edition` since `since`.
-pub async fn take_back_edition(
-    conn: &mut SqliteConnection,
-    edition: &str,
-    since: i64,
-) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "UPDATE bounces SET counted = 0 WHERE occurred_at >= ? AND kind = 'hard' \
-         AND edition_date = ? AND counted = 1 AND subscriber_id IS NOT NULL \
-         RETURNING subscriber_id",
-    )
-    .bind(since)
-    .bind(edition)
-    .fetch_all(conn)
     .await?)
 }
 
