@@ -194,7 +194,8 @@ impl Engine {
             .to_string();
         // Signing starts now, on another thread, while the transaction opens.
         let raw = Arc::new(message.formatted());
-        let envelope = self.envelope_for(job, &message);
+        let verp = self.verp_envelope(job, &message);
+        let envelope = verp.as_ref().unwrap_or(message.envelope());
         let headers = match self.composer().envelope.dkim() {
             Some(dkim) => Headers::Pending(Box::pin(dkim.headers_soon(Arc::clone(&raw)))),
             None => Headers::None,
@@ -202,7 +203,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let changed: Mutex<Option<Standing>> = Mutex::new(None);
         let gate = self.last_look(job, answered, gate, &changed);
-        let result = sender.send_headed(&envelope, &raw, headers, gate).await;
+        let result = sender.send_headed(envelope, &raw, headers, gate).await;
         self.metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -222,18 +223,21 @@ impl Engine {
         }
     }
 
-    /// The envelope: the message's, with the signed VERP address of the row
-    /// as its sender when `mail.bounce.verp_domain` is set.
-    fn envelope_for(&self, job: &Job, message: &lettre::Message) -> lettre::address::Envelope {
-        let plain = message.envelope().clone();
-        let Some(domain) = &self.verp_domain else {
-            return plain;
-        };
-        let verp = self.composer().verp_address(job.claimed.id, domain);
-        match (verp.parse(), plain.to().to_vec()) {
-            (Ok(from), to) => lettre::address::Envelope::new(Some(from), to).unwrap_or(plain),
-            (Err(_), _) => plain,
-        }
+    /// The message's envelope with the signed VERP address of the row as
+    /// its sender, when `mail.bounce.verp_domain` is set (`None`: the
+    /// message's own envelope, used as it is).
+    fn verp_envelope(
+        &self,
+        job: &Job,
+        message: &lettre::Message,
+    ) -> Option<lettre::address::Envelope> {
+        let domain = self.verp_domain.as_ref()?;
+        let from = self
+            .composer()
+            .verp_address(job.claimed.id, domain)
+            .parse()
+            .ok()?;
+        lettre::address::Envelope::new(Some(from), message.envelope().to().to_vec()).ok()
     }
 
     /// The reader's message for the row's edition, or the outcome when there
