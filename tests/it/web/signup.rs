@@ -335,23 +335,24 @@ async fn old_links_never_confirm_and_a_confirmation_works_once() {
     );
 }
 
-/// Issue 16 item 3: an address the operator removed, or whose mail bounced,
-/// is suppressed: a sign-up for it sends nothing (the page is the one
-/// everyone gets, so it tells nobody which addresses are suppressed).
+/// Issue 16 item 3: an address the operator removed, whose mail bounced,
+/// or that reported our mail as spam (issue 18) is suppressed: a sign-up
+/// for it sends nothing (the page is the one everyone gets, so it tells
+/// nobody which addresses are suppressed).
 #[tokio::test]
 async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
     let site = Site::new().await;
-    site.subscriber("carol@example.org").await;
     let mut conn = site.app.pool.acquire().await.unwrap();
-    let carol = site.get_subscriber("carol@example.org").await;
-    subs::end_subscription(
-        &mut conn,
-        carol.id,
-        SubscriberStatus::Unsubscribed,
-        paperpost::domain::EndedBy::Cli,
-    )
-    .await
-    .unwrap();
+    for (who, by) in [
+        ("carol", paperpost::domain::EndedBy::Cli),
+        ("spam", paperpost::domain::EndedBy::Complaint),
+    ] {
+        site.subscriber(&format!("{who}@example.org")).await;
+        let s = site.get_subscriber(&format!("{who}@example.org")).await;
+        subs::end_subscription(&mut conn, s.id, SubscriberStatus::Unsubscribed, by)
+            .await
+            .unwrap();
+    }
     subs::insert(
         &mut conn,
         &site.app.keys,
@@ -364,13 +365,13 @@ async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
     .unwrap();
     drop(conn);
     let mut pages = Vec::new();
-    for (i, who) in ["carol", "gone", "new"].iter().enumerate() {
+    for (i, who) in ["carol", "gone", "spam", "new"].iter().enumerate() {
         let form = format!("email={who}%40example.org");
         let r = site.post_from(ip(i as u32), "/subscribe", &form, &[]).await;
         assert_eq!(r.status, StatusCode::OK);
         pages.push(r.body.replace(&format!("{who}@example.org"), "X"));
     }
-    assert!(pages.iter().all(|p| *p == pages[2]), "one page for all");
+    assert!(pages.iter().all(|p| *p == pages[3]), "one page for all");
     assert!(
         text_of(&pages[0]).contains("removed from the list"),
         "{}",
@@ -380,10 +381,12 @@ async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
     let mails = site.outbox(1).await;
     assert_eq!(mails.len(), 1);
     assert!(mails[0].contains("To: new@example.org"), "{}", mails[0]);
-    assert_eq!(
-        site.get_subscriber("carol@example.org").await.status,
-        SubscriberStatus::Unsubscribed
-    );
+    for who in ["carol@example.org", "spam@example.org"] {
+        assert_eq!(
+            site.get_subscriber(who).await.status,
+            SubscriberStatus::Unsubscribed
+        );
+    }
 }
 
 /// Issue 16 item 4: +tags, Gmail's dots and case all reach one inbox; it
