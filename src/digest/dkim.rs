@@ -8,11 +8,11 @@
 use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, anyhow, bail};
-use base64::Engine;
 use aws_lc_rs::{
     encoding::{AsBigEndian, AsDer, Curve25519SeedBin, PublicKeyX509Der},
     signature::{Ed25519KeyPair, KeyPair, RsaKeyPair},
 };
+use base64::Engine;
 use mail_auth::{
     common::{
         crypto::{Ed25519Key, RsaKey, Sha256, SigningKey},
