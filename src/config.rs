@@ -85,6 +85,52 @@ pub struct DatabaseSettings {
     /// How long the sending lock lasts without a heartbeat.
     #[serde(deserialize_with = "de::lock_ttl")]
     pub lock_ttl: Duration,
+    /// A PostgreSQL URL, or `None` for the SQLite file at `path`.
+    #[serde(deserialize_with = "de::database_url")]
+    pub url: Option<DatabaseUrl>,
+    pub auto_migrate: bool,
+}
+
+/// A `postgres://` URL. Its password is kept out of `Debug`, `Display` and
+/// every log line; [`DatabaseUrl::expose`] gives the whole URL to the driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("postgres://")
+            .or_else(|| s.strip_prefix("postgresql://"))
+            .ok_or("must start with postgres:// (or be empty for SQLite)")?;
+        if rest.is_empty() {
+            return Err("names no server".into());
+        }
+        Ok(DatabaseUrl(s.to_string()))
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("postgres", &self.0));
+        match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => write!(f, "{scheme}://{user}:***@{host}"),
+                None => write!(f, "{scheme}://{userinfo}@{host}"),
+            },
+            None => write!(f, "{scheme}://{rest}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -702,6 +748,18 @@ mod de {
             )));
         }
         Ok(lease)
+    }
+
+    pub fn database_url<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<super::DatabaseUrl>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        super::DatabaseUrl::parse(s.trim())
+            .map(Some)
+            .map_err(D::Error::custom)
     }
 
     pub fn lock_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -16,6 +16,7 @@ use crate::{
         Topics,
     },
     ingest::{subscriber_csv, subscriber_file},
+    store,
     store::{
         events::{self, Action, Channel},
         subscribers::{self as subs, ProfileChanges},
@@ -143,9 +144,9 @@ async fn add_again(
     let how = match s.status {
         SubscriberStatus::Active => "change them with `paperpost subscribers edit`",
         _ if again => {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            subs::update_profile(&mut tx, s.id, &changes.apply_to(&s.profile)).await?;
-            subs::reactivate(&mut tx, s.id).await?;
+            let mut tx = store::begin(&mut *conn).await?;
+            subs::update_profile(&mut *tx, s.id, &changes.apply_to(&s.profile)).await?;
+            subs::reactivate(&mut *tx, s.id).await?;
             tx.commit().await?;
             let s = subs::get_by_email(conn, s.email.as_str()).await?;
             println!("Added again: {}", describe(&s));

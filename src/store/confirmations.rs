@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use sqlx::SqliteConnection;
-
 use super::{
-    StoreError, now_ms,
+    Conn, Dialect, StoreError, now_ms,
     subscribers::{self as subs, Profile, Subscriber},
 };
 use crate::{
@@ -56,12 +54,13 @@ pub enum SignUp {
 /// or self-unsubscribed one gets a new confirmation (their click is the
 /// consent). Run inside a `BEGIN IMMEDIATE` transaction.
 pub async fn sign_up(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     keys: &Keys,
     email: &SubscriberEmail,
     profile: &Profile,
     limits: Limits,
 ) -> Result<SignUp, StoreError> {
+    on!(conn => {
     let existing = subs::find_by_email(conn, email.as_str()).await?;
     if let Some(s) = &existing {
         if s.status == SubscriberStatus::Active {
@@ -87,10 +86,10 @@ pub async fn sign_up(
         }
     };
     let token = random_token()?;
-    sqlx::query(
+    sqlx::query(conn.sql(
         "INSERT INTO confirmations (token_hash, subscriber_id, mailbox, created_at) \
-         VALUES (?, ?, ?, ?)",
-    )
+         VALUES ($1, $2, $3, $4)",
+    ))
     .bind(token_hash(&token))
     .bind(subscriber.id)
     .bind(&mailbox)
@@ -98,6 +97,7 @@ pub async fn sign_up(
     .execute(conn)
     .await?;
     Ok(SignUp::Confirm { subscriber, token })
+    })
 }
 
 /// 32 random bytes, hex-encoded: the shape of every link token.
@@ -110,37 +110,39 @@ fn random_token() -> Result<String, StoreError> {
     Ok(hex::encode(raw))
 }
 
-async fn mailed_since(
-    conn: &mut SqliteConnection,
-    mailbox: &str,
-    since: i64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM confirmations WHERE mailbox = ? AND created_at >= ?)",
-    )
+async fn mailed_since(conn: &mut Conn, mailbox: &str, since: i64) -> Result<bool, StoreError> {
+    on!(conn => {
+    Ok(sqlx::query_scalar(conn.sql(
+        "SELECT EXISTS (SELECT 1 FROM confirmations WHERE mailbox = $1 AND created_at >= $2)",
+    ))
     .bind(mailbox)
     .bind(since)
     .fetch_one(conn)
     .await?)
+    })
 }
 
-async fn mails_since(conn: &mut SqliteConnection, since: i64) -> Result<i64, StoreError> {
+async fn mails_since(conn: &mut Conn, since: i64) -> Result<i64, StoreError> {
+    on!(conn => {
     Ok(
-        sqlx::query_scalar("SELECT count(*) FROM confirmations WHERE created_at >= ?")
+        sqlx::query_scalar(conn.sql("SELECT count(*) FROM confirmations WHERE created_at >= $1"))
             .bind(since)
             .fetch_one(conn)
             .await?,
     )
+    })
 }
 
 /// Forgets a confirmation whose mail could not be sent: it counts toward
 /// neither limit, so the address can ask again at once.
-pub async fn forget(conn: &mut SqliteConnection, token: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM confirmations WHERE token_hash = ?")
+pub async fn forget(conn: &mut Conn, token: &str) -> Result<(), StoreError> {
+    on!(conn => {
+    sqlx::query(conn.sql("DELETE FROM confirmations WHERE token_hash = $1"))
         .bind(token_hash(token))
         .execute(conn)
         .await?;
     Ok(())
+    })
 }
 
 /// A confirmation link's state, and whose it is.
@@ -156,13 +158,14 @@ pub enum Confirmation {
 
 /// The confirmation `token` stands for, or `None` for an unknown token.
 pub async fn find(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token: &str,
     ttl: Duration,
 ) -> Result<Option<Confirmation>, StoreError> {
-    let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT subscriber_id, created_at, used_at FROM confirmations WHERE token_hash = ?",
-    )
+    on!(conn => {
+    let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(conn.sql(
+        "SELECT subscriber_id, created_at, used_at FROM confirmations WHERE token_hash = $1",
+    ))
     .bind(token_hash(token))
     .fetch_optional(&mut *conn)
     .await?;
@@ -179,19 +182,21 @@ pub async fn find(
     } else {
         Confirmation::Open(s)
     }))
+    })
 }
 
 /// Uses a confirmation: marks it used and makes its subscriber active.
 /// Returns what it was before (run inside a `BEGIN IMMEDIATE` transaction).
 pub async fn confirm(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token: &str,
     ttl: Duration,
 ) -> Result<Option<Confirmation>, StoreError> {
+    on!(conn => {
     let found = find(conn, token, ttl).await?;
     if let Some(Confirmation::Open(s)) = &found {
         let now = now_ms();
-        sqlx::query("UPDATE confirmations SET used_at = ? WHERE token_hash = ?")
+        sqlx::query(conn.sql("UPDATE confirmations SET used_at = $1 WHERE token_hash = $2"))
             .bind(now)
             .bind(token_hash(token))
             .execute(&mut *conn)
@@ -201,4 +206,5 @@ pub async fn confirm(
         }
     }
     Ok(found)
+    })
 }

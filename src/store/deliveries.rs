@@ -5,11 +5,10 @@
 //! Whether an edition is finished is always derived from its rows.
 
 use chrono::NaiveDate;
-use futures_util::{Stream, StreamExt};
+use futures_util::{StreamExt, stream::BoxStream};
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
 
-use super::{StoreError, now_ms};
+use super::{Conn, Dialect, Pool, StoreError, now_ms};
 use crate::domain::DeliveryStatus;
 
 /// What [`start_edition`] did.
@@ -25,14 +24,16 @@ pub enum Started {
 /// in one transaction. The audience is frozen: a second call adds nothing.
 /// `send_at(tz)` gives the first send time for subscribers in a time zone.
 pub async fn start_edition(
-    pool: &SqlitePool,
+    pool: &Pool,
     date: NaiveDate,
     by: &str,
     send_at: impl Fn(&str) -> i64,
 ) -> Result<Started, StoreError> {
     let now = now_ms();
-    let mut tx = super::write(pool).await?;
-    let r = sqlx::query("INSERT INTO editions (edition_date, started_at, started_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+    let mut t = super::write(pool).await?;
+    let tx = &mut t;
+    let started = on!(tx => {
+    let r = sqlx::query(tx.sql("INSERT INTO editions (edition_date, started_at, started_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"))
         .bind(date.to_string())
         .bind(now)
         .bind(by)
@@ -42,16 +43,16 @@ pub async fn start_edition(
         return Ok(Started::Already);
     }
     let zones: Vec<(String,)> =
-        sqlx::query_as("SELECT DISTINCT timezone FROM subscribers WHERE status = 'active'")
+        sqlx::query_as(tx.sql("SELECT DISTINCT timezone FROM subscribers WHERE status = 'active'"))
             .fetch_all(&mut *tx)
             .await?;
     let mut enqueued = 0;
     for (tz,) in zones {
-        enqueued += sqlx::query(
+        enqueued += sqlx::query(tx.sql(
             "INSERT INTO deliveries (edition_date, subscriber_id, status, next_attempt_at, created_at, updated_at) \
-             SELECT ?1, id, 'queued', ?2, ?3, ?3 FROM subscribers WHERE status = 'active' AND timezone = ?4 \
+             SELECT $1, id, 'queued', $2, $3, $3 FROM subscribers WHERE status = 'active' AND timezone = $4 \
              ON CONFLICT (subscriber_id, edition_date) DO NOTHING",
-        )
+        ))
         .bind(date.to_string())
         .bind(send_at(&tz))
         .bind(now)
@@ -60,17 +61,21 @@ pub async fn start_edition(
         .await?
         .rows_affected();
     }
-    tx.commit().await?;
-    Ok(Started::Now(enqueued))
+    Started::Now(enqueued)
+    });
+    t.commit().await?;
+    Ok(started)
 }
 
 /// Dates whose edition has started.
-pub async fn started_dates(conn: &mut SqliteConnection) -> Result<Vec<NaiveDate>, StoreError> {
+pub async fn started_dates(conn: &mut Conn) -> Result<Vec<NaiveDate>, StoreError> {
+    on!(conn => {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT edition_date FROM editions ORDER BY edition_date")
+        sqlx::query_as(conn.sql("SELECT edition_date FROM editions ORDER BY edition_date"))
             .fetch_all(conn)
             .await?;
     Ok(rows.into_iter().filter_map(|(d,)| d.parse().ok()).collect())
+    })
 }
 
 /// A delivery row claimed for sending.
@@ -92,29 +97,30 @@ pub struct Claimed {
 /// Nothing is claimed unless `me` holds the lock now: the statement checks it,
 /// so a process that lost the lock cannot claim however late it learns so.
 pub async fn claim(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     me: &str,
     token: i64,
     limit: u32,
     lease_ms: i64,
     only: Option<NaiveDate>,
 ) -> Result<Vec<Claimed>, StoreError> {
+    on!(conn => {
     let now = now_ms();
     let date_filter = if only.is_some() {
-        "AND edition_date = ?6"
+        "AND edition_date = $6"
     } else {
         ""
     };
     let sql = format!(
-        "UPDATE deliveries SET status = 'sending', lease_until = ?1 + ?2, attempts = attempts + 1, \
-           first_attempt_at = coalesce(first_attempt_at, ?1), updated_at = ?1, claimed_by = ?5 \
+        "UPDATE deliveries SET status = 'sending', lease_until = $1 + $2, attempts = attempts + 1, \
+           first_attempt_at = coalesce(first_attempt_at, $1), updated_at = $1, claimed_by = $5 \
          WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
-                      WHERE status = 'queued' AND next_attempt_at <= ?1 {date_filter} \
-                      ORDER BY next_attempt_at LIMIT ?3) \
+                      WHERE status = 'queued' AND next_attempt_at <= $1 {date_filter} \
+                      ORDER BY next_attempt_at LIMIT $3) \
            AND {HOLDS_LOCK} \
          RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
     );
-    let mut q = sqlx::query_as(&sql)
+    let mut q = sqlx::query_as(conn.sql(&sql))
         .bind(now)
         .bind(lease_ms)
         .bind(i64::from(limit))
@@ -124,50 +130,50 @@ pub async fn claim(
         q = q.bind(d.to_string());
     }
     Ok(q.fetch_all(conn).await?)
+    })
 }
 
 /// True when the process `?4` holds the sending lock at `?1`.
 const HOLDS_LOCK: &str =
-    "EXISTS (SELECT 1 FROM scheduler_lock WHERE id = 1 AND holder = ?4 AND expires_at > ?1)";
+    "EXISTS (SELECT 1 FROM scheduler_lock WHERE id = 1 AND holder = $4 AND expires_at > $1)";
 
 /// Records many accepted messages in one statement. `json` is an array of
 /// `{"id", "reply", "message_id"}` objects. Only rows the claim `token` is
 /// sending are changed; returns how many were.
-pub async fn mark_sent_many(
-    conn: &mut SqliteConnection,
-    token: i64,
-    json: &str,
-) -> Result<u64, StoreError> {
+pub async fn mark_sent_many(conn: &mut Conn, token: i64, json: &str) -> Result<u64, StoreError> {
+    on!(conn => {
     let now = now_ms();
-    let r = sqlx::query(
+    let r = sqlx::query(conn.sql(
         "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
-         sent_at = ?1, lease_until = NULL, last_error = NULL, updated_at = ?1 \
-         FROM json_each(?2) AS j WHERE deliveries.id = j.value ->> 'id' \
-           AND deliveries.status = 'sending' AND deliveries.claimed_by = ?3",
-    )
+         sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
+         FROM json_each($2) AS j WHERE deliveries.id = j.value ->> 'id' \
+           AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
+    ))
     .bind(now)
     .bind(json)
     .bind(token)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
+    })
 }
 
 /// Puts a row back in the queue to be tried at `next_at`. With `counted`
 /// false the attempt is given back (it never reached a live server).
 pub async fn mark_retry(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token: i64,
     id: i64,
     error: &str,
     next_at: i64,
     counted: bool,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'queued', attempts = max(attempts - ?, 0), last_error = ?, \
-         next_attempt_at = ?, lease_until = NULL, updated_at = ? \
-         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
-    )
+    on!(conn => {
+    sqlx::query(conn.sql(
+        "UPDATE deliveries SET status = 'queued', attempts = max(attempts - $1, 0), last_error = $2, \
+         next_attempt_at = $3, lease_until = NULL, updated_at = $4 \
+         WHERE id = $5 AND status = 'sending' AND claimed_by = $6",
+    ))
     .bind(if counted { 0 } else { 1 })
     .bind(error)
     .bind(next_at)
@@ -177,25 +183,27 @@ pub async fn mark_retry(
     .execute(conn)
     .await?;
     Ok(())
+    })
 }
 
 /// Ends a row the claim `token` is sending as failed or cancelled, with the
 /// reason; false if the row is not (or no longer) that claim's.
 pub async fn mark_final(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token: i64,
     id: i64,
     status: DeliveryStatus,
     reason: &str,
 ) -> Result<bool, StoreError> {
+    on!(conn => {
     debug_assert!(matches!(
         status,
         DeliveryStatus::Failed | DeliveryStatus::Cancelled
     ));
-    let r = sqlx::query(
-        "UPDATE deliveries SET status = ?, last_error = ?, lease_until = NULL, updated_at = ? \
-         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
-    )
+    let r = sqlx::query(conn.sql(
+        "UPDATE deliveries SET status = $1, last_error = $2, lease_until = NULL, updated_at = $3 \
+         WHERE id = $4 AND status = 'sending' AND claimed_by = $5",
+    ))
     .bind(status.as_str())
     .bind(reason)
     .bind(now_ms())
@@ -204,47 +212,51 @@ pub async fn mark_final(
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
+    })
 }
 
 /// Counts a hard bounce; returns the subscriber's total.
-pub async fn add_hard_bounce(
-    conn: &mut SqliteConnection,
-    subscriber_id: i64,
-) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "UPDATE subscribers SET hard_bounces = hard_bounces + 1, updated_at = ? WHERE id = ? RETURNING hard_bounces",
-    )
+pub async fn add_hard_bounce(conn: &mut Conn, subscriber_id: i64) -> Result<i64, StoreError> {
+    on!(conn => {
+    let (n,): (i64,) = sqlx::query_as(conn.sql(
+        "UPDATE subscribers SET hard_bounces = hard_bounces + 1, updated_at = $1 WHERE id = $2 RETURNING hard_bounces",
+    ))
     .bind(now_ms())
     .bind(subscriber_id)
     .fetch_one(conn)
     .await?;
     Ok(n)
+    })
 }
 
 /// Gives a row the claim `token` took back untouched (the attempt is not counted).
-pub async fn unclaim(conn: &mut SqliteConnection, token: i64, id: i64) -> Result<(), StoreError> {
-    sqlx::query(
+pub async fn unclaim(conn: &mut Conn, token: i64, id: i64) -> Result<(), StoreError> {
+    on!(conn => {
+    sqlx::query(conn.sql(
         "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), lease_until = NULL \
-         WHERE id = ? AND status = 'sending' AND claimed_by = ?",
-    )
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $2",
+    ))
     .bind(id)
     .bind(token)
     .execute(conn)
     .await?;
     Ok(())
+    })
 }
 
 /// After a crash: rows that were being sent go back to the queue at once.
 /// Only called by the holder of the scheduler lock, so nobody else is sending.
-pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE deliveries SET status = 'queued', lease_until = NULL, next_attempt_at = min(next_attempt_at, ?1), \
-         updated_at = ?1, claimed_by = NULL WHERE status = 'sending'",
-    )
+pub async fn release_in_flight(conn: &mut Conn) -> Result<u64, StoreError> {
+    on!(conn => {
+    Ok(sqlx::query(conn.sql(
+        "UPDATE deliveries SET status = 'queued', lease_until = NULL, next_attempt_at = min(next_attempt_at, $1), \
+         updated_at = $1, claimed_by = NULL WHERE status = 'sending'",
+    ))
     .bind(now_ms())
     .execute(conn)
     .await?
     .rows_affected())
+    })
 }
 
 /// Rows whose lease ran out while `sending` (an outcome that could not be
@@ -255,21 +267,22 @@ pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, Store
 /// and `sending`, the edition a `send --date` sends, however old. Only the
 /// lock's holder `me` may.
 pub async fn release_expired(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     me: &str,
     held: &[i64],
     sending: Option<NaiveDate>,
 ) -> Result<u64, StoreError> {
+    on!(conn => {
     let sql = format!(
         "UPDATE deliveries SET status = 'queued', lease_until = NULL, \
-           next_attempt_at = min(next_attempt_at, ?1), updated_at = ?1, claimed_by = NULL \
+           next_attempt_at = min(next_attempt_at, $1), updated_at = $1, claimed_by = NULL \
          WHERE (edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
-                OR edition_date = ?4) \
-           AND status = 'sending' AND lease_until < ?1 AND {} \
-           AND id NOT IN (SELECT value FROM json_each(?3))",
-        HOLDS_LOCK.replace("?4", "?2")
+                OR edition_date = $4) \
+           AND status = 'sending' AND lease_until < $1 AND {} \
+           AND id NOT IN (SELECT value FROM json_each($3))",
+        HOLDS_LOCK.replace("$4", "$2")
     );
-    Ok(sqlx::query(&sql)
+    Ok(sqlx::query(conn.sql(&sql))
         .bind(now_ms())
         .bind(me)
         .bind(serde_json::to_string(held).expect("ids serialize"))
@@ -277,70 +290,74 @@ pub async fn release_expired(
         .execute(conn)
         .await?
         .rows_affected())
+    })
 }
 
 /// A failed row goes back to the queue, the attempt uncounted: its refusal
 /// was the server's doing. False if the row was not failed.
-pub async fn undo_refusal(conn: &mut SqliteConnection, id: i64) -> Result<bool, StoreError> {
-    let r = sqlx::query(
+pub async fn undo_refusal(conn: &mut Conn, id: i64) -> Result<bool, StoreError> {
+    on!(conn => {
+    let r = sqlx::query(conn.sql(
         "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0), \
-           next_attempt_at = ?1, lease_until = NULL, updated_at = ?1, \
+           next_attempt_at = $1, lease_until = NULL, updated_at = $1, \
            last_error = 'the mail server refused every recipient; not counted' \
-         WHERE id = ?2 AND status = 'failed'",
-    )
+         WHERE id = $2 AND status = 'failed'",
+    ))
     .bind(now_ms())
     .bind(id)
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
+    })
 }
 
 /// True if the fire time `at` (Unix ms) was handled already.
-pub async fn fire_handled(conn: &mut SqliteConnection, at: i64) -> Result<bool, StoreError> {
+pub async fn fire_handled(conn: &mut Conn, at: i64) -> Result<bool, StoreError> {
+    on!(conn => {
     Ok(
-        sqlx::query_scalar("SELECT count(*) > 0 FROM fires WHERE fire_time = ?")
+        sqlx::query_scalar(conn.sql("SELECT count(*) > 0 FROM fires WHERE fire_time = $1"))
             .bind(at)
             .fetch_one(conn)
             .await?,
     )
+    })
 }
 
 /// Records that the fire time `at` was handled (`by`: schedule or catch-up).
-pub async fn record_fire(conn: &mut SqliteConnection, at: i64, by: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT OR IGNORE INTO fires (fire_time, handled_at, handled_by) VALUES (?, ?, ?)")
+pub async fn record_fire(conn: &mut Conn, at: i64, by: &str) -> Result<(), StoreError> {
+    on!(conn => {
+    sqlx::query(conn.sql("INSERT OR IGNORE INTO fires (fire_time, handled_at, handled_by) VALUES ($1, $2, $3)"))
         .bind(at)
         .bind(now_ms())
         .bind(by)
         .execute(conn)
         .await?;
     Ok(())
+    })
 }
 
 /// Failed rows of an edition go back to the queue with fresh attempts.
-pub async fn requeue_failed(
-    conn: &mut SqliteConnection,
-    date: NaiveDate,
-) -> Result<u64, StoreError> {
+pub async fn requeue_failed(conn: &mut Conn, date: NaiveDate) -> Result<u64, StoreError> {
+    on!(conn => {
     let now = now_ms();
-    Ok(sqlx::query(
-        "UPDATE deliveries SET status = 'queued', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?1, \
-         updated_at = ?1 WHERE edition_date = ?2 AND status = 'failed' \
+    Ok(sqlx::query(conn.sql(
+        "UPDATE deliveries SET status = 'queued', attempts = 0, first_attempt_at = NULL, next_attempt_at = $1, \
+         updated_at = $1 WHERE edition_date = $2 AND status = 'failed' \
          AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active')",
-    )
+    ))
     .bind(now)
     .bind(date.to_string())
     .execute(conn)
     .await?
     .rows_affected())
+    })
 }
 
 /// When the next queued row falls due (Unix ms).
-pub async fn next_due(
-    conn: &mut SqliteConnection,
-    only: Option<NaiveDate>,
-) -> Result<Option<i64>, StoreError> {
+pub async fn next_due(conn: &mut Conn, only: Option<NaiveDate>) -> Result<Option<i64>, StoreError> {
+    on!(conn => {
     let date_filter = if only.is_some() {
-        "AND edition_date = ?1"
+        "AND edition_date = $1"
     } else {
         ""
     };
@@ -353,15 +370,18 @@ pub async fn next_due(
         q = q.bind(d.to_string());
     }
     Ok(q.fetch_one(conn).await?.0)
+    })
 }
 
 /// How many rows wait to be sent (read through the queue's partial index).
-pub async fn queue_depth(pool: &SqlitePool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
+pub async fn queue_depth(pool: &Pool) -> Result<i64, StoreError> {
+    on_pool!(pool => {
+    Ok(sqlx::query_scalar(pool.sql(
         "SELECT count(*) FROM deliveries INDEXED BY deliveries_queued WHERE status = 'queued'",
-    )
+    ))
     .fetch_one(pool)
     .await?)
+    })
 }
 
 /// Rows per status for one edition (or all).
@@ -385,10 +405,11 @@ impl Counts {
     }
 }
 
-pub async fn counts(conn: &mut SqliteConnection, date: NaiveDate) -> Result<Counts, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM deliveries WHERE edition_date = ? GROUP BY status",
-    )
+pub async fn counts(conn: &mut Conn, date: NaiveDate) -> Result<Counts, StoreError> {
+    on!(conn => {
+    let rows: Vec<(String, i64)> = sqlx::query_as(conn.sql(
+        "SELECT status, count(*) FROM deliveries WHERE edition_date = $1 GROUP BY status",
+    ))
     .bind(date.to_string())
     .fetch_all(conn)
     .await?;
@@ -404,32 +425,35 @@ pub async fn counts(conn: &mut SqliteConnection, date: NaiveDate) -> Result<Coun
         }
     }
     Ok(c)
+    })
 }
 
 /// Every started edition, newest first: (date, started at, started by).
 /// The editions with rows still queued (through the queued rows' index).
-pub async fn queued_dates(conn: &mut SqliteConnection) -> Result<Vec<NaiveDate>, StoreError> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+pub async fn queued_dates(conn: &mut Conn) -> Result<Vec<NaiveDate>, StoreError> {
+    on!(conn => {
+    let rows: Vec<(String,)> = sqlx::query_as(conn.sql(
         "SELECT DISTINCT edition_date FROM deliveries INDEXED BY deliveries_queued \
              WHERE status = 'queued'",
-    )
+    ))
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().filter_map(|(d,)| d.parse().ok()).collect())
+    })
 }
 
-pub async fn editions(
-    conn: &mut SqliteConnection,
-) -> Result<Vec<(NaiveDate, i64, String)>, StoreError> {
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+pub async fn editions(conn: &mut Conn) -> Result<Vec<(NaiveDate, i64, String)>, StoreError> {
+    on!(conn => {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(conn.sql(
         "SELECT edition_date, started_at, started_by FROM editions ORDER BY edition_date DESC",
-    )
+    ))
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
         .filter_map(|(d, at, by)| d.parse().ok().map(|d| (d, at, by)))
         .collect())
+    })
 }
 
 /// One delivery as `paperpost deliveries` shows it.
@@ -456,34 +480,39 @@ const VIEW: &str = view!();
 
 /// The deliveries of an edition (optionally of one status), by address, streamed.
 pub fn list<'a>(
-    pool: &'a SqlitePool,
+    pool: &'a Pool,
     date: NaiveDate,
     status: Option<&'a str>,
-) -> impl Stream<Item = Result<DeliveryView, StoreError>> + 'a {
-    sqlx::query_as::<_, DeliveryView>(concat!(
+) -> BoxStream<'a, Result<DeliveryView, StoreError>> {
+    on_pool!(pool => {
+    sqlx::query_as::<_, DeliveryView>(pool.sql(concat!(
         view!(),
-        " WHERE d.edition_date = ?1 AND (?2 IS NULL OR d.status = ?2) ORDER BY s.email"
-    ))
+        " WHERE d.edition_date = $1 AND ($2 IS NULL OR d.status = $2) ORDER BY s.email"
+    )))
     .bind(date.to_string())
     .bind(status)
     .fetch(pool)
     .map(|r| r.map_err(StoreError::from))
+    .boxed()
+    })
 }
 
 /// The most recent errors (optionally of one edition).
 pub async fn recent_errors(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     date: Option<NaiveDate>,
     limit: u32,
 ) -> Result<Vec<DeliveryView>, StoreError> {
+    on!(conn => {
     let sql = format!(
-        "{VIEW} WHERE d.last_error IS NOT NULL AND (?1 IS NULL OR d.edition_date = ?1) ORDER BY d.updated_at DESC LIMIT ?2"
+        "{VIEW} WHERE d.last_error IS NOT NULL AND ($1 IS NULL OR d.edition_date = $1) ORDER BY d.updated_at DESC LIMIT $2"
     );
-    Ok(sqlx::query_as(&sql)
+    Ok(sqlx::query_as(conn.sql(&sql))
         .bind(date.map(|d| d.to_string()))
         .bind(i64::from(limit))
         .fetch_all(conn)
         .await?)
+    })
 }
 
 // ------------------------------------------------------------ the scheduler lock
@@ -498,31 +527,34 @@ pub struct Holder {
 /// Takes the lock for `ttl_ms` if it is free, expired, already ours, or held by
 /// `stale` (a holder known to be dead). Returns the other holder otherwise.
 pub async fn try_lock(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     me: &str,
     ttl_ms: i64,
     stale: Option<&str>,
 ) -> Result<Option<Holder>, StoreError> {
+    on!(conn => {
     try_lock_with(conn, me, ttl_ms, stale, true).await
+    })
 }
 
 /// [`try_lock`], where `by_expiry` false takes a lock held by another only
 /// when it is `stale` (the caller watched it go stale on its own clock),
 /// never because its expiry is past by this host's wall clock.
 pub async fn try_lock_with(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     me: &str,
     ttl_ms: i64,
     stale: Option<&str>,
     by_expiry: bool,
 ) -> Result<Option<Holder>, StoreError> {
+    on!(conn => {
     let now = now_ms();
-    let r = sqlx::query(
-        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2 + ?3) \
+    let r = sqlx::query(conn.sql(
+        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, $2 + $3) \
          ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-         WHERE (?5 AND scheduler_lock.expires_at < ?2) OR scheduler_lock.holder = ?1 \
-            OR scheduler_lock.holder IS ?4",
-    )
+         WHERE ($5 AND scheduler_lock.expires_at < $2) OR scheduler_lock.holder = $1 \
+            OR scheduler_lock.holder IS $4",
+    ))
     .bind(me)
     .bind(now)
     .bind(ttl_ms)
@@ -534,30 +566,31 @@ pub async fn try_lock_with(
         return Ok(None);
     }
     let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT holder, expires_at FROM scheduler_lock WHERE id = 1")
+        sqlx::query_as(conn.sql("SELECT holder, expires_at FROM scheduler_lock WHERE id = 1"))
             .fetch_optional(conn)
             .await?;
     Ok(row.map(|(holder, expires_at)| Holder { holder, expires_at }))
+    })
 }
 
 /// Extends our lock; false if we lost it.
-pub async fn renew_lock(
-    conn: &mut SqliteConnection,
-    me: &str,
-    ttl_ms: i64,
-) -> Result<bool, StoreError> {
-    let r = sqlx::query("UPDATE scheduler_lock SET expires_at = ? WHERE id = 1 AND holder = ?")
+pub async fn renew_lock(conn: &mut Conn, me: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+    on!(conn => {
+    let r = sqlx::query(conn.sql("UPDATE scheduler_lock SET expires_at = $1 WHERE id = 1 AND holder = $2"))
         .bind(now_ms() + ttl_ms)
         .bind(me)
         .execute(conn)
         .await?;
     Ok(r.rows_affected() > 0)
+    })
 }
 
-pub async fn release_lock(conn: &mut SqliteConnection, me: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM scheduler_lock WHERE id = 1 AND holder = ?")
+pub async fn release_lock(conn: &mut Conn, me: &str) -> Result<(), StoreError> {
+    on!(conn => {
+    sqlx::query(conn.sql("DELETE FROM scheduler_lock WHERE id = 1 AND holder = $1"))
         .bind(me)
         .execute(conn)
         .await?;
     Ok(())
+    })
 }

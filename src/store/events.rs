@@ -1,9 +1,7 @@
 //! The record of link uses (`token_events`): what was done, through which
 //! channel, by which user agent.
 
-use sqlx::{SqliteConnection, SqlitePool};
-
-use super::{StoreError, now_ms};
+use super::{Conn, Dialect, Pool, StoreError, now_ms};
 
 /// What a link (or an operator) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +50,24 @@ impl Channel {
 const MAX_USER_AGENT: usize = 256;
 
 pub async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     subscriber_id: i64,
     action: Action,
     channel: Channel,
     user_agent: Option<&str>,
 ) -> Result<(), StoreError> {
+    on!(conn => {
     record_many(conn, action, &[(subscriber_id, channel, user_agent)]).await
+    })
 }
 
 /// Records `action` for each (subscriber, channel, user agent), in one statement.
 pub async fn record_many(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     action: Action,
     uses: &[(i64, Channel, Option<&str>)],
 ) -> Result<(), StoreError> {
+    on!(conn => {
     if uses.is_empty() {
         return Ok(());
     }
@@ -83,24 +84,27 @@ pub async fn record_many(
             serde_json::json!([id, channel.as_str(), ua])
         })
         .collect();
-    sqlx::query(
+    sqlx::query(conn.sql(
         "INSERT INTO token_events (subscriber_id, kind, at, channel, user_agent) \
-         SELECT value ->> 0, ?1, ?2, value ->> 1, value ->> 2 FROM json_each(?3)",
-    )
+         SELECT value ->> 0, $1, $2, value ->> 1, value ->> 2 FROM json_each($3)",
+    ))
     .bind(action.as_str())
     .bind(now_ms())
     .bind(serde_json::Value::Array(rows).to_string())
     .execute(conn)
     .await?;
     Ok(())
+    })
 }
 
 /// How many times each (action, channel) happened.
-pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, String, i64)>, StoreError> {
-    Ok(sqlx::query_as(
+pub async fn counts(pool: &Pool) -> Result<Vec<(String, String, i64)>, StoreError> {
+    on_pool!(pool => {
+    Ok(sqlx::query_as(pool.sql(
         "SELECT kind, coalesce(channel, 'unknown'), count(*) FROM token_events \
          GROUP BY kind, channel ORDER BY kind, channel",
-    )
+    ))
     .fetch_all(pool)
     .await?)
+    })
 }

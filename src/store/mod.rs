@@ -1,5 +1,29 @@
-//! The SQLite store. Every query paperpost runs lives in this module's children,
+//! The store. Every query paperpost runs lives in this module's children,
 //! and every other module (CLI, daemon, web) reads and writes through them.
+//! Which database it is (the SQLite file, the embedded default, or
+//! PostgreSQL, chosen by `database.url`) is known here and nowhere else.
+
+/// Runs `$body` with `$c` (a `&mut Conn`, a `Tx` or a pooled connection)
+/// rebound to the driver's own connection: one text serves both databases
+/// (`$N` placeholders; SQLite accepts them too).
+macro_rules! on {
+    ($c:ident => $body:expr) => {
+        match $crate::store::Db::kind(&mut *$c) {
+            $crate::store::Kind::Sqlite($c) => $body,
+            $crate::store::Kind::Postgres($c) => $body,
+        }
+    };
+}
+
+/// [`on!`] for a pool.
+macro_rules! on_pool {
+    ($p:ident => $body:expr) => {
+        match $p {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::Postgres($p) => $body,
+        }
+    };
+}
 
 pub mod alerts;
 pub mod bounces;
@@ -7,37 +31,262 @@ pub mod confirmations;
 pub mod deliveries;
 pub mod events;
 pub mod papers;
+pub mod postgres;
 pub mod prune;
 pub mod secret;
+mod sqlite;
 pub mod subscribers;
 
-use std::{str::FromStr, time::Duration};
+use std::ops::{Deref, DerefMut};
 
 use anyhow::Context;
-use sqlx::{
-    ConnectOptions, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, pool::PoolConnection};
 
 use crate::config::DatabaseSettings;
 
-pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
-
-/// The database handles the rest of paperpost passes around: which database
-/// it is stays the store's business (no SQLite type outside `src/store/`).
-pub type Pool = sqlx::SqlitePool;
-/// One connection (or a transaction, through `&mut *tx`).
-pub type Conn = sqlx::SqliteConnection;
-
-/// A write transaction: it takes the database's write lock at once
-/// (`BEGIN IMMEDIATE`), so it never fails half-way for a lock another
-/// writer took meanwhile. The one way every module starts a write.
-pub async fn write(pool: &SqlitePool) -> Result<Tx<'static>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+/// The database handles the rest of paperpost passes around.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
 }
 
-/// The migrations in migrations/, compiled in.
+/// One connection (a pooled one, or a transaction through `&mut *tx`).
+pub type Conn = dyn Db;
+
+/// A driver connection, whichever database it is.
+pub trait Db: Send {
+    fn kind(&mut self) -> Kind<'_>;
+    fn postgres(&self) -> bool;
+}
+
+/// The driver's own connection, for [`on!`].
+pub enum Kind<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+impl Db for SqliteConnection {
+    fn kind(&mut self) -> Kind<'_> {
+        Kind::Sqlite(self)
+    }
+    fn postgres(&self) -> bool {
+        false
+    }
+}
+
+impl Db for PgConnection {
+    fn kind(&mut self) -> Kind<'_> {
+        Kind::Postgres(self)
+    }
+    fn postgres(&self) -> bool {
+        true
+    }
+}
+
+/// A statement's text for the database at hand: SQLite's as written, the
+/// PostgreSQL spelling from [`postgres::text`]. Inside [`on!`] a statement
+/// is written `sqlx::query(conn.sql("..."))`.
+pub trait Dialect {
+    fn sql<'s>(&self, text: &'s str) -> &'s str;
+}
+
+impl Dialect for SqliteConnection {
+    fn sql<'s>(&self, text: &'s str) -> &'s str {
+        text
+    }
+}
+
+impl Dialect for sqlx::SqlitePool {
+    fn sql<'s>(&self, text: &'s str) -> &'s str {
+        text
+    }
+}
+
+impl Dialect for PgConnection {
+    fn sql<'s>(&self, text: &'s str) -> &'s str {
+        postgres::text(text)
+    }
+}
+
+impl Dialect for sqlx::PgPool {
+    fn sql<'s>(&self, text: &'s str) -> &'s str {
+        postgres::text(text)
+    }
+}
+
+/// A connection taken from a [`Pool`]; back to it when dropped.
+pub enum Pooled {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Deref for Pooled {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            Pooled::Sqlite(c) => &**c,
+            Pooled::Postgres(c) => &**c,
+        }
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Pooled::Sqlite(c) => &mut **c,
+            Pooled::Postgres(c) => &mut **c,
+        }
+    }
+}
+
+impl<DB: sqlx::Database> Db for PoolConnection<DB>
+where
+    DB::Connection: Db,
+{
+    fn kind(&mut self) -> Kind<'_> {
+        (**self).kind()
+    }
+    fn postgres(&self) -> bool {
+        (**self).postgres()
+    }
+}
+
+impl Db for Pooled {
+    fn kind(&mut self) -> Kind<'_> {
+        (**self).kind()
+    }
+    fn postgres(&self) -> bool {
+        (**self).postgres()
+    }
+}
+
+impl Db for Tx<'_> {
+    fn kind(&mut self) -> Kind<'_> {
+        (**self).kind()
+    }
+    fn postgres(&self) -> bool {
+        (**self).postgres()
+    }
+}
+
+/// A transaction: committed by [`Tx::commit`], rolled back when dropped.
+pub enum Tx<'c> {
+    Sqlite(sqlx::Transaction<'c, Sqlite>),
+    Postgres(sqlx::Transaction<'c, Postgres>),
+}
+
+impl Tx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await,
+            Tx::Postgres(t) => t.rollback().await,
+        }
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            Tx::Sqlite(t) => &**t,
+            Tx::Postgres(t) => &**t,
+        }
+    }
+}
+
+impl DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Tx::Sqlite(t) => &mut **t,
+            Tx::Postgres(t) => &mut **t,
+        }
+    }
+}
+
+impl Pool {
+    pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(p) => Pooled::Sqlite(p.acquire().await?),
+            Pool::Postgres(p) => Pooled::Postgres(p.acquire().await?),
+        })
+    }
+
+    /// A plain transaction (reads; see [`write`] for read-then-write).
+    pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Pool::Postgres(_))
+    }
+}
+
+/// A transaction inside `conn` (a savepoint when one is open already).
+pub async fn begin(conn: &mut Conn) -> Result<Tx<'_>, sqlx::Error> {
+    use sqlx::Connection;
+    Ok(match conn.kind() {
+        Kind::Sqlite(c) => Tx::Sqlite(c.begin().await?),
+        Kind::Postgres(c) => Tx::Postgres(c.begin().await?),
+    })
+}
+
+/// A write transaction: it takes the database's one write lock at once
+/// (SQLite's `BEGIN IMMEDIATE`; on PostgreSQL a transaction-scoped advisory
+/// lock, freed at commit), so two processes that read, then write (two
+/// instances signing up one address) run one after the other instead of
+/// failing half-way. The one way every module starts a write.
+pub async fn write(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
+    match pool {
+        Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+        Pool::Postgres(p) => {
+            let mut tx = p.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(postgres::WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Tx::Postgres(tx))
+        }
+    }
+}
+
+/// [`write`] on a connection already taken (a bulk import's).
+pub async fn write_on(conn: &mut Conn) -> Result<Tx<'_>, sqlx::Error> {
+    use sqlx::Connection;
+    match conn.kind() {
+        Kind::Sqlite(c) => Ok(Tx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?)),
+        Kind::Postgres(c) => {
+            let mut tx = c.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(postgres::WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Tx::Postgres(tx))
+        }
+    }
+}
+
+/// The SQLite migrations in migrations/sqlite/, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The same schema for PostgreSQL, version for version.
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Errors a store function reports to its caller in words a user understands.
 /// [`StoreError::is_busy`] tells a database held by another writer (try
@@ -59,89 +308,68 @@ impl StoreError {
     }
 }
 
-/// Opens (creating if needed) the database file with WAL, foreign keys and a
-/// busy timeout, and applies pending migrations.
-pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
+/// Opens the database `settings` name (the SQLite file, created when
+/// missing, or the PostgreSQL server at `database.url`) and applies pending
+/// migrations unless `database.auto_migrate` is off, in which case a schema
+/// older than this binary's is refused with a message saying what to run.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     let pool = open(settings).await?;
-    migrate(&pool).await?;
+    if settings.auto_migrate {
+        migrate(&pool).await?;
+    } else {
+        let (applied, known) = (schema_version(&pool).await?, known_version(&pool));
+        anyhow::ensure!(
+            applied == known,
+            "the database schema is at version {applied} and this paperpost needs {known}; \
+             database.auto_migrate is off, so run `paperpost migrate` as a role that may \
+             change the schema"
+        );
+    }
     Ok(pool)
 }
 
 /// Opens the pool without migrating.
-pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
-    let path = &settings.path;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    match &settings.url {
+        Some(url) => Ok(Pool::Postgres(postgres::open(settings, url).await?)),
+        None => Ok(Pool::Sqlite(sqlite::open(settings).await?)),
     }
-    let options = SqliteConnectOptions::from_str("sqlite:")?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(settings.busy_timeout)
-        .pragma("temp_store", "file")
-        // A bulk import's merge legitimately runs for seconds; only warn past a minute.
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(settings.max_connections)
-        // A connection is a file handle, not a socket that can go stale: testing
-        // it on every acquire costs a round trip to its worker thread.
-        .test_before_acquire(false)
-        .after_release(|conn, _| Box::pin(async move { Ok(known_state(conn)) }))
-        .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))?;
-    Ok(pool)
 }
 
-/// Opens an existing database to read only: no migration, no file created
-/// (a backup copies the schema it finds, whatever release made it).
-pub async fn open_read_only(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
-    let path = &settings.path;
-    let options = SqliteConnectOptions::from_str("sqlite:")?
-        .filename(path)
-        .read_only(true)
-        .busy_timeout(settings.busy_timeout);
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))
+/// Opens an existing database to read only: no migration, no file created.
+pub async fn open_read_only(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    match &settings.url {
+        Some(url) => Ok(Pool::Postgres(postgres::open(settings, url).await?)),
+        None => Ok(Pool::Sqlite(sqlite::open_read_only(settings).await?)),
+    }
 }
 
 /// One connection for every write a process makes (the delivery engine's
 /// outcomes and claims, the web endpoint's unsubscribes and sign-ups), so
-/// concurrent writers queue here, in order, instead of in SQLite's busy
-/// handler, which sleeps for milliseconds at a time.
-pub fn writer(pool: &SqlitePool) -> SqlitePool {
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .after_release(|conn, _| Box::pin(async move { Ok(known_state(conn)) }))
-        .connect_lazy_with((*pool.connect_options()).clone())
+/// concurrent writers queue here, in order, instead of in the database.
+pub fn writer(pool: &Pool) -> Pool {
+    match pool {
+        Pool::Sqlite(p) => Pool::Sqlite(sqlite::writer(p)),
+        Pool::Postgres(p) => Pool::Postgres(postgres::writer(p)),
+    }
 }
 
-/// Whether a connection handed back to its pool may be used again: not one
-/// still inside a transaction (a write failed and its ROLLBACK failed too,
-/// as after SQLITE_FULL, where SQLite rolls back by itself): reused, its next
-/// BEGIN would become a SAVEPOINT and nothing it wrote would be committed.
-/// It is closed instead, and the pool opens a new one.
-fn known_state(conn: &mut sqlx::SqliteConnection) -> bool {
-    use sqlx::Connection;
-    let clean = !conn.is_in_transaction();
-    if !clean {
-        tracing::warn!("a database connection was left inside a transaction; replacing it");
+fn migrator(pool: &Pool) -> &'static sqlx::migrate::Migrator {
+    match pool {
+        Pool::Sqlite(_) => &MIGRATOR,
+        Pool::Postgres(_) => &PG_MIGRATOR,
     }
-    clean
+}
+
+/// The newest schema version this binary knows.
+pub fn known_version(pool: &Pool) -> i64 {
+    migrator(pool).iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// Applies pending migrations, logging what it did. A database that a newer
 /// paperpost has migrated further is refused with a clear message, untouched.
-pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
-    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+pub async fn migrate(pool: &Pool) -> anyhow::Result<()> {
+    let known = known_version(pool);
     let applied = schema_version(pool).await?;
     if applied > known {
         anyhow::bail!(
@@ -150,13 +378,13 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
              backup made before the upgrade"
         );
     }
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("cannot apply database migrations")?;
-    allow_complaints(pool)
-        .await
-        .context("cannot apply database migrations (unsubscribed_by 'complaint')")?;
+    match pool {
+        Pool::Sqlite(p) => sqlite::migrate(p).await?,
+        Pool::Postgres(p) => PG_MIGRATOR
+            .run(p)
+            .await
+            .context("cannot apply database migrations")?,
+    }
     // An upgrade is worth a line; creating a new database is not (on a first
     // run the first line of standard error should be the error, if any).
     if applied > 0 && applied < known {
@@ -167,80 +395,39 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lets `subscribers.unsubscribed_by` say 'complaint' (issue 18). SQLite
-/// cannot alter a CHECK constraint, and rebuilding the table inside a
-/// migration's transaction would cascade-delete every delivery (foreign keys
-/// cannot be turned off there): the table's recorded SQL is edited in place,
-/// with the schema version raised so every connection reads it again, as
-/// SQLite documents for such changes. Idempotent; checked at every start.
-async fn allow_complaints(pool: &SqlitePool) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
-    let sql: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'subscribers'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if sql.contains("'complaint'") {
-        return Ok(());
-    }
-    let (old, new) = ("'sync', 'bounce'))", "'sync', 'bounce', 'complaint'))");
-    anyhow::ensure!(
-        sql.contains(old),
-        "the subscribers table is not as expected"
-    );
-    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let edited = async {
-        let version: i64 = sqlx::query_scalar("PRAGMA schema_version")
-            .fetch_one(&mut *conn)
-            .await?;
-        sqlx::raw_sql("PRAGMA writable_schema = ON").execute(&mut *conn).await?;
-        sqlx::query("UPDATE sqlite_schema SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'subscribers'")
-            .bind(old)
-            .bind(new)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::raw_sql(&format!("PRAGMA schema_version = {}", version + 1))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::raw_sql("PRAGMA writable_schema = OFF").execute(&mut *conn).await?;
-        anyhow::Ok(())
-    }
-    .await;
-    let end = if edited.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    sqlx::raw_sql(end).execute(&mut *conn).await?;
-    edited?;
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut *conn)
-        .await?;
-    anyhow::ensure!(check == "ok", "integrity check after the edit: {check}");
-    Ok(())
-}
-
 /// The newest migration applied to the database (0 for a new one).
-pub async fn schema_version(pool: &SqlitePool) -> Result<i64, StoreError> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_one(pool)
-    .await?;
+pub async fn schema_version(pool: &Pool) -> Result<i64, StoreError> {
+    let exists: bool = match pool {
+        Pool::Sqlite(p) => sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(p)
+        .await?,
+        Pool::Postgres(p) => {
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(p)
+                .await?
+        }
+    };
     if !exists {
         return Ok(0);
     }
-    Ok(
-        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?,
-    )
+    let sql = "SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success";
+    Ok(on_pool!(pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
 }
 
-/// A consistent copy of the database in `to` (which must not exist), made
-/// while other processes read and write it (`VACUUM INTO`).
-pub async fn backup(pool: &SqlitePool, to: &std::path::Path) -> Result<(), StoreError> {
-    sqlx::query("VACUUM INTO ?")
-        .bind(to.to_string_lossy().into_owned())
-        .execute(pool)
-        .await?;
-    Ok(())
+/// A consistent copy of the SQLite database in `to` (which must not exist),
+/// made while other processes read and write it (`VACUUM INTO`). PostgreSQL
+/// has its own tools for this, and paperpost points at them.
+pub async fn backup(pool: &Pool, to: &std::path::Path) -> Result<(), StoreError> {
+    match pool {
+        Pool::Sqlite(p) => sqlite::backup(p, to).await,
+        Pool::Postgres(_) => Err(StoreError::Conflict(
+            "paperpost backup copies the SQLite file; on PostgreSQL use pg_dump \
+             (or the server's own base backups and point-in-time recovery)"
+                .into(),
+        )),
+    }
 }
 
 /// Now, as stored: Unix epoch milliseconds.
@@ -285,9 +472,9 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Whether the database answers (for /healthz).
-pub async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
-    sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(pool)
-        .await?;
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    on_pool!(pool => {
+        sqlx::query("SELECT 1").execute(pool).await?;
+    });
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! Paper and selection queries.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
+use sqlx::{Row, postgres::PgRow, sqlite::SqliteRow};
 
-use super::{StoreError, now_ms};
+use super::{Conn, Dialect, StoreError, now_ms};
 use crate::domain::{Paper, PaperId, SelectionOrigin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,38 +15,53 @@ pub enum Upsert {
 
 const COLUMNS: &str = "p.id, p.title, p.abstract, p.authors, p.keywords, p.upvotes, p.num_comments, p.github_repo, p.thumbnail, p.published_at";
 
-fn decode(row: &SqliteRow) -> Result<Paper, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let authors: String = row.try_get("authors")?;
-    let keywords: String = row.try_get("keywords")?;
-    let published: Option<i64> = row.try_get("published_at")?;
-    Ok(Paper {
-        id: PaperId::parse(&id).map_err(|e| sqlx::Error::ColumnDecode {
-            index: "id".into(),
-            source: e.into(),
-        })?,
-        title: row.try_get("title")?,
-        abstract_text: row.try_get("abstract")?,
-        authors: serde_json::from_str(&authors).unwrap_or_default(),
-        keywords: serde_json::from_str(&keywords).unwrap_or_default(),
-        upvotes: row.try_get("upvotes")?,
-        num_comments: row.try_get("num_comments")?,
-        github_repo: row.try_get("github_repo")?,
-        thumbnail: row.try_get("thumbnail")?,
-        published_at: published.and_then(DateTime::<Utc>::from_timestamp_millis),
-    })
+/// A stored paper read from a row of either database.
+trait PaperRow {
+    fn paper(&self) -> Result<Paper, sqlx::Error>;
 }
 
+macro_rules! paper_row {
+    ($row:ty) => {
+        impl PaperRow for $row {
+            fn paper(&self) -> Result<Paper, sqlx::Error> {
+                let row = self;
+                let id: String = row.try_get("id")?;
+                let authors: String = row.try_get("authors")?;
+                let keywords: String = row.try_get("keywords")?;
+                let published: Option<i64> = row.try_get("published_at")?;
+                Ok(Paper {
+                    id: PaperId::parse(&id).map_err(|e| sqlx::Error::ColumnDecode {
+                        index: "id".into(),
+                        source: e.into(),
+                    })?,
+                    title: row.try_get("title")?,
+                    abstract_text: row.try_get("abstract")?,
+                    authors: serde_json::from_str(&authors).unwrap_or_default(),
+                    keywords: serde_json::from_str(&keywords).unwrap_or_default(),
+                    upvotes: row.try_get("upvotes")?,
+                    num_comments: row.try_get("num_comments")?,
+                    github_repo: row.try_get("github_repo")?,
+                    thumbnail: row.try_get("thumbnail")?,
+                    published_at: published.and_then(DateTime::<Utc>::from_timestamp_millis),
+                })
+            }
+        }
+    };
+}
+paper_row!(SqliteRow);
+paper_row!(PgRow);
+
 /// Inserts a paper or brings the stored copy up to date; reports which.
-pub async fn upsert(conn: &mut SqliteConnection, p: &Paper) -> Result<Upsert, StoreError> {
-    let existed: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM papers WHERE id = ?")
+pub async fn upsert(conn: &mut Conn, p: &Paper) -> Result<Upsert, StoreError> {
+    on!(conn => {
+    let existed: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT 1 FROM papers WHERE id = $1"))
         .bind(p.id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     let now = now_ms();
-    let r = sqlx::query(
+    let r = sqlx::query(conn.sql(
         "INSERT INTO papers (id, title, abstract, authors, keywords, upvotes, num_comments, github_repo, thumbnail, \
-           published_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11) \
+           published_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
          ON CONFLICT (id) DO UPDATE SET title = excluded.title, abstract = excluded.abstract, \
            authors = excluded.authors, keywords = excluded.keywords, upvotes = excluded.upvotes, \
            num_comments = excluded.num_comments, github_repo = excluded.github_repo, \
@@ -55,7 +70,7 @@ pub async fn upsert(conn: &mut SqliteConnection, p: &Paper) -> Result<Upsert, St
            OR keywords IS NOT excluded.keywords OR upvotes IS NOT excluded.upvotes \
            OR num_comments IS NOT excluded.num_comments OR github_repo IS NOT excluded.github_repo \
            OR thumbnail IS NOT excluded.thumbnail OR published_at IS NOT excluded.published_at",
-    )
+    ))
     .bind(p.id.as_str())
     .bind(&p.title)
     .bind(&p.abstract_text)
@@ -74,15 +89,14 @@ pub async fn upsert(conn: &mut SqliteConnection, p: &Paper) -> Result<Upsert, St
         (true, true) => Upsert::Updated,
         (true, false) => Upsert::Unchanged,
     })
+    })
 }
 
 /// The ids selected for `date`, in the editor's order.
-pub async fn selection_ids(
-    conn: &mut SqliteConnection,
-    date: NaiveDate,
-) -> Result<Vec<PaperId>, StoreError> {
+pub async fn selection_ids(conn: &mut Conn, date: NaiveDate) -> Result<Vec<PaperId>, StoreError> {
+    on!(conn => {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT paper_id FROM selections WHERE edition_date = ? ORDER BY position")
+        sqlx::query_as(conn.sql("SELECT paper_id FROM selections WHERE edition_date = $1 ORDER BY position"))
             .bind(date.to_string())
             .fetch_all(conn)
             .await?;
@@ -90,15 +104,17 @@ pub async fn selection_ids(
         .into_iter()
         .filter_map(|(id,)| PaperId::parse(&id).ok())
         .collect())
+    })
 }
 
 /// Makes `ids` the selection for `date`, in that order. Returns false when it
 /// already was. Every id must name a stored paper.
 pub async fn replace_selection(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     date: NaiveDate,
     ids: &[PaperId],
 ) -> Result<bool, StoreError> {
+    on!(conn => {
     if selection_ids(&mut *conn, date).await? == ids {
         return Ok(false);
     }
@@ -109,12 +125,12 @@ pub async fn replace_selection(
             missing.join(", ")
         )));
     }
-    sqlx::query("DELETE FROM selections WHERE edition_date = ?")
+    sqlx::query(conn.sql("DELETE FROM selections WHERE edition_date = $1"))
         .bind(date.to_string())
         .execute(&mut *conn)
         .await?;
     for (pos, id) in ids.iter().enumerate() {
-        sqlx::query("INSERT INTO selections (edition_date, position, paper_id) VALUES (?, ?, ?)")
+        sqlx::query(conn.sql("INSERT INTO selections (edition_date, position, paper_id) VALUES ($1, $2, $3)"))
             .bind(date.to_string())
             .bind(pos as i64 + 1)
             .bind(id.as_str())
@@ -129,16 +145,15 @@ pub async fn replace_selection(
             })?;
     }
     Ok(true)
+    })
 }
 
 /// The ids among `ids` that no stored paper has.
-pub async fn missing_ids(
-    conn: &mut SqliteConnection,
-    ids: &[PaperId],
-) -> Result<Vec<String>, StoreError> {
+pub async fn missing_ids(conn: &mut Conn, ids: &[PaperId]) -> Result<Vec<String>, StoreError> {
+    on!(conn => {
     let mut missing = Vec::new();
     for id in ids {
-        let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM papers WHERE id = ?")
+        let found: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT 1 FROM papers WHERE id = $1"))
             .bind(id.as_str())
             .fetch_optional(&mut *conn)
             .await?;
@@ -147,69 +162,71 @@ pub async fn missing_ids(
         }
     }
     Ok(missing)
+    })
 }
 
 /// The papers selected for `date`, in the editor's order.
-pub async fn selection(
-    conn: &mut SqliteConnection,
-    date: NaiveDate,
-) -> Result<Vec<Paper>, StoreError> {
+pub async fn selection(conn: &mut Conn, date: NaiveDate) -> Result<Vec<Paper>, StoreError> {
+    on!(conn => {
     let sql = format!(
-        "SELECT {COLUMNS} FROM selections s JOIN papers p ON p.id = s.paper_id WHERE s.edition_date = ? ORDER BY s.position"
+        "SELECT {COLUMNS} FROM selections s JOIN papers p ON p.id = s.paper_id WHERE s.edition_date = $1 ORDER BY s.position"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(conn.sql(&sql))
         .bind(date.to_string())
         .fetch_all(conn)
         .await?;
-    Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+    Ok(rows.iter().map(PaperRow::paper).collect::<Result<_, _>>()?)
+    })
 }
 
 /// A fingerprint of `date`'s selection: it changes when the selection or
 /// one of its papers does.
-pub async fn selection_version(
-    conn: &mut SqliteConnection,
-    date: NaiveDate,
-) -> Result<String, StoreError> {
-    Ok(sqlx::query_scalar(
+pub async fn selection_version(conn: &mut Conn, date: NaiveDate) -> Result<String, StoreError> {
+    on!(conn => {
+    Ok(sqlx::query_scalar(conn.sql(
         "SELECT coalesce(group_concat(s.paper_id || '@' || p.updated_at, ' '), '') FROM \
-           (SELECT paper_id FROM selections WHERE edition_date = ? ORDER BY position) s \
+           (SELECT paper_id FROM selections WHERE edition_date = $1 ORDER BY position) s \
          JOIN papers p ON p.id = s.paper_id",
-    )
+    ))
     .bind(date.to_string())
     .fetch_one(conn)
     .await?)
+    })
 }
 
 /// Every stored paper, newest first.
-pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<Paper>, StoreError> {
+pub async fn all(conn: &mut Conn) -> Result<Vec<Paper>, StoreError> {
+    on!(conn => {
     let sql = format!("SELECT {COLUMNS} FROM papers p ORDER BY p.published_at DESC, p.id");
-    let rows = sqlx::query(&sql).fetch_all(conn).await?;
-    Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+    let rows = sqlx::query(conn.sql(&sql)).fetch_all(conn).await?;
+    Ok(rows.iter().map(PaperRow::paper).collect::<Result<_, _>>()?)
+    })
 }
 
 /// Dates that have a selection, newest first, with how many papers each holds.
-pub async fn selected_dates(
-    conn: &mut SqliteConnection,
-) -> Result<Vec<(NaiveDate, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
+pub async fn selected_dates(conn: &mut Conn) -> Result<Vec<(NaiveDate, i64)>, StoreError> {
+    on!(conn => {
+    let rows: Vec<(String, i64)> = sqlx::query_as(conn.sql(
         "SELECT edition_date, count(*) FROM selections GROUP BY edition_date ORDER BY edition_date DESC",
-    )
+    ))
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
         .filter_map(|(d, n)| d.parse().ok().map(|d| (d, n)))
         .collect())
+    })
 }
 
 /// Who made `date`'s selection: `None` if nothing is selected; a selection
 /// older than the record of origins counts as the editor's file import.
 pub async fn selection_origin(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     date: NaiveDate,
 ) -> Result<Option<SelectionOrigin>, StoreError> {
+    on!(conn => {
     let row: Option<String> =
-        sqlx::query_scalar("SELECT origin FROM selection_origins WHERE edition_date = ?")
+        sqlx::query_scalar(conn.sql("SELECT origin FROM selection_origins WHERE edition_date = $1"))
             .bind(date.to_string())
             .fetch_optional(&mut *conn)
             .await?;
@@ -220,24 +237,27 @@ pub async fn selection_origin(
         None if selection_ids(&mut *conn, date).await?.is_empty() => None,
         None => Some(SelectionOrigin::File),
     })
+    })
 }
 
 /// Records who made `date`'s selection.
 pub async fn set_origin(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     date: NaiveDate,
     origin: SelectionOrigin,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO selection_origins (edition_date, origin, at) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (edition_date) DO UPDATE SET origin = ?2, at = ?3",
-    )
+    on!(conn => {
+    sqlx::query(conn.sql(
+        "INSERT INTO selection_origins (edition_date, origin, at) VALUES ($1, $2, $3) \
+         ON CONFLICT (edition_date) DO UPDATE SET origin = $2, at = $3",
+    ))
     .bind(date.to_string())
     .bind(origin.as_str())
     .bind(super::now_ms())
     .execute(conn)
     .await?;
     Ok(())
+    })
 }
 
 /// The last fetch: its date, when, whether it worked, and what happened.
@@ -250,15 +270,16 @@ pub struct FetchRecord {
 }
 
 pub async fn record_fetch(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     date: NaiveDate,
     ok: bool,
     message: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO fetch_status (id, edition_date, at, ok, message) VALUES (1, ?1, ?2, ?3, ?4) \
-         ON CONFLICT (id) DO UPDATE SET edition_date = ?1, at = ?2, ok = ?3, message = ?4",
-    )
+    on!(conn => {
+    sqlx::query(conn.sql(
+        "INSERT INTO fetch_status (id, edition_date, at, ok, message) VALUES (1, $1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET edition_date = $1, at = $2, ok = $3, message = $4",
+    ))
     .bind(date.to_string())
     .bind(super::now_ms())
     .bind(ok)
@@ -266,12 +287,15 @@ pub async fn record_fetch(
     .execute(conn)
     .await?;
     Ok(())
+    })
 }
 
-pub async fn last_fetch(conn: &mut SqliteConnection) -> Result<Option<FetchRecord>, StoreError> {
+pub async fn last_fetch(conn: &mut Conn) -> Result<Option<FetchRecord>, StoreError> {
+    on!(conn => {
     Ok(
-        sqlx::query_as("SELECT edition_date, at, ok, message FROM fetch_status WHERE id = 1")
+        sqlx::query_as(conn.sql("SELECT edition_date, at, ok, message FROM fetch_status WHERE id = 1"))
             .fetch_optional(conn)
             .await?,
     )
+    })
 }

@@ -439,7 +439,7 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
     let keys = paperpost::security::Keys::from_bytes(crate::support::SECRET.as_bytes());
     sqlx::query("INSERT INTO editions (edition_date, started_at, started_by) VALUES ('2024-03-11', ?, 'send')")
         .bind(now)
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     for i in 0..50 {
@@ -452,7 +452,7 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
         .bind(keys.subscriber_token_hash(&format!("u{i}")))
         .bind(now)
         .bind(now)
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
         sqlx::query(
@@ -463,7 +463,7 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
         .bind(now)
         .bind(now)
         .bind(now)
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
         sqlx::query(
@@ -471,7 +471,7 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
         )
         .bind(i + 1)
         .bind(now)
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     }
@@ -480,22 +480,22 @@ async fn the_upgrade_keeps_every_row_and_allows_complaints() {
     let pool = s.pool_unmigrated().await;
     for table in ["subscribers", "deliveries", "token_events"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&pool)
+            .fetch_one(crate::support::sqlite(&pool))
             .await
             .unwrap();
         assert_eq!(n, 50, "{table}");
     }
     let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     assert_eq!(check, "ok");
     sqlx::query("UPDATE subscribers SET status = 'unsubscribed', unsubscribed_by = 'complaint' WHERE id = 1")
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     let refused = sqlx::query("UPDATE subscribers SET unsubscribed_by = 'nonsense' WHERE id = 2")
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await;
     assert!(refused.is_err(), "the CHECK still holds for anything else");
 }
@@ -565,7 +565,7 @@ async fn soft_bounces_age_out_and_unbounce_starts_afresh() {
     // Twenty days pass for those two.
     let pool = s.pool().await;
     sqlx::query("UPDATE bounces SET occurred_at = occurred_at - 20 * 86400000")
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     assert_eq!(

@@ -526,7 +526,7 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     let pool = s.pool().await;
     for _ in 0..600 {
         let held: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler_lock")
-            .fetch_one(&pool)
+            .fetch_one(crate::support::sqlite(&pool))
             .await
             .unwrap();
         if held > 0 {
@@ -540,7 +540,7 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
         .unwrap();
     sqlx::query("UPDATE deliveries SET status = 'sending', lease_until = ?")
         .bind(paperpost::store::now_ms() - 1)
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     wait_for("the stranded rows", || server.accepted().len() >= 3).await;
@@ -689,7 +689,7 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         "SELECT d.next_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
          WHERE s.email = 'ahead@example.org'",
     )
-    .fetch_one(&pool)
+    .fetch_one(crate::support::sqlite(&pool))
     .await
     .unwrap();
     let in_two_hours = (fire + chrono::Duration::hours(5)).timestamp_millis();
@@ -726,7 +726,7 @@ async fn the_file_transport_replaces_a_resent_message() {
     sqlx::query(
         "UPDATE deliveries SET status = 'queued' WHERE id = (SELECT min(id) FROM deliveries)",
     )
-    .execute(&pool)
+    .execute(crate::support::sqlite(&pool))
     .await
     .unwrap();
     pool.close().await;
@@ -754,7 +754,7 @@ async fn one_row_that_does_not_decode_fails_that_row_only() {
     let pool = s.pool().await;
     sqlx::query("UPDATE subscribers SET timezone = 'Mars/Base' WHERE email = ?")
         .bind(email(1))
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     pool.close().await;
@@ -787,7 +787,7 @@ async fn the_daemon_exits_non_zero_when_the_engine_fails() {
     daemon.wait_log("paperpost is running").await;
     let pool = s.pool().await;
     sqlx::query("ALTER TABLE deliveries RENAME TO deliveries_gone")
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     let out = daemon.finish().await;

@@ -25,7 +25,7 @@ async fn set_holder(s: &Sandbox, holder: &str, for_ms: i64) {
     )
     .bind(holder)
     .bind(paperpost::store::now_ms() + for_ms)
-    .execute(&pool)
+    .execute(crate::support::sqlite(&pool))
     .await
     .unwrap();
 }
@@ -181,7 +181,7 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     let s = setup(3);
     queue_edition(&s, DATE).await;
     let pool = s.pool().await;
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
     let ttl = 60_000;
     assert!(
         deliveries::try_lock(&mut conn, "a", ttl, None)

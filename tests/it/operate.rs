@@ -37,7 +37,7 @@ async fn a_backup_taken_while_an_edition_sends_restores_to_a_working_database() 
     // show in it.
     let committed = sent(&s);
     let pool = s.pool().await;
-    let mut writer = pool.acquire().await.unwrap();
+    let mut writer = crate::support::sqlite(&pool).acquire().await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *writer)
         .await
@@ -92,12 +92,12 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (9999, 'from the future', 1, x'00', 0)",
         )
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
         // Everything into the database file, so that its bytes say it all.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&pool)
+            .execute(crate::support::sqlite(&pool))
             .await
             .unwrap();
         pool.close().await;

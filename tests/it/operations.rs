@@ -39,7 +39,7 @@ async fn the_sweep_spares_the_rows_their_process_still_holds() {
     let s = setup(3);
     crate::support::child::queue_edition(&s, DATE).await;
     let pool = s.pool().await;
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
     assert!(
         deliveries::try_lock(&mut conn, "me", 60_000, None)
             .await
@@ -154,7 +154,7 @@ fn a_lost_secret_stops_paperpost_until_it_is_restored_or_rotated() {
             let pool = s.pool().await;
             let (uuid, hash): (String, String) =
                 sqlx::query_as("SELECT uuid, token_hash FROM subscribers")
-                    .fetch_one(&pool)
+                    .fetch_one(crate::support::sqlite(&pool))
                     .await
                     .unwrap();
             keys.subscriber_token_hash(&uuid) == hash
@@ -184,7 +184,7 @@ async fn a_database_from_the_previous_release_is_checked_against_its_tokens() {
     s.run(&["subscribers", "add", "ada@example.org"]).ok();
     let pool = s.pool().await;
     sqlx::query("DELETE FROM secret_fingerprint")
-        .execute(&pool)
+        .execute(crate::support::sqlite(&pool))
         .await
         .unwrap();
     pool.close().await;
@@ -243,7 +243,7 @@ async fn the_sweep_reaches_an_old_edition_being_sent() {
         crate::support::child::queue_edition(&s, &date).await;
     }
     let pool = s.pool().await;
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
     assert!(
         deliveries::try_lock(&mut conn, "me", 60_000, None)
             .await
@@ -371,7 +371,7 @@ async fn a_standby_never_takes_over_a_lock_that_is_being_renewed() {
             )
             .bind("elsewhere:1:1:deadbeef:1:cafe0001")
             .bind(expires_at)
-            .execute(&pool)
+            .execute(crate::support::sqlite(&pool))
             .await
             .unwrap();
         }
@@ -553,7 +553,11 @@ async fn prune_deletes_old_finished_history_and_nothing_else() {
         "INSERT INTO token_events (subscriber_id, kind, at) SELECT id, 'unsubscribe', ?1 FROM subscribers",
         "INSERT INTO fires (fire_time, handled_at, handled_by) VALUES (?1, ?1, 'schedule')",
     ] {
-        sqlx::query(sql).bind(old).execute(&pool).await.unwrap();
+        sqlx::query(sql)
+            .bind(old)
+            .execute(crate::support::sqlite(&pool))
+            .await
+            .unwrap();
     }
     let dry = s.run(&["prune", "--dry-run"]);
     assert!(
@@ -571,7 +575,7 @@ async fn prune_deletes_old_finished_history_and_nothing_else() {
     let left: Vec<(String, i64)> = sqlx::query_as(
         "SELECT edition_date, count(*) FROM deliveries GROUP BY edition_date ORDER BY 1",
     )
-    .fetch_all(&pool)
+    .fetch_all(crate::support::sqlite(&pool))
     .await
     .unwrap();
     // The queued one and the newest stay; the two finished older ones go.

@@ -91,11 +91,11 @@ async fn preview_renders_without_touching_delivery_state() {
 
     let pool = s.pool().await;
     let (editions,): (i64,) = sqlx::query_as("SELECT count(*) FROM editions")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     let (deliveries,): (i64,) = sqlx::query_as("SELECT count(*) FROM deliveries")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     assert_eq!(

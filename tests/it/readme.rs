@@ -40,12 +40,12 @@ async fn ready_comes_only_after_the_migrations_the_lock_and_the_listener() {
     // At READY=1: every migration made, the lock this process's, the
     // listener up.
     let version: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     assert_eq!(version as usize, migrations());
     let holder: String = sqlx::query_scalar("SELECT holder FROM scheduler_lock WHERE id = 1")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     assert!(holder.contains(&format!(":{}:", daemon.pid())), "{holder}");
@@ -270,7 +270,7 @@ async fn unsubscribes_that_arrive_together_are_written_together() {
     let keys = paperpost::security::Keys::from_bytes(crate::support::SECRET.as_bytes());
     let pool = s.pool().await;
     let uuids: Vec<String> = sqlx::query_scalar("SELECT uuid FROM subscribers")
-        .fetch_all(&pool)
+        .fetch_all(crate::support::sqlite(&pool))
         .await
         .unwrap();
     let conn = crate::support::WriteLock::take(&pool).await;

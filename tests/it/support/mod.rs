@@ -216,7 +216,7 @@ impl Sandbox {
     }
 
     /// Opens the sandbox database without migrating it.
-    pub async fn pool_unmigrated(&self) -> sqlx::SqlitePool {
+    pub async fn pool_unmigrated(&self) -> paperpost::store::Pool {
         paperpost::store::open(&self.database_settings())
             .await
             .unwrap()
@@ -228,10 +228,18 @@ impl Sandbox {
     }
 
     /// Opens the sandbox database with the library, as the daemon would.
-    pub async fn pool(&self) -> sqlx::SqlitePool {
+    pub async fn pool(&self) -> paperpost::store::Pool {
         paperpost::store::connect(&self.database_settings())
             .await
             .unwrap()
+    }
+}
+
+/// The SQLite pool under a store pool, for a test's own SQL.
+pub fn sqlite(pool: &paperpost::store::Pool) -> &sqlx::SqlitePool {
+    match pool {
+        paperpost::store::Pool::Sqlite(p) => p,
+        paperpost::store::Pool::Postgres(_) => panic!("this test reads SQLite's file"),
     }
 }
 
@@ -316,8 +324,8 @@ pub fn migrations() -> usize {
 pub struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>);
 
 impl WriteLock {
-    pub async fn take(pool: &sqlx::SqlitePool) -> Self {
-        let mut conn = pool.acquire().await.unwrap();
+    pub async fn take(pool: &paperpost::store::Pool) -> Self {
+        let mut conn = crate::support::sqlite(pool).acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut *conn)
             .await

@@ -94,7 +94,10 @@ impl Site {
 
     /// Adds an active subscriber; returns their link token.
     async fn subscriber(&self, email: &str) -> String {
-        let mut conn = self.app.pool.acquire().await.unwrap();
+        let mut conn = crate::support::sqlite(&self.app.pool)
+            .acquire()
+            .await
+            .unwrap();
         let s = subs::insert(
             &mut conn,
             &self.app.keys,
@@ -109,7 +112,10 @@ impl Site {
     }
 
     async fn get_subscriber(&self, email: &str) -> subs::Subscriber {
-        let mut conn = self.app.pool.acquire().await.unwrap();
+        let mut conn = crate::support::sqlite(&self.app.pool)
+            .acquire()
+            .await
+            .unwrap();
         subs::get_by_email(&mut conn, email).await.unwrap()
     }
 
@@ -198,7 +204,7 @@ impl Site {
 
     async fn events(&self) -> Vec<(String, String, Option<String>)> {
         sqlx::query_as("SELECT kind, channel, user_agent FROM token_events ORDER BY id")
-            .fetch_all(&self.app.pool)
+            .fetch_all(crate::support::sqlite(&self.app.pool))
             .await
             .unwrap()
     }
@@ -266,7 +272,10 @@ async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempote
     let s = site.get_subscriber("ada@example.org").await;
     assert_eq!(s.status, SubscriberStatus::Unsubscribed);
     assert_eq!(s.unsubscribed_by, Some(paperpost::domain::EndedBy::Link));
-    let mut conn = site.app.pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&site.app.pool)
+        .acquire()
+        .await
+        .unwrap();
     let counts = store::deliveries::counts(&mut conn, date).await.unwrap();
     assert_eq!(
         (counts.cancelled, counts.queued),
@@ -370,7 +379,10 @@ async fn a_link_unsubscribe_after_a_sync_deactivated_them_is_theirs() {
     let site = Site::new().await;
     let token = site.subscriber("ada@example.org").await;
     let s = site.get_subscriber("ada@example.org").await;
-    let mut conn = site.app.pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&site.app.pool)
+        .acquire()
+        .await
+        .unwrap();
     subs::end_subscription(
         &mut conn,
         s.id,
@@ -505,7 +517,10 @@ async fn resubscribe_undoes_a_link_unsubscribe_but_not_an_operator_removal() {
     );
 
     // Removed by the operator: the link cannot bring them back.
-    let mut conn = site.app.pool.acquire().await.unwrap();
+    let mut conn = crate::support::sqlite(&site.app.pool)
+        .acquire()
+        .await
+        .unwrap();
     let s = site.get_subscriber("ada@example.org").await;
     subs::end_subscription(
         &mut conn,
@@ -1086,7 +1101,7 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
     sqlx::query(
         "UPDATE subscribers SET timezone = 'Mars/Olympus_Mons' WHERE email = 'bob@example.org'",
     )
-    .execute(&site.app.pool)
+    .execute(crate::support::sqlite(&site.app.pool))
     .await
     .unwrap();
     // Both arrive while another process holds the database: one batch.
@@ -1107,7 +1122,7 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(b.status, StatusCode::OK, "{}", b.body);
     let status: Vec<String> = sqlx::query_scalar("SELECT status FROM subscribers ORDER BY email")
-        .fetch_all(&site.app.pool)
+        .fetch_all(crate::support::sqlite(&site.app.pool))
         .await
         .unwrap();
     assert_eq!(status, ["unsubscribed", "unsubscribed"]);
@@ -1186,7 +1201,7 @@ async fn logs_never_carry_a_token() {
     let keys = paperpost::security::Keys::from_bytes(support::SECRET.as_bytes());
     let pool = s.pool().await;
     let uuid: String = sqlx::query_scalar("SELECT uuid FROM subscribers")
-        .fetch_one(&pool)
+        .fetch_one(crate::support::sqlite(&pool))
         .await
         .unwrap();
     let token = keys.subscriber_token(&uuid);

@@ -27,7 +27,7 @@ fn now() -> i64 {
 
 async fn count_reports(site: &Site) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM bounces")
-        .fetch_one(&site.app.pool)
+        .fetch_one(crate::support::sqlite(&site.app.pool))
         .await
         .unwrap()
 }

@@ -1,0 +1,1 @@
+CREATE INDEX deliveries_errors ON deliveries (updated_at) WHERE last_error IS NOT NULL;
