@@ -91,6 +91,17 @@ pub struct DatabaseSettings {
     pub auto_migrate: bool,
 }
 
+impl DatabaseSettings {
+    /// The database for people and logs: the SQLite file's path, or the
+    /// PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(url) => url.to_string(),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
 /// A `postgres://` URL. Its password is kept out of `Debug`, `Display` and
 /// every log line; [`DatabaseUrl::expose`] gives the whole URL to the driver.
 #[derive(Clone, PartialEq, Eq)]

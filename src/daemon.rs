@@ -254,7 +254,7 @@ async fn serve(
         timezone = %settings.schedule.timezone,
         next = ?next.map(|t| t.to_rfc3339()),
         mail = %engine.describe_transport(),
-        database = %settings.database.path.display(),
+        database = %settings.database.describe(),
         "paperpost is running"
     );
     let _ = tokio::time::timeout(FIRST_FETCH_PATIENCE, first_fetch).await;

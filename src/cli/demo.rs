@@ -31,7 +31,7 @@ pub async fn demo(ctx: &App) -> anyhow::Result<()> {
     };
     println!(
         "paperpost demo: database {}",
-        ctx.settings.database.path.display()
+        ctx.settings.database.describe()
     );
 
     step("Importing the bundled sample papers (Hugging Face daily_papers JSON)");

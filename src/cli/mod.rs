@@ -395,12 +395,13 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let pool = store::connect(&settings.database).await?;
-            let applied = store::MIGRATOR.iter().count();
+            let pool = store::open(&settings.database).await?;
+            store::migrate(&pool).await?;
+            let applied = store::schema_version(&pool).await?;
             pool.close().await;
             println!(
-                "database {} is up to date ({applied} migrations)",
-                settings.database.path.display()
+                "database {} is up to date (schema version {applied})",
+                settings.database.describe()
             );
             Ok(())
         }
@@ -475,7 +476,7 @@ async fn backup(settings: &Settings, file: &std::path::Path) -> anyhow::Result<(
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     println!(
         "Backed up {} to {} ({:.1} MB)",
-        settings.database.path.display(),
+        settings.database.describe(),
         file.display(),
         size as f64 / 1e6
     );

@@ -179,7 +179,7 @@ pub async fn uncount(conn: &mut Conn, subscribers: &[i64]) -> Result<(), StoreEr
     let ids = serde_json::to_string(subscribers).expect("integers serialize");
     sqlx::query(conn.sql(
         "UPDATE bounces SET counted = 0 WHERE counted = 1 \
-         AND subscriber_id IN (SELECT value FROM json_each($1))",
+         AND subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_each($1))",
     ))
     .bind(ids)
     .execute(conn)

@@ -146,7 +146,7 @@ pub async fn mark_sent_many(conn: &mut Conn, token: i64, json: &str) -> Result<u
     let r = sqlx::query(conn.sql(
         "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
          sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
-         FROM json_each($2) AS j WHERE deliveries.id = j.value ->> 'id' \
+         FROM json_each($2) AS j WHERE deliveries.id = CAST(j.value ->> 'id' AS BIGINT) \
            AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
     ))
     .bind(now)
@@ -279,7 +279,7 @@ pub async fn release_expired(
          WHERE (edition_date IN (SELECT edition_date FROM editions ORDER BY edition_date DESC LIMIT 14) \
                 OR edition_date = $4) \
            AND status = 'sending' AND lease_until < $1 AND {} \
-           AND id NOT IN (SELECT value FROM json_each($3))",
+           AND id NOT IN (SELECT CAST(value AS BIGINT) FROM json_each($3))",
         HOLDS_LOCK.replace("$4", "$2")
     );
     Ok(sqlx::query(conn.sql(&sql))
@@ -365,7 +365,7 @@ pub async fn next_due(conn: &mut Conn, only: Option<NaiveDate>) -> Result<Option
         "SELECT min(next_attempt_at) FROM deliveries INDEXED BY deliveries_queued \
          WHERE status = 'queued' {date_filter}"
     );
-    let mut q = sqlx::query_as::<_, (Option<i64>,)>(&sql);
+    let mut q = sqlx::query_as::<_, (Option<i64>,)>(conn.sql(&sql));
     if let Some(d) = only {
         q = q.bind(d.to_string());
     }

@@ -86,7 +86,7 @@ pub async fn record_many(
         .collect();
     sqlx::query(conn.sql(
         "INSERT INTO token_events (subscriber_id, kind, at, channel, user_agent) \
-         SELECT value ->> 0, $1, $2, value ->> 1, value ->> 2 FROM json_each($3)",
+         SELECT CAST(value ->> 0 AS BIGINT), $1, $2, value ->> 1, value ->> 2 FROM json_each($3)",
     ))
     .bind(action.as_str())
     .bind(now_ms())

@@ -453,15 +453,19 @@ pub fn is_busy(e: &anyhow::Error) -> bool {
 }
 
 /// The database is held by another writer past `database.busy_timeout`
-/// (SQLITE_BUSY, SQLITE_LOCKED), or no connection came free in time: not a
-/// fault, a reason to try again shortly.
+/// (SQLITE_BUSY, SQLITE_LOCKED; on PostgreSQL a lock or serialization
+/// conflict, a server shutting down or a connection lost), or no connection
+/// came free in time: not a fault, a reason to try again shortly.
 pub fn busy(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => match d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            Some(pg) => postgres::busy_code(pg.code()),
+            None => d
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
         _ => false,
     }
 }

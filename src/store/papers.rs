@@ -54,7 +54,7 @@ paper_row!(PgRow);
 /// Inserts a paper or brings the stored copy up to date; reports which.
 pub async fn upsert(conn: &mut Conn, p: &Paper) -> Result<Upsert, StoreError> {
     on!(conn => {
-    let existed: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT 1 FROM papers WHERE id = $1"))
+    let existed: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT CAST(1 AS BIGINT) FROM papers WHERE id = $1"))
         .bind(p.id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
@@ -66,10 +66,10 @@ pub async fn upsert(conn: &mut Conn, p: &Paper) -> Result<Upsert, StoreError> {
            authors = excluded.authors, keywords = excluded.keywords, upvotes = excluded.upvotes, \
            num_comments = excluded.num_comments, github_repo = excluded.github_repo, \
            thumbnail = excluded.thumbnail, published_at = excluded.published_at, updated_at = excluded.updated_at \
-         WHERE title IS NOT excluded.title OR abstract IS NOT excluded.abstract OR authors IS NOT excluded.authors \
-           OR keywords IS NOT excluded.keywords OR upvotes IS NOT excluded.upvotes \
-           OR num_comments IS NOT excluded.num_comments OR github_repo IS NOT excluded.github_repo \
-           OR thumbnail IS NOT excluded.thumbnail OR published_at IS NOT excluded.published_at",
+         WHERE papers.title IS NOT excluded.title OR papers.abstract IS NOT excluded.abstract OR papers.authors IS NOT excluded.authors \
+           OR papers.keywords IS NOT excluded.keywords OR papers.upvotes IS NOT excluded.upvotes \
+           OR papers.num_comments IS NOT excluded.num_comments OR papers.github_repo IS NOT excluded.github_repo \
+           OR papers.thumbnail IS NOT excluded.thumbnail OR papers.published_at IS NOT excluded.published_at",
     ))
     .bind(p.id.as_str())
     .bind(&p.title)
@@ -153,7 +153,7 @@ pub async fn missing_ids(conn: &mut Conn, ids: &[PaperId]) -> Result<Vec<String>
     on!(conn => {
     let mut missing = Vec::new();
     for id in ids {
-        let found: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT 1 FROM papers WHERE id = $1"))
+        let found: Option<(i64,)> = sqlx::query_as(conn.sql("SELECT CAST(1 AS BIGINT) FROM papers WHERE id = $1"))
             .bind(id.as_str())
             .fetch_optional(&mut *conn)
             .await?;

@@ -57,8 +57,8 @@ pub async fn rekey(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError> {
             .collect();
         sqlx::query(conn.sql(
             "UPDATE subscribers SET token_hash = (SELECT value ->> 1 FROM json_each($1) \
-               WHERE value ->> 0 = subscribers.id) \
-             WHERE id IN (SELECT value ->> 0 FROM json_each($1))",
+               WHERE CAST(value ->> 0 AS BIGINT) = subscribers.id) \
+             WHERE id IN (SELECT CAST(value ->> 0 AS BIGINT) FROM json_each($1))",
         ))
         .bind(serde_json::Value::Array(rows).to_string())
         .execute(&mut *conn)

@@ -313,7 +313,7 @@ pub async fn end_subscriptions(
     let ids = serde_json::to_string(ids).expect("integers serialize");
     sqlx::query(conn.sql(
         "UPDATE subscribers SET status = $1, unsubscribed_by = $2, unsubscribed_at = $3, updated_at = $3 \
-         WHERE id IN (SELECT value FROM json_each($4))",
+         WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($4))",
     ))
     .bind(status.as_str())
     .bind(by.as_str())
@@ -323,7 +323,7 @@ pub async fn end_subscriptions(
     .await?;
     sqlx::query(conn.sql(
         "UPDATE deliveries SET status = 'cancelled', last_error = $1, updated_at = $2 \
-         WHERE subscriber_id IN (SELECT value FROM json_each($3)) AND status = 'queued'",
+         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_each($3)) AND status = 'queued'",
     ))
     .bind(format!("subscriber {}", status.as_str()))
     .bind(now)
@@ -564,7 +564,7 @@ pub async fn get_many(
 ) -> Result<std::collections::HashMap<i64, Result<Subscriber, String>>, StoreError> {
     on!(conn => {
     let sql =
-        format!("SELECT {COLUMNS} FROM subscribers WHERE id IN (SELECT value FROM json_each($1))");
+        format!("SELECT {COLUMNS} FROM subscribers WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($1))");
     let list = serde_json::to_string(ids).expect("integers serialize");
     let rows = sqlx::query(conn.sql(&sql)).bind(list).fetch_all(conn).await?;
     let mut out = std::collections::HashMap::with_capacity(rows.len());
@@ -778,10 +778,10 @@ async fn merge(
     rows: u64,
 ) -> Result<ImportReport, ImportError> {
     on!(conn => {
-    let skipped = sqlx::query_as::<_, (String, Option<String>, String, Option<String>)>(
+    let skipped = sqlx::query_as::<_, (String, Option<String>, String, Option<String>)>(conn.sql(
             "SELECT s.email, s.name, s.status, s.unsubscribed_by FROM import_rows i \
              JOIN subscribers s ON s.email = i.email WHERE s.status IN ('unsubscribed', 'bounced') ORDER BY i.line",
-        )
+        ))
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
@@ -894,7 +894,7 @@ pub async fn statuses(
     on_pool!(pool => {
     let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
     let rows: Vec<(i64, String)> = sqlx::query_as(pool.sql(
-        "SELECT id, status FROM subscribers WHERE id IN (SELECT value FROM json_each($1))",
+        "SELECT id, status FROM subscribers WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($1))",
     ))
     .bind(ids)
     .fetch_all(pool)

@@ -181,7 +181,7 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     let s = setup(3);
     queue_edition(&s, DATE).await;
     let pool = s.pool().await;
-    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
     let ttl = 60_000;
     assert!(
         deliveries::try_lock(&mut conn, "a", ttl, None)
@@ -232,11 +232,12 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
         .await
         .unwrap();
     assert_eq!(written, 0);
-    let rows: Vec<(String, Option<i64>)> =
-        sqlx::query_as("SELECT status, claimed_by FROM deliveries ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+    let rows: Vec<(String, Option<i64>)> = crate::on_db!(&pool, |p| sqlx::query_as(
+        "SELECT status, claimed_by FROM deliveries ORDER BY id"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
     assert_eq!(
         rows,
         vec![("sending".to_string(), Some(2)); 3],

@@ -39,7 +39,7 @@ async fn the_sweep_spares_the_rows_their_process_still_holds() {
     let s = setup(3);
     crate::support::child::queue_edition(&s, DATE).await;
     let pool = s.pool().await;
-    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
     assert!(
         deliveries::try_lock(&mut conn, "me", 60_000, None)
             .await
@@ -56,10 +56,12 @@ async fn the_sweep_spares_the_rows_their_process_still_holds() {
         .await
         .unwrap();
     assert_eq!(released, 1, "only the row nobody holds goes back");
-    let queued: Vec<i64> = sqlx::query_scalar("SELECT id FROM deliveries WHERE status = 'queued'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
+    let queued: Vec<i64> = crate::on_db!(&pool, |p| sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE status = 'queued'"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
     assert_eq!(queued, vec![claimed[2].id]);
 }
 
@@ -243,7 +245,7 @@ async fn the_sweep_reaches_an_old_edition_being_sent() {
         crate::support::child::queue_edition(&s, &date).await;
     }
     let pool = s.pool().await;
-    let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
     assert!(
         deliveries::try_lock(&mut conn, "me", 60_000, None)
             .await

@@ -428,7 +428,7 @@ async fn sync_manages_only_file_subscribers_and_respects_unsubscribes() {
     // Ada unsubscribes by link; Bob is dropped from the file; Ada's topics change.
     {
         let pool = s.pool().await;
-        let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
         let ada = paperpost::store::subscribers::get_by_email(&mut conn, "ada@example.org")
             .await
             .unwrap();
@@ -572,7 +572,7 @@ fn the_database_holds_no_usable_token() {
     }
     let found = rt.block_on(async {
         let pool = s.pool().await;
-        let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
         let by_token = paperpost::store::subscribers::find_by_token(&mut conn, &token)
             .await
             .unwrap();
@@ -596,7 +596,7 @@ async fn unbounce_brings_back_subscribers_bounced_since_a_time_or_by_address() {
     }
     let pool = s.pool().await;
     for e in ["recent@example.org", "old@example.org"] {
-        let mut conn = crate::support::sqlite(&pool).acquire().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
         let sub = paperpost::store::subscribers::get_by_email(&mut conn, e)
             .await
             .unwrap();

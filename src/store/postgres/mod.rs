@@ -42,6 +42,16 @@ pub fn writer(pool: &PgPool) -> PgPool {
         .connect_lazy_with((*pool.connect_options()).clone())
 }
 
+/// SQLSTATEs that mean "try again": serialization failure, deadlock, lock
+/// not available (`lock_timeout`), the server shutting down or restarting,
+/// and the connection exceptions (class 08).
+pub fn busy_code(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
+}
+
 /// The PostgreSQL text of a statement written for SQLite (with `$N`
 /// placeholders): the few spellings that differ are rewritten once per
 /// distinct text and kept, so a statement costs a map lookup after its first
@@ -79,12 +89,13 @@ pub fn translate(sql: &str) -> String {
             (r"\bmax\(([^(),]+),([^(),]+)\)", "greatest($1,$2)"),
             (r"\bmin\(([^(),]+),([^(),]+)\)", "least($1,$2)"),
             // SQLite's IS compares with NULL as a value.
-            (r"\bIS NOT (\$\d+)", "IS DISTINCT FROM $1"),
-            (r"\bIS (\$\d+)", "IS NOT DISTINCT FROM $1"),
-            // A JSON array bound as text, read element by element (as text).
+            (r"\bIS NOT (\$\d+|[a-z_]+\.[a-z_]+)", "IS DISTINCT FROM $1"),
+            (r"\bIS (\$\d+|[a-z_]+\.[a-z_]+)", "IS NOT DISTINCT FROM $1"),
+            // A JSON array bound as text, read element by element: as text,
+            // or as JSON where the statement reads fields of each element.
             (
-                r"\bjson_each\((\$\d+)\)",
-                "json_array_elements_text(CAST($1 AS json)) AS j(value)",
+                r"\bjson_each\((\$\d+)\)( AS \w+)?",
+                "JSON_ELEMENTS(CAST($1 AS json)) AS j(value)",
             ),
             (r"\bgroup_concat\(", "string_agg("),
         ]
@@ -96,6 +107,12 @@ pub fn translate(sql: &str) -> String {
     for (re, to) in RULES.iter() {
         out = re.replace_all(&out, *to).into_owned();
     }
+    let elements = if out.contains("value ->>") {
+        "json_array_elements"
+    } else {
+        "json_array_elements_text"
+    };
+    out = out.replace("JSON_ELEMENTS", elements);
     if let Some(rest) = out.strip_prefix("INSERT OR IGNORE INTO") {
         out = format!("INSERT INTO{rest} ON CONFLICT DO NOTHING");
     }
@@ -111,6 +128,10 @@ mod tests {
         assert_eq!(
             translate("SELECT count(*) FROM deliveries INDEXED BY deliveries_queued WHERE a IS $4"),
             "SELECT count(*) FROM deliveries WHERE a IS NOT DISTINCT FROM $4"
+        );
+        assert_eq!(
+            translate("WHERE title IS NOT excluded.title OR s.holder IS $1"),
+            "WHERE title IS DISTINCT FROM excluded.title OR s.holder IS NOT DISTINCT FROM $1"
         );
         assert_eq!(
             translate(

@@ -18,6 +18,71 @@ use std::{
 /// Every command runs the real `paperpost` binary there.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    pub db: TestDb,
+}
+
+/// The database of a test's installation: the SQLite file in its folder, or,
+/// when `PAPERPOST_TEST_POSTGRES` names a server (CI's second leg, from
+/// `.ci/postgres.sh`), a fresh PostgreSQL database, dropped with it.
+pub struct TestDb {
+    url: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let Ok(server) = std::env::var("PAPERPOST_TEST_POSTGRES") else {
+            return TestDb { url: None };
+        };
+        let name = format!("pp_{}", uuid::Uuid::new_v4().simple());
+        psql(&server, &format!("CREATE DATABASE {name}"));
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        TestDb {
+            url: Some((format!("{base}/{name}"), name)),
+        }
+    }
+
+    /// The `database.url` setting (an empty one for SQLite).
+    pub fn url(&self) -> &str {
+        self.url.as_ref().map_or("", |(u, _)| u.as_str())
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let (Some((_, name)), Ok(server)) =
+            (&self.url, std::env::var("PAPERPOST_TEST_POSTGRES"))
+        {
+            psql(&server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn psql(server: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", server, "-c", sql])
+        .output()
+        .expect("psql runs (PAPERPOST_TEST_POSTGRES is set)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// True on the PostgreSQL leg. A test of something only SQLite has (its
+/// file, its write lock, its backups) says so and returns.
+pub fn on_postgres(what: &str) -> bool {
+    let pg = std::env::var_os("PAPERPOST_TEST_POSTGRES").is_some();
+    if pg {
+        eprintln!("not on PostgreSQL: {what}");
+    }
+    pg
 }
 
 /// What a command printed and how it exited.
@@ -118,6 +183,7 @@ impl Sandbox {
     pub fn new() -> Self {
         Sandbox {
             dir: tempfile::tempdir().expect("temp dir"),
+            db: TestDb::new(),
         }
     }
 
@@ -156,13 +222,15 @@ impl Sandbox {
             .env("PAPERPOST__LOG__LEVEL", "warn")
             // Daemons in parallel tests each listen on ports of their own.
             .env("PAPERPOST__HTTP__BIND", "127.0.0.1:0")
-            .env("PAPERPOST__HTTP__METRICS_BIND", "127.0.0.1:0");
+            .env("PAPERPOST__HTTP__METRICS_BIND", "127.0.0.1:0")
+            .env("PAPERPOST__DATABASE__URL", self.db.url());
         for (k, _) in std::env::vars() {
             if k.starts_with("PAPERPOST__")
                 && k != "PAPERPOST__SECURITY__SECRET"
                 && k != "PAPERPOST__LOG__LEVEL"
                 && k != "PAPERPOST__HTTP__BIND"
                 && k != "PAPERPOST__HTTP__METRICS_BIND"
+                && k != "PAPERPOST__DATABASE__URL"
             {
                 c.env_remove(k);
             }
@@ -224,7 +292,11 @@ impl Sandbox {
 
     fn database_settings(&self) -> paperpost::config::DatabaseSettings {
         let db = self.db_path().display().to_string();
-        settings(&[("PAPERPOST__DATABASE__PATH", &db)]).database
+        settings(&[
+            ("PAPERPOST__DATABASE__PATH", &db),
+            ("PAPERPOST__DATABASE__URL", self.db.url()),
+        ])
+        .database
     }
 
     /// Opens the sandbox database with the library, as the daemon would.
@@ -320,20 +392,59 @@ pub fn migrations() -> usize {
 }
 
 /// The database's write lock, held as another process holds it (a large
-/// import, a backup) until `release`.
-pub struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>);
+/// import, a backup) until `release`: SQLite's, or on PostgreSQL the
+/// advisory lock every paperpost write transaction takes.
+pub enum WriteLock {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
 
 impl WriteLock {
     pub async fn take(pool: &paperpost::store::Pool) -> Self {
-        let mut conn = crate::support::sqlite(pool).acquire().await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        WriteLock(conn)
+        match pool {
+            paperpost::store::Pool::Sqlite(p) => {
+                let mut conn = p.acquire().await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                WriteLock::Sqlite(conn)
+            }
+            paperpost::store::Pool::Postgres(p) => {
+                let mut conn = p.acquire().await.unwrap();
+                sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(paperpost::store::postgres::WRITE_LOCK)
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                WriteLock::Postgres(conn)
+            }
+        }
     }
 
-    pub async fn release(mut self) {
-        sqlx::query("ROLLBACK").execute(&mut *self.0).await.unwrap();
+    pub async fn release(self) {
+        match self {
+            WriteLock::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+            }
+            WriteLock::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+            }
+        }
     }
+}
+
+/// Runs a test's own statement on whichever database `pool` is; inside,
+/// `$p` is the driver's pool and `$p.sql(TEXT)` the text for it.
+#[macro_export]
+macro_rules! on_db {
+    ($pool:expr, |$p:ident| $body:expr) => {{
+        #[allow(unused_imports)]
+        use paperpost::store::Dialect as _;
+        match $pool {
+            paperpost::store::Pool::Sqlite($p) => $body,
+            paperpost::store::Pool::Postgres($p) => $body,
+        }
+    }};
 }

@@ -30,6 +30,7 @@ const BASE: &str = "https://news.example.org";
 
 struct Site {
     dir: tempfile::TempDir,
+    db: support::TestDb,
     app: App,
     router: Router,
     /// `/metrics`, on its own listener in the daemon.
@@ -43,11 +44,12 @@ struct Reply {
     body: String,
 }
 
-fn settings(dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
+fn settings(dir: &std::path::Path, url: &str, extra: &[(&str, &str)]) -> Settings {
     let db = dir.join("pp.db").display().to_string();
     let outbox = dir.join("outbox").display().to_string();
     let mut env = vec![
         ("PAPERPOST__DATABASE__PATH", db.as_str()),
+        ("PAPERPOST__DATABASE__URL", url),
         ("PAPERPOST__SECURITY__SECRET", support::SECRET),
         ("PAPERPOST__MAIL__OUTBOX_DIR", outbox.as_str()),
         ("PAPERPOST__HTTP__PUBLIC_URL", BASE),
@@ -77,7 +79,8 @@ impl Site {
 
     async fn with(extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let app = App::open(settings(dir.path(), extra)).await.unwrap();
+        let db = support::TestDb::new();
+        let app = App::open(settings(dir.path(), db.url(), extra)).await.unwrap();
         let tracker = TaskTracker::new();
         let mailer = SignUps::start(&app, &tracker).unwrap();
         let unsubscriber = Unsubscriber::start(&app, &tracker);
@@ -85,6 +88,7 @@ impl Site {
         let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
         Site {
             dir,
+            db,
             router: router(state.clone()),
             metrics: paperpost::web::metrics_router(state.clone()),
             state,
@@ -94,8 +98,7 @@ impl Site {
 
     /// Adds an active subscriber; returns their link token.
     async fn subscriber(&self, email: &str) -> String {
-        let mut conn = crate::support::sqlite(&self.app.pool)
-            .acquire()
+        let mut conn = self.app.pool.acquire()
             .await
             .unwrap();
         let s = subs::insert(
@@ -112,8 +115,7 @@ impl Site {
     }
 
     async fn get_subscriber(&self, email: &str) -> subs::Subscriber {
-        let mut conn = crate::support::sqlite(&self.app.pool)
-            .acquire()
+        let mut conn = self.app.pool.acquire()
             .await
             .unwrap();
         subs::get_by_email(&mut conn, email).await.unwrap()
@@ -272,8 +274,7 @@ async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempote
     let s = site.get_subscriber("ada@example.org").await;
     assert_eq!(s.status, SubscriberStatus::Unsubscribed);
     assert_eq!(s.unsubscribed_by, Some(paperpost::domain::EndedBy::Link));
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     let counts = store::deliveries::counts(&mut conn, date).await.unwrap();
@@ -379,8 +380,7 @@ async fn a_link_unsubscribe_after_a_sync_deactivated_them_is_theirs() {
     let site = Site::new().await;
     let token = site.subscriber("ada@example.org").await;
     let s = site.get_subscriber("ada@example.org").await;
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     subs::end_subscription(
@@ -517,8 +517,7 @@ async fn resubscribe_undoes_a_link_unsubscribe_but_not_an_operator_removal() {
     );
 
     // Removed by the operator: the link cannot bring them back.
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     let s = site.get_subscriber("ada@example.org").await;
@@ -869,6 +868,7 @@ fn rotate_token_makes_old_links_fail() {
         std::process::Command::new(env!("CARGO_BIN_EXE_paperpost"))
             .args(["subscribers", "rotate-token", "ada@example.org"])
             .env("PAPERPOST__DATABASE__PATH", site.dir.path().join("pp.db"))
+            .env("PAPERPOST__DATABASE__URL", site.db.url())
             .env("PAPERPOST__SECURITY__SECRET", support::SECRET)
             .env("PAPERPOST__LOG__LEVEL", "warn"),
         support::RUN_LIMIT,

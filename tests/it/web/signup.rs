@@ -120,8 +120,7 @@ async fn bad_addresses_the_honeypot_and_the_rate_limit() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "a bot sees success");
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     assert!(
@@ -159,23 +158,24 @@ async fn expired_sign_ups_are_forgotten_and_links_last_from_the_latest_mail() {
         )
     };
     let (late, resent) = (link("late"), link("resent"));
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     // Both signed up 8 days ago; only resent@ asked again (today) and got a
     // new mail, so its link works for the whole TTL, as the mail says.
-    sqlx::query("UPDATE subscribers SET created_at = created_at - 8 * 86400000")
-        .execute(&mut *conn)
+    crate::on_db!(&site.app.pool, |p| {
+        sqlx::query("UPDATE subscribers SET created_at = created_at - 8 * 86400000")
+            .execute(p)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE confirmations SET created_at = created_at - 8 * 86400000 \
+             WHERE subscriber_id = (SELECT id FROM subscribers WHERE email = 'late@example.org')",
+        )
+        .execute(p)
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE confirmations SET created_at = created_at - 8 * 86400000 \
-         WHERE subscriber_id = (SELECT id FROM subscribers WHERE email = 'late@example.org')",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    });
     let r = site.post_form(path_of(&late), "").await;
     assert_eq!(r.status, StatusCode::GONE);
     let ttl = site.app.settings.subscribers.pending_ttl;
@@ -348,8 +348,7 @@ async fn old_links_never_confirm_and_a_confirmation_works_once() {
 #[tokio::test]
 async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
     let site = Site::new().await;
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     for (who, by) in [
@@ -441,8 +440,7 @@ async fn the_hourly_limit_on_confirmation_mails_raises_an_alert() {
     site.wait_metric("paperpost_signups_limited_total{limit=\"hourly\"} 2")
         .await;
     assert_eq!(site.outbox(3).await.len(), 3);
-    let mut conn = crate::support::sqlite(&site.app.pool)
-        .acquire()
+    let mut conn = site.app.pool.acquire()
         .await
         .unwrap();
     let alerts = paperpost::store::alerts::current(&mut conn).await.unwrap();
