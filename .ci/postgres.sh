@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's PostgreSQL and runs a throwaway cluster on loopback port
-# 54329 (fsync off: tests only), with a role that may create databases, for
+# 54329 (fsync off: tests only), with a superuser role paperpost (tests create,
+# drop and lock databases), for
 # the tests' PostgreSQL leg. Prints the environment the tests read. Safe to
 # run again.
 set -euo pipefail
@@ -23,7 +24,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
-SELECT 'CREATE ROLE paperpost LOGIN CREATEDB PASSWORD ''paperpost'''
+SELECT 'CREATE ROLE paperpost LOGIN SUPERUSER PASSWORD ''paperpost'''
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paperpost') \gexec
 SQL
 echo "PAPERPOST_TEST_POSTGRES=postgres://paperpost:paperpost@127.0.0.1:$PORT/postgres"

@@ -344,7 +344,6 @@ async fn an_unsubscribe_while_the_previous_message_is_slow_is_still_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing() {
-    use sqlx::Connection;
     let server = SmtpServer::start().await;
     server.set_delay(Duration::from_millis(300));
     let s = setup(4);
@@ -354,14 +353,9 @@ async fn a_database_locked_by_another_process_delays_sending_but_loses_nothing()
     wait_for("the first message's body", || !server.received().is_empty()).await;
     // Another process takes the write lock for far longer than the busy timeout
     // (as a large import would), while the first outcome waits to be written.
-    let url = format!("sqlite:{}", s.db_path().display());
-    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let other = crate::support::WriteLock::take(&s.pool().await).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    other.release().await;
     let out = child.finish().await;
     assert!(
         out.ok().contains("4 sent, 0 failed"),
@@ -525,10 +519,12 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     // Running, with nothing to do; then three rows appear stranded.
     let pool = s.pool().await;
     for _ in 0..600 {
-        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler_lock")
-            .fetch_one(crate::support::sqlite(&pool))
-            .await
-            .unwrap();
+        let held: i64 = crate::on_db!(&pool, |p| sqlx::query_scalar(
+            p.sql("SELECT count(*) FROM scheduler_lock")
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
         if held > 0 {
             break;
         }
@@ -538,11 +534,14 @@ async fn the_running_daemon_sends_rows_whose_lease_ran_out() {
     paperpost::store::deliveries::start_edition(&pool, DATE.parse().unwrap(), "send", |_| later)
         .await
         .unwrap();
-    sqlx::query("UPDATE deliveries SET status = 'sending', lease_until = ?")
-        .bind(paperpost::store::now_ms() - 1)
-        .execute(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    crate::on_db!(&pool, |p| sqlx::query(
+        p.sql("UPDATE deliveries SET status = 'sending', lease_until = $1")
+    )
+    .bind(paperpost::store::now_ms() - 1)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     wait_for("the stranded rows", || server.accepted().len() >= 3).await;
     let out = daemon.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -685,12 +684,12 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         vec!["passed@example.org"]
     );
     let pool = s.pool().await;
-    let (due,): (i64,) = sqlx::query_as(
+    let (due,): (i64,) = crate::on_db!(&pool, |p| sqlx::query_as(p.sql(
         "SELECT d.next_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-         WHERE s.email = 'ahead@example.org'",
-    )
-    .fetch_one(crate::support::sqlite(&pool))
-    .await
+         WHERE s.email = 'ahead@example.org'"
+    ))
+    .fetch_one(p)
+    .await)
     .unwrap();
     let in_two_hours = (fire + chrono::Duration::hours(5)).timestamp_millis();
     assert!(
@@ -723,11 +722,12 @@ async fn the_file_transport_replaces_a_resent_message() {
         "{before:?}"
     );
     let pool = s.pool().await;
-    sqlx::query(
-        "UPDATE deliveries SET status = 'queued' WHERE id = (SELECT min(id) FROM deliveries)",
-    )
-    .execute(crate::support::sqlite(&pool))
+    crate::on_db!(&pool, |p| sqlx::query(p.sql(
+        "UPDATE deliveries SET status = 'queued' WHERE id = (SELECT min(id) FROM deliveries)"
+    ))
+    .execute(p)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     pool.close().await;
     let modified = || {
@@ -752,11 +752,14 @@ async fn one_row_that_does_not_decode_fails_that_row_only() {
     let server = SmtpServer::start().await;
     let s = setup(3);
     let pool = s.pool().await;
-    sqlx::query("UPDATE subscribers SET timezone = 'Mars/Base' WHERE email = ?")
-        .bind(email(1))
-        .execute(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    crate::on_db!(&pool, |p| sqlx::query(p.sql(
+        "UPDATE subscribers SET timezone = 'Mars/Base' WHERE email = $1"
+    ))
+    .bind(email(1))
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     pool.close().await;
     let out = run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE]).await;
     assert!(
@@ -786,10 +789,13 @@ async fn the_daemon_exits_non_zero_when_the_engine_fails() {
     let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
     daemon.wait_log("paperpost is running").await;
     let pool = s.pool().await;
-    sqlx::query("ALTER TABLE deliveries RENAME TO deliveries_gone")
-        .execute(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    crate::on_db!(&pool, |p| sqlx::query(
+        p.sql("ALTER TABLE deliveries RENAME TO deliveries_gone")
+    )
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     let out = daemon.finish().await;
     assert_ne!(out.code, 0, "{}", out.stderr);
     assert!(

@@ -19,14 +19,15 @@ fn fast_lock(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
 
 async fn set_holder(s: &Sandbox, holder: &str, for_ms: i64) {
     let pool = s.pool().await;
-    sqlx::query(
-        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2) \
-         ON CONFLICT (id) DO UPDATE SET holder = ?1, expires_at = ?2",
-    )
+    crate::on_db!(&pool, |p| sqlx::query(p.sql(
+        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, $2) \
+         ON CONFLICT (id) DO UPDATE SET holder = $1, expires_at = $2"
+    ))
     .bind(holder)
     .bind(paperpost::store::now_ms() + for_ms)
-    .execute(crate::support::sqlite(&pool))
+    .execute(p)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
 }
 

@@ -154,11 +154,12 @@ fn a_lost_secret_stops_paperpost_until_it_is_restored_or_rotated() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let pool = s.pool().await;
-            let (uuid, hash): (String, String) =
-                sqlx::query_as("SELECT uuid, token_hash FROM subscribers")
-                    .fetch_one(crate::support::sqlite(&pool))
-                    .await
-                    .unwrap();
+            let (uuid, hash): (String, String) = crate::on_db!(&pool, |p| sqlx::query_as(
+                p.sql("SELECT uuid, token_hash FROM subscribers")
+            )
+            .fetch_one(p)
+            .await)
+            .unwrap();
             keys.subscriber_token_hash(&uuid) == hash
         })
     };
@@ -185,10 +186,13 @@ async fn a_database_from_the_previous_release_is_checked_against_its_tokens() {
     // A subscriber as the previous release made them, with the sandbox's secret.
     s.run(&["subscribers", "add", "ada@example.org"]).ok();
     let pool = s.pool().await;
-    sqlx::query("DELETE FROM secret_fingerprint")
-        .execute(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    crate::on_db!(&pool, |p| sqlx::query(
+        p.sql("DELETE FROM secret_fingerprint")
+    )
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     pool.close().await;
     let other = "another-secret-0123456789abcdef0123456789abcdef";
     let out = s.run_env(&[("PAPERPOST__SECURITY__SECRET", other)], &["status"]);
@@ -204,6 +208,9 @@ async fn a_database_from_the_previous_release_is_checked_against_its_tokens() {
 /// backup would upgrade the schema under the older daemon still running).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_never_migrates_the_live_database() {
+    if crate::support::on_postgres("backup copies SQLite's file (PostgreSQL: pg_dump)") {
+        return;
+    }
     let s = crate::support::Sandbox::new();
     crate::support::database_at_version(&s, 3).await;
     let copy = s.path("copy.db");
@@ -367,14 +374,15 @@ async fn a_standby_never_takes_over_a_lock_that_is_being_renewed() {
     let set = |expires_at: i64| {
         let pool = pool.clone();
         async move {
-            sqlx::query(
-                "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, ?1, ?2) \
-                 ON CONFLICT (id) DO UPDATE SET holder = ?1, expires_at = ?2",
-            )
+            crate::on_db!(&pool, |p| sqlx::query(p.sql(
+                "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET holder = $1, expires_at = $2"
+            ))
             .bind("elsewhere:1:1:deadbeef:1:cafe0001")
             .bind(expires_at)
-            .execute(crate::support::sqlite(&pool))
+            .execute(p)
             .await
+            .map(|r| r.rows_affected()))
             .unwrap();
         }
     };
@@ -448,6 +456,9 @@ impl Drop for Tmpfs {
 /// sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_sending_at_once_and_loses_nothing() {
+    if crate::support::on_postgres("SQLite's file on a full tmpfs") {
+        return;
+    }
     let s = crate::support::Sandbox::new();
     let Some(disk) = Tmpfs::mount(&s.path("data"), "8m") else {
         return;
@@ -551,15 +562,16 @@ async fn prune_deletes_old_finished_history_and_nothing_else() {
     let pool = s.pool().await;
     let old = paperpost::store::now_ms() - 2 * 365 * 86_400_000;
     for sql in [
-        "UPDATE editions SET started_at = ?1",
-        "INSERT INTO token_events (subscriber_id, kind, at) SELECT id, 'unsubscribe', ?1 FROM subscribers",
-        "INSERT INTO fires (fire_time, handled_at, handled_by) VALUES (?1, ?1, 'schedule')",
+        "UPDATE editions SET started_at = $1",
+        "INSERT INTO token_events (subscriber_id, kind, at) SELECT id, 'unsubscribe', $1 FROM subscribers",
+        "INSERT INTO fires (fire_time, handled_at, handled_by) VALUES ($1, $1, 'schedule')",
     ] {
-        sqlx::query(sql)
+        crate::on_db!(&pool, |p| sqlx::query(p.sql(sql))
             .bind(old)
-            .execute(crate::support::sqlite(&pool))
+            .execute(p)
             .await
-            .unwrap();
+            .map(|r| r.rows_affected()))
+        .unwrap();
     }
     let dry = s.run(&["prune", "--dry-run"]);
     assert!(
@@ -574,11 +586,11 @@ async fn prune_deletes_old_finished_history_and_nothing_else() {
         "{}",
         out.stdout
     );
-    let left: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT edition_date, count(*) FROM deliveries GROUP BY edition_date ORDER BY 1",
+    let left: Vec<(String, i64)> = crate::on_db!(&pool, |p| sqlx::query_as(
+        p.sql("SELECT edition_date, count(*) FROM deliveries GROUP BY edition_date ORDER BY 1")
     )
-    .fetch_all(crate::support::sqlite(&pool))
-    .await
+    .fetch_all(p)
+    .await)
     .unwrap();
     // The queued one and the newest stay; the two finished older ones go.
     assert_eq!(left, vec![(dates[1].clone(), 3), (dates[3].clone(), 3)]);

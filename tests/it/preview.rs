@@ -90,14 +90,18 @@ async fn preview_renders_without_touching_delivery_state() {
     assert!(!support::has_html_part(&m), "format=text has no HTML part");
 
     let pool = s.pool().await;
-    let (editions,): (i64,) = sqlx::query_as("SELECT count(*) FROM editions")
-        .fetch_one(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
-    let (deliveries,): (i64,) = sqlx::query_as("SELECT count(*) FROM deliveries")
-        .fetch_one(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    let (editions,): (i64,) = crate::on_db!(&pool, |p| sqlx::query_as(
+        p.sql("SELECT count(*) FROM editions")
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    let (deliveries,): (i64,) = crate::on_db!(&pool, |p| sqlx::query_as(
+        p.sql("SELECT count(*) FROM deliveries")
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
     assert_eq!(
         (editions, deliveries),
         (0, 0),

@@ -31,7 +31,11 @@ fn options(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Result<PgC
     Ok(PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("database.url: cannot read {url}"))?
         .application_name("paperpost")
-        .options([("lock_timeout", lock_timeout.as_str())])
+        // NOTICEs ("relation already exists, skipping") are not for logs.
+        .options([
+            ("lock_timeout", lock_timeout.as_str()),
+            ("client_min_messages", "warning"),
+        ])
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60)))
 }
 

@@ -55,10 +55,12 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let (Some((_, name)), Ok(server)) =
-            (&self.url, std::env::var("PAPERPOST_TEST_POSTGRES"))
+        if let (Some((_, name)), Ok(server)) = (&self.url, std::env::var("PAPERPOST_TEST_POSTGRES"))
         {
-            psql(&server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            psql(
+                &server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
         }
     }
 }
@@ -418,6 +420,18 @@ impl WriteLock {
                     .execute(&mut *conn)
                     .await
                     .unwrap();
+                // Every table, as SQLite's lock holds the whole file: others
+                // read, nobody else writes.
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+                if !tables.is_empty() {
+                    let sql = format!("LOCK TABLE {} IN EXCLUSIVE MODE", tables.join(", "));
+                    sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+                }
                 WriteLock::Postgres(conn)
             }
         }

@@ -80,7 +80,9 @@ impl Site {
     async fn with(extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = support::TestDb::new();
-        let app = App::open(settings(dir.path(), db.url(), extra)).await.unwrap();
+        let app = App::open(settings(dir.path(), db.url(), extra))
+            .await
+            .unwrap();
         let tracker = TaskTracker::new();
         let mailer = SignUps::start(&app, &tracker).unwrap();
         let unsubscriber = Unsubscriber::start(&app, &tracker);
@@ -98,9 +100,7 @@ impl Site {
 
     /// Adds an active subscriber; returns their link token.
     async fn subscriber(&self, email: &str) -> String {
-        let mut conn = self.app.pool.acquire()
-            .await
-            .unwrap();
+        let mut conn = self.app.pool.acquire().await.unwrap();
         let s = subs::insert(
             &mut conn,
             &self.app.keys,
@@ -115,9 +115,7 @@ impl Site {
     }
 
     async fn get_subscriber(&self, email: &str) -> subs::Subscriber {
-        let mut conn = self.app.pool.acquire()
-            .await
-            .unwrap();
+        let mut conn = self.app.pool.acquire().await.unwrap();
         subs::get_by_email(&mut conn, email).await.unwrap()
     }
 
@@ -205,10 +203,12 @@ impl Site {
     }
 
     async fn events(&self) -> Vec<(String, String, Option<String>)> {
-        sqlx::query_as("SELECT kind, channel, user_agent FROM token_events ORDER BY id")
-            .fetch_all(crate::support::sqlite(&self.app.pool))
-            .await
-            .unwrap()
+        crate::on_db!(&self.app.pool, |p| sqlx::query_as(p.sql(
+            "SELECT kind, channel, user_agent FROM token_events ORDER BY id"
+        ))
+        .fetch_all(p)
+        .await)
+        .unwrap()
     }
 }
 
@@ -274,9 +274,7 @@ async fn one_click_post_unsubscribes_at_once_cancels_queued_mail_and_is_idempote
     let s = site.get_subscriber("ada@example.org").await;
     assert_eq!(s.status, SubscriberStatus::Unsubscribed);
     assert_eq!(s.unsubscribed_by, Some(paperpost::domain::EndedBy::Link));
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     let counts = store::deliveries::counts(&mut conn, date).await.unwrap();
     assert_eq!(
         (counts.cancelled, counts.queued),
@@ -380,9 +378,7 @@ async fn a_link_unsubscribe_after_a_sync_deactivated_them_is_theirs() {
     let site = Site::new().await;
     let token = site.subscriber("ada@example.org").await;
     let s = site.get_subscriber("ada@example.org").await;
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     subs::end_subscription(
         &mut conn,
         s.id,
@@ -517,9 +513,7 @@ async fn resubscribe_undoes_a_link_unsubscribe_but_not_an_operator_removal() {
     );
 
     // Removed by the operator: the link cannot bring them back.
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     let s = site.get_subscriber("ada@example.org").await;
     subs::end_subscription(
         &mut conn,
@@ -1098,11 +1092,12 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
     let site = Site::new().await;
     let good = site.subscriber("ada@example.org").await;
     let odd = site.subscriber("bob@example.org").await;
-    sqlx::query(
-        "UPDATE subscribers SET timezone = 'Mars/Olympus_Mons' WHERE email = 'bob@example.org'",
-    )
-    .execute(crate::support::sqlite(&site.app.pool))
+    crate::on_db!(&site.app.pool, |p| sqlx::query(p.sql(
+        "UPDATE subscribers SET timezone = 'Mars/Olympus_Mons' WHERE email = 'bob@example.org'"
+    ))
+    .execute(p)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     // Both arrive while another process holds the database: one batch.
     let blocker = crate::support::WriteLock::take(&site.app.pool).await;
@@ -1121,10 +1116,12 @@ async fn one_unreadable_row_fails_nobody_else_in_its_batch() {
     );
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(b.status, StatusCode::OK, "{}", b.body);
-    let status: Vec<String> = sqlx::query_scalar("SELECT status FROM subscribers ORDER BY email")
-        .fetch_all(crate::support::sqlite(&site.app.pool))
-        .await
-        .unwrap();
+    let status: Vec<String> = crate::on_db!(&site.app.pool, |p| sqlx::query_scalar(
+        p.sql("SELECT status FROM subscribers ORDER BY email")
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
     assert_eq!(status, ["unsubscribed", "unsubscribed"]);
 }
 
@@ -1200,10 +1197,12 @@ async fn logs_never_carry_a_token() {
     s.run(&["subscribers", "add", "ada@example.org"]).ok();
     let keys = paperpost::security::Keys::from_bytes(support::SECRET.as_bytes());
     let pool = s.pool().await;
-    let uuid: String = sqlx::query_scalar("SELECT uuid FROM subscribers")
-        .fetch_one(crate::support::sqlite(&pool))
-        .await
-        .unwrap();
+    let uuid: String = crate::on_db!(&pool, |p| sqlx::query_scalar(
+        p.sql("SELECT uuid FROM subscribers")
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
     let token = keys.subscriber_token(&uuid);
     let env = with(vec![], "PAPERPOST__LOG__LEVEL", "debug");
     let mut server = TestDaemon::spawn(&s, &env, &["serve"]);

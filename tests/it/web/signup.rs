@@ -120,9 +120,7 @@ async fn bad_addresses_the_honeypot_and_the_rate_limit() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "a bot sees success");
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     assert!(
         subs::find_by_email(&mut conn, "bot@example.org")
             .await
@@ -158,9 +156,7 @@ async fn expired_sign_ups_are_forgotten_and_links_last_from_the_latest_mail() {
         )
     };
     let (late, resent) = (link("late"), link("resent"));
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     // Both signed up 8 days ago; only resent@ asked again (today) and got a
     // new mail, so its link works for the whole TTL, as the mail says.
     crate::on_db!(&site.app.pool, |p| {
@@ -348,9 +344,7 @@ async fn old_links_never_confirm_and_a_confirmation_works_once() {
 #[tokio::test]
 async fn removed_and_bounced_addresses_get_no_confirmation_mail() {
     let site = Site::new().await;
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     for (who, by) in [
         ("carol", paperpost::domain::EndedBy::Cli),
         ("spam", paperpost::domain::EndedBy::Complaint),
@@ -440,9 +434,7 @@ async fn the_hourly_limit_on_confirmation_mails_raises_an_alert() {
     site.wait_metric("paperpost_signups_limited_total{limit=\"hourly\"} 2")
         .await;
     assert_eq!(site.outbox(3).await.len(), 3);
-    let mut conn = site.app.pool.acquire()
-        .await
-        .unwrap();
+    let mut conn = site.app.pool.acquire().await.unwrap();
     let alerts = paperpost::store::alerts::current(&mut conn).await.unwrap();
     assert!(
         alerts

@@ -26,10 +26,12 @@ fn now() -> i64 {
 }
 
 async fn count_reports(site: &Site) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM bounces")
-        .fetch_one(crate::support::sqlite(&site.app.pool))
-        .await
-        .unwrap()
+    crate::on_db!(&site.app.pool, |p| sqlx::query_scalar(
+        p.sql("SELECT count(*) FROM bounces")
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap()
 }
 
 #[tokio::test]
