@@ -205,9 +205,11 @@ async fn acquire_or_stand_by(
     tracker.close();
     crate::systemd::standing_by();
     let mut watch = crate::lock::Watch::default();
+    let mut releases = crate::store::LockReleases::listen(&app.pool).await;
     let lock = loop {
         tokio::select! {
             _ = tokio::time::sleep(ttl / 3) => {}
+            _ = releases.released() => {}
             _ = shutdown.cancelled() => break None,
         }
         match Lock::acquire_watching(&app.pool, ttl, &mut watch).await {

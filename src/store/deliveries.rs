@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use futures_util::{StreamExt, stream::BoxStream};
 use serde::Serialize;
 
-use super::{Conn, Dialect, Pool, StoreError, now_ms};
+use super::{Conn, Db, Dialect, Pool, StoreError, now_ms};
 use crate::domain::DeliveryStatus;
 
 /// What [`start_edition`] did.
@@ -111,15 +111,30 @@ pub async fn claim(
     } else {
         ""
     };
-    let sql = format!(
-        "UPDATE deliveries SET status = 'sending', lease_until = $1 + $2, attempts = attempts + 1, \
-           first_attempt_at = coalesce(first_attempt_at, $1), updated_at = $1, claimed_by = $5 \
-         WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
-                      WHERE status = 'queued' AND next_attempt_at <= $1 {date_filter} \
-                      ORDER BY next_attempt_at LIMIT $3) \
-           AND {HOLDS_LOCK} \
-         RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
-    );
+    let sql = if conn.postgres() {
+        // SKIP LOCKED: a row another transaction is changing (a cancel) is
+        // passed over, not waited for; MATERIALIZED keeps the LIMIT exact.
+        format!(
+            "WITH due AS MATERIALIZED (SELECT id FROM deliveries \
+                WHERE status = 'queued' AND next_attempt_at <= $1 {date_filter} \
+                ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET status = 'sending', lease_until = $1 + $2, attempts = d.attempts + 1, \
+               first_attempt_at = coalesce(d.first_attempt_at, $1), updated_at = $1, claimed_by = $5 \
+             FROM due WHERE d.id = due.id AND {} \
+             RETURNING d.id, d.edition_date, d.subscriber_id, d.attempts, d.first_attempt_at",
+            holds_lock(true)
+        )
+    } else {
+        format!(
+            "UPDATE deliveries SET status = 'sending', lease_until = $1 + $2, attempts = attempts + 1, \
+               first_attempt_at = coalesce(first_attempt_at, $1), updated_at = $1, claimed_by = $5 \
+             WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_queued \
+                          WHERE status = 'queued' AND next_attempt_at <= $1 {date_filter} \
+                          ORDER BY next_attempt_at LIMIT $3) \
+               AND {HOLDS_LOCK} \
+             RETURNING id, edition_date, subscriber_id, attempts, first_attempt_at"
+        )
+    };
     let mut q = sqlx::query_as(conn.sql(&sql))
         .bind(now)
         .bind(lease_ms)
@@ -133,9 +148,23 @@ pub async fn claim(
     })
 }
 
-/// True when the process `?4` holds the sending lock at `?1`.
+/// True when the process `$4` holds the sending lock at `$1`.
 const HOLDS_LOCK: &str =
     "EXISTS (SELECT 1 FROM scheduler_lock WHERE id = 1 AND holder = $4 AND expires_at > $1)";
+
+/// The time locks are compared with, in SQL: on PostgreSQL the database
+/// server's own clock, so that instances on hosts whose clocks differ agree
+/// on when a lock expires; SQLite has one host, whose clock is `$1`.
+const DB_NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
+
+/// [`HOLDS_LOCK`] for the database at hand.
+fn holds_lock(postgres: bool) -> String {
+    if postgres {
+        HOLDS_LOCK.replace("expires_at > $1", &format!("expires_at > {DB_NOW}"))
+    } else {
+        HOLDS_LOCK.to_string()
+    }
+}
 
 /// Records many accepted messages in one statement. `json` is an array of
 /// `{"id", "reply", "message_id"}` objects. Only rows the claim `token` is
@@ -280,7 +309,7 @@ pub async fn release_expired(
                 OR edition_date = $4) \
            AND status = 'sending' AND lease_until < $1 AND {} \
            AND id NOT IN (SELECT CAST(value AS BIGINT) FROM json_each($3))",
-        HOLDS_LOCK.replace("$4", "$2")
+        holds_lock(conn.postgres()).replace("$4", "$2")
     );
     Ok(sqlx::query(conn.sql(&sql))
         .bind(now_ms())
@@ -548,20 +577,22 @@ pub async fn try_lock_with(
     by_expiry: bool,
 ) -> Result<Option<Holder>, StoreError> {
     on!(conn => {
-    let now = now_ms();
-    let r = sqlx::query(conn.sql(
-        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, $2 + $3) \
+    // $2 is now: this host's clock on SQLite, the server's on PostgreSQL.
+    let now = if conn.postgres() { DB_NOW.to_string() } else { "$2".to_string() };
+    let sql = format!(
+        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, {now} + $3) \
          ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-         WHERE ($5 AND scheduler_lock.expires_at < $2) OR scheduler_lock.holder = $1 \
-            OR scheduler_lock.holder IS $4",
-    ))
-    .bind(me)
-    .bind(now)
-    .bind(ttl_ms)
-    .bind(stale)
-    .bind(by_expiry)
-    .execute(&mut *conn)
-    .await?;
+         WHERE ($5 AND scheduler_lock.expires_at < {now}) OR scheduler_lock.holder = $1 \
+            OR scheduler_lock.holder IS $4 OR $2 IS NULL"
+    );
+    let r = sqlx::query(conn.sql(&sql))
+        .bind(me)
+        .bind(now_ms())
+        .bind(ttl_ms)
+        .bind(stale)
+        .bind(by_expiry)
+        .execute(&mut *conn)
+        .await?;
     if r.rows_affected() > 0 {
         return Ok(None);
     }
@@ -576,9 +607,15 @@ pub async fn try_lock_with(
 /// Extends our lock; false if we lost it.
 pub async fn renew_lock(conn: &mut Conn, me: &str, ttl_ms: i64) -> Result<bool, StoreError> {
     on!(conn => {
-    let r = sqlx::query(conn.sql("UPDATE scheduler_lock SET expires_at = $1 WHERE id = 1 AND holder = $2"))
-        .bind(now_ms() + ttl_ms)
+    let sql = if conn.postgres() {
+        format!("UPDATE scheduler_lock SET expires_at = {DB_NOW} + $3 WHERE id = 1 AND holder = $2 AND $1 IS NOT NULL")
+    } else {
+        "UPDATE scheduler_lock SET expires_at = $1 + $3 WHERE id = 1 AND holder = $2".to_string()
+    };
+    let r = sqlx::query(conn.sql(&sql))
+        .bind(now_ms())
         .bind(me)
+        .bind(ttl_ms)
         .execute(conn)
         .await?;
     Ok(r.rows_affected() > 0)
@@ -587,10 +624,17 @@ pub async fn renew_lock(conn: &mut Conn, me: &str, ttl_ms: i64) -> Result<bool, 
 
 pub async fn release_lock(conn: &mut Conn, me: &str) -> Result<(), StoreError> {
     on!(conn => {
-    sqlx::query(conn.sql("DELETE FROM scheduler_lock WHERE id = 1 AND holder = $1"))
+    let r = sqlx::query(conn.sql("DELETE FROM scheduler_lock WHERE id = 1 AND holder = $1"))
         .bind(me)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    if conn.postgres() && r.rows_affected() > 0 {
+        // A standby listening takes over at once instead of at its next poll.
+        sqlx::query(conn.sql("SELECT pg_notify($1, 'released')"))
+            .bind(super::LOCK_CHANNEL)
+            .execute(conn)
+            .await?;
+    }
     Ok(())
     })
 }

@@ -115,6 +115,49 @@ impl Dialect for sqlx::PgPool {
     }
 }
 
+/// The PostgreSQL channel a sender notifies when it releases the sending
+/// lock, so a standby takes over at once.
+pub const LOCK_CHANNEL: &str = "paperpost_lock";
+
+/// Wakes a standby when the sending lock is released: on PostgreSQL a
+/// LISTEN on [`LOCK_CHANNEL`]; on SQLite (one host, where the standby's
+/// poll sees a local holder die at once) never. A notification lost while
+/// disconnected costs only the wait until the next poll.
+pub struct LockReleases(Option<sqlx::postgres::PgListener>);
+
+impl LockReleases {
+    pub async fn listen(pool: &Pool) -> Self {
+        let Pool::Postgres(p) = pool else {
+            return LockReleases(None);
+        };
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(p).await?;
+            l.listen(LOCK_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(l) => LockReleases(Some(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the sending lock's release; polling only");
+                LockReleases(None)
+            }
+        }
+    }
+
+    /// Returns when the lock was released (or, on SQLite, never).
+    pub async fn released(&mut self) {
+        match &mut self.0 {
+            Some(l) => {
+                if l.recv().await.is_err() {
+                    // Reconnecting: the poll covers the gap.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// A connection taken from a [`Pool`]; back to it when dropped.
 pub enum Pooled {
     Sqlite(PoolConnection<Sqlite>),

@@ -125,9 +125,8 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
         let wal = std::fs::metadata(format!("{}-wal", s.db_path().display()));
         assert!(wal.map_or(true, |m| m.len() == 0), "written to the WAL");
     } else {
-        let version = rt.block_on(async {
-            paperpost::store::schema_version(&s.pool_unmigrated().await).await
-        });
+        let version = rt
+            .block_on(async { paperpost::store::schema_version(&s.pool_unmigrated().await).await });
         assert_eq!(version.unwrap(), 9999, "the newer schema is left as it was");
     }
 }
