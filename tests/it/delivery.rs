@@ -684,16 +684,15 @@ async fn a_caught_up_fire_time_reaches_zones_whose_hour_has_passed_today() {
         vec!["passed@example.org"]
     );
     let pool = s.pool().await;
-    let (due,): (i64,) =
-        crate::on_db!(&pool, |p| {
-            sqlx::query_as(p.sql(
+    let (due,): (i64,) = crate::on_db!(&pool, |p| {
+        sqlx::query_as(p.sql(
         "SELECT d.next_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
          WHERE s.email = 'ahead@example.org'"
     ))
     .fetch_one(p)
     .await
-        })
-        .unwrap();
+    })
+    .unwrap();
     let in_two_hours = (fire + chrono::Duration::hours(5)).timestamp_millis();
     assert!(
         (due - in_two_hours).abs() < 60_000,

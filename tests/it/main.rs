@@ -6,6 +6,7 @@ mod support;
 mod bounces;
 mod browser;
 mod clicks;
+mod cluster;
 mod config;
 mod delivery;
 mod digest;

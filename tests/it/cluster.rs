@@ -1,0 +1,98 @@
+//! Several instances on one PostgreSQL database: the sending lock on the
+//! database's clock, and a clean stop handed over at once through NOTIFY.
+//! SQLite has one host and no NOTIFY; these say so there and return.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    child::{DATE, never_fires, queue_edition, setup, smtp_env, wait_for, with},
+    daemon::TestDaemon,
+    smtp::SmtpServer,
+};
+
+/// True (after saying why) when this run is not on PostgreSQL.
+fn not_on_postgres() -> bool {
+    let sqlite = std::env::var_os("PAPERPOST_TEST_POSTGRES").is_none();
+    if sqlite {
+        eprintln!("PostgreSQL only (set PAPERPOST_TEST_POSTGRES, as .ci/run does)");
+    }
+    sqlite
+}
+
+/// A holder on another host renews its lock; a process whose own clock runs
+/// 10 s ahead (libfaketime) would read that lock as expired by its clock,
+/// but the expiry is compared with the database's clock: it does not send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_clock_runs_ahead_does_not_take_a_live_lock() {
+    if not_on_postgres() {
+        return;
+    }
+    let server = SmtpServer::start().await;
+    let s = setup(2);
+    queue_edition(&s, DATE).await;
+    let pool = s.pool().await;
+    // Held by another host, expiring 5 s from now on the database's clock.
+    crate::on_db!(&pool, |p| sqlx::query(
+        "INSERT INTO scheduler_lock (id, holder, expires_at) VALUES (1, $1, \
+         CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) + 5000)"
+    )
+    .bind("elsewhere:1:1:deadbeef:1:cafe0001")
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let mut cmd = s.command();
+    for (k, v) in smtp_env(server.port(), 1) {
+        cmd.env(k, v);
+    }
+    let mut skewed = std::process::Command::new("faketime");
+    skewed.current_dir(cmd.get_current_dir().unwrap());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => skewed.env(k, v),
+            None => skewed.env_remove(k),
+        };
+    }
+    skewed
+        .args(["-f", "+10s", env!("CARGO_BIN_EXE_paperpost")])
+        .args(["send", "--date", DATE]);
+    let out = crate::support::output_within(&mut skewed, crate::support::RUN_LIMIT);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("another paperpost process"),
+        "{}",
+        out.stderr
+    );
+    assert!(server.accepted().is_empty(), "sent under a live lock");
+}
+
+/// SIGTERM to the sender: it releases the lock and NOTIFYs, and the standby
+/// takes over at once, long before its next poll (every TTL/3 = 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_sending_over_at_once() {
+    if not_on_postgres() {
+        return;
+    }
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    let env = never_fires(smtp_env(server.port(), 1));
+    let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "30s");
+    let env = with(env, "PAPERPOST__LOG__LEVEL", "info");
+    let mut first = TestDaemon::spawn(&s, &env, &["run"]);
+    first.wait_log("paperpost is running").await;
+    let mut second = TestDaemon::spawn(&s, &env, &["run"]);
+    second.wait_log("serving the web endpoint only").await;
+    // The standby has listened and polled once; the next poll is 10 s away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    assert_eq!(first.stop().await.code, 0);
+    second.wait_log("this one sends from now on").await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "taken over after {took:?}: at a poll, not at the NOTIFY"
+    );
+    queue_edition(&s, DATE).await;
+    wait_for("the edition", || server.accepted().len() == 3).await;
+    assert_eq!(second.stop().await.code, 0);
+}
