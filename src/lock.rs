@@ -334,6 +334,14 @@ impl Lock {
         ttl: Duration,
         watch: Option<&mut Watch>,
     ) -> anyhow::Result<Self> {
+        if let Some((url, at)) = store::copy::moved(pool).await? {
+            anyhow::bail!(
+                "this database was copied to {url} by `paperpost db copy-to` at {}; nothing is \
+                 sent from it any more (that would send twice): set database.url to the new \
+                 database",
+                store::format_ms(at)
+            );
+        }
         let here = Identity::of_this_process();
         let me = here.to_string();
         let ttl_ms = ttl.as_millis() as i64;

@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 mod bounces;
+mod db;
 mod demo;
 mod dkim;
 mod output;
@@ -91,6 +92,9 @@ pub enum Command {
     },
     /// Create the database or bring its schema up to date (also done on every start).
     Migrate,
+    /// Move the installation between databases.
+    #[command(subcommand)]
+    Db(db::DbCmd),
     /// Write a consistent copy of the database to FILE, while the daemon runs.
     Backup {
         /// Where the copy goes; it must not exist yet.
@@ -409,6 +413,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => subscribers::run(&App::open(settings).await?, cmd).await,
         Command::Papers(cmd) => papers::run(&App::open(settings).await?, cmd).await,
         Command::Backup { file } => backup(&settings, &file).await,
+        Command::Db(cmd) => db::run(settings, cmd).await,
         Command::Secret(cmd) => secret::run(settings, cmd).await,
         Command::Dkim(cmd) => dkim::run(settings, cmd).await,
         Command::Bounces(cmd) => bounces::run(&App::open(settings).await?, cmd).await,

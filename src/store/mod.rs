@@ -28,6 +28,7 @@ macro_rules! on_pool {
 pub mod alerts;
 pub mod bounces;
 pub mod confirmations;
+pub mod copy;
 pub mod deliveries;
 pub mod events;
 pub mod papers;

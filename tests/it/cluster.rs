@@ -96,3 +96,57 @@ async fn a_clean_stop_hands_sending_over_at_once() {
     wait_for("the edition", || server.accepted().len() == 3).await;
     assert_eq!(second.stop().await.code, 0);
 }
+
+/// An edition half sent from SQLite, moved with `db copy-to`, finishes on
+/// PostgreSQL: every reader gets exactly one message, and the SQLite file
+/// refuses to send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edition_moved_halfway_finishes_on_postgres_once_per_reader() {
+    if not_on_postgres() {
+        return;
+    }
+    const READERS: usize = 200;
+    let server = SmtpServer::start().await;
+    let s = crate::support::Sandbox::new();
+    let target = s.db.url().to_string();
+    let on_sqlite = |env: Vec<(String, String)>| with(env, "PAPERPOST__DATABASE__URL", "");
+    let sample = crate::support::fixture("daily_papers-2024-03-11.json");
+    let mut csv = String::from("email\n");
+    for i in 0..READERS {
+        csv.push_str(&format!("{}\n", crate::support::child::email(i)));
+    }
+    let subs = s.write("subs.csv", csv);
+    for args in [
+        ["papers", "import", sample.to_str().unwrap()],
+        ["subscribers", "import", subs.to_str().unwrap()],
+    ] {
+        s.run_env(&on_sqlite(vec![]), &args).ok();
+    }
+    // Half the edition from SQLite, then a clean stop.
+    server.hold_at(READERS / 2);
+    let env = on_sqlite(smtp_env(server.port(), 2));
+    let sender = TestDaemon::spawn(&s, &env, &["send", "--date", DATE]);
+    wait_for("half the edition", || {
+        server.accepted().len() == READERS / 2
+    })
+    .await;
+    sender.signal(libc::SIGTERM);
+    sender.finish().await;
+    server.release();
+    let out = s.run_env(&on_sqlite(vec![]), &["db", "copy-to", &target]);
+    let text = out.ok();
+    assert!(text.contains("every table verified"), "{text}");
+    assert!(!text.contains("paperpost@"), "a password printed: {text}");
+    // The rest from PostgreSQL.
+    let out =
+        crate::support::child::run(&s, &smtp_env(server.port(), 2), &["send", "--date", DATE])
+            .await;
+    assert!(out.ok().contains("sent"), "{}", out.stdout);
+    let counts = server.counts();
+    assert_eq!(counts.len(), READERS, "lost: {}", READERS - counts.len());
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    // Nothing sends from the SQLite file any more.
+    let again = s.run_env(&on_sqlite(vec![]), &["send", "--date", DATE]);
+    assert!(again.fails().contains("db copy-to"), "{}", again.stderr);
+}
