@@ -150,3 +150,125 @@ async fn an_edition_moved_halfway_finishes_on_postgres_once_per_reader() {
     let again = s.run_env(&on_sqlite(vec![]), &["send", "--date", DATE]);
     assert!(again.fails().contains("db copy-to"), "{}", again.stderr);
 }
+
+/// Both stores are built by their migrations to the same schema: the same
+/// versions, tables and columns, each column of a matching type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stores_have_the_same_schema() {
+    if not_on_postgres() {
+        return;
+    }
+    let s = crate::support::Sandbox::new();
+    let pg = s.pool().await;
+    let sqlite_settings = crate::support::settings(&[(
+        "PAPERPOST__DATABASE__PATH",
+        &s.db_path().display().to_string(),
+    )]);
+    let lite = paperpost::store::connect(&sqlite_settings.database)
+        .await
+        .unwrap();
+    let versions = |pool: paperpost::store::Pool| async move {
+        crate::on_db!(&pool, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM _sqlx_migrations ORDER BY version"
+        )
+        .fetch_all(p)
+        .await
+        .unwrap())
+    };
+    assert_eq!(versions(lite.clone()).await, versions(pg.clone()).await);
+    let lite_columns = {
+        let p = crate::support::sqlite(&lite);
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' AND name != '_sqlx_migrations' ORDER BY name",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap();
+        let mut all = Vec::new();
+        for t in tables {
+            let cols: Vec<(String, String)> =
+                sqlx::query_as(&format!("SELECT name, type FROM pragma_table_info('{t}')"))
+                    .fetch_all(p)
+                    .await
+                    .unwrap();
+            all.extend(cols.into_iter().map(|(c, ty)| (t.clone(), c, ty)));
+        }
+        all.sort();
+        all
+    };
+    let paperpost::store::Pool::Postgres(p) = &pg else {
+        unreachable!()
+    };
+    let mut pg_columns: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT), CAST(data_type AS TEXT) \
+         FROM information_schema.columns WHERE table_schema = current_schema() \
+         AND table_name != '_sqlx_migrations'",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap();
+    pg_columns.sort();
+    let names = |v: &[(String, String, String)]| {
+        v.iter()
+            .map(|(t, c, _)| format!("{t}.{c}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&lite_columns), names(&pg_columns));
+    for (l, g) in lite_columns.iter().zip(&pg_columns) {
+        let matching = matches!(
+            (l.2.as_str(), g.2.as_str()),
+            ("INTEGER", "bigint") | ("INTEGER", "boolean") | ("TEXT", "text")
+        );
+        assert!(matching, "{}.{}: {} and {}", l.0, l.1, l.2, g.2);
+    }
+}
+
+/// The password in `database.url` shows nowhere: not in `paperpost config`,
+/// not in the error when the server cannot be reached.
+#[test]
+fn the_database_password_never_shows() {
+    let s = crate::support::Sandbox::new();
+    let url = [(
+        "PAPERPOST__DATABASE__URL",
+        "postgres://mailer:hunter2-secret@127.0.0.1:1/paperpost",
+    )];
+    let config = s.run_env(&url, &["config"]);
+    let text = config.ok();
+    assert!(
+        text.contains("postgres://mailer:***@127.0.0.1:1/paperpost"),
+        "{text}"
+    );
+    let down = s.run_env(&url, &["subscribers", "list"]);
+    let err = down.fails();
+    assert!(err.contains("mailer:***@127.0.0.1:1"), "{err}");
+    for out in [&config.stdout, &config.stderr, &down.stdout, &down.stderr] {
+        assert!(!out.contains("hunter2"), "the password shows: {out}");
+    }
+}
+
+/// With `database.auto_migrate = false` (a role without DDL rights) a
+/// schema behind the binary is refused with what to run, and runs once
+/// `paperpost migrate` brought it up to date.
+#[test]
+fn without_auto_migrate_the_schema_waits_for_paperpost_migrate() {
+    if not_on_postgres() {
+        return;
+    }
+    let s = crate::support::Sandbox::new();
+    let off = [("PAPERPOST__DATABASE__AUTO_MIGRATE", "false")];
+    let refused = s.run_env(&off, &["subscribers", "list"]);
+    assert!(
+        refused.fails().contains("run `paperpost migrate`"),
+        "{}",
+        refused.stderr
+    );
+    assert!(s.run_env(&off, &["migrate"]).ok().contains("up to date"));
+    s.run_env(&off, &["subscribers", "add", "ada@example.org"])
+        .ok();
+    assert!(
+        s.run_env(&off, &["subscribers", "list"])
+            .ok()
+            .contains("ada@example.org")
+    );
+}

@@ -17,13 +17,18 @@ pub const WRITE_LOCK: i64 = 0x7061_7065_7270_6f73;
 /// Opens a pool to the server at `url`. Statements that wait for a lock
 /// give up after `database.busy_timeout`, as SQLite's do.
 pub async fn open(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Result<PgPool> {
+    use sqlx::Connection;
     let options = options(settings, url)?;
-    PgPoolOptions::new()
+    // One connection first, so that a server that is down or refuses us
+    // says so at once rather than after the pool's patience runs out.
+    let first = sqlx::PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to the database {url}"))?;
+    first.close().await.ok();
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(30).max(settings.busy_timeout))
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot connect to the database {url}"))
+        .connect_lazy_with(options))
 }
 
 fn options(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Result<PgConnectOptions> {
