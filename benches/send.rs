@@ -147,6 +147,7 @@ fn main() {
     );
 
     signing(port, &sink, n, quick);
+    postgres(port, &sink, n);
 
     if !quick {
         let mut sizes = vec![10_000, 100_000];
@@ -164,6 +165,35 @@ fn main() {
                 rss / base
             );
         }
+    }
+}
+
+/// The same send on PostgreSQL (the server `.ci/postgres.sh` starts, or
+/// PAPERPOST_BENCH_POSTGRES), alternated twice with SQLite, each on a fresh
+/// database: messages/s of each and the ratio.
+fn postgres(port: u16, sink: &Sink, n: usize) {
+    if support::PgDb::create().is_none() {
+        println!("postgres: SKIPPED: set PAPERPOST_TEST_POSTGRES (bash .ci/postgres.sh prints it)");
+        return;
+    }
+    for round in 1..=2 {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), port, n);
+        let (sqlite, _) = send(dir.path(), sink, n);
+        let db = support::PgDb::create().unwrap();
+        let env = [("PAPERPOST__DATABASE__URL".to_string(), db.url.clone())];
+        let dir = tempfile::tempdir().unwrap();
+        support::prepare(dir.path(), "2024-03-11", n, || {
+            let mut c = paperpost(dir.path(), port);
+            c.envs(env.iter().map(|(k, v)| (k, v)));
+            c
+        });
+        let (pg, rss) = send_with(dir.path(), sink, n, &env);
+        println!(
+            "postgres, round {round}: {n} digests: SQLite {sqlite:.0} messages/s, PostgreSQL \
+             {pg:.0} messages/s ({:.2}x), peak RSS {rss:.1} MiB",
+            pg / sqlite
+        );
     }
 }
 

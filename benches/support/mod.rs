@@ -249,3 +249,49 @@ fn dot_stuffed(m: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b".\r\n");
     out
 }
+
+/// A fresh PostgreSQL database on the server `PAPERPOST_BENCH_POSTGRES` (or
+/// `PAPERPOST_TEST_POSTGRES`, as `.ci/postgres.sh` prints) names, dropped
+/// with it; `None` when neither is set.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl PgDb {
+    pub fn create() -> Option<Self> {
+        let server = std::env::var("PAPERPOST_BENCH_POSTGRES")
+            .or_else(|_| std::env::var("PAPERPOST_TEST_POSTGRES"))
+            .ok()?;
+        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        psql(&server, &format!("CREATE DATABASE {name}"));
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        Some(PgDb {
+            url: format!("{base}/{name}"),
+            name,
+            server,
+        })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        psql(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(server: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", server, "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
