@@ -156,9 +156,10 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let hup = Arc::new(tokio::sync::Notify::new());
     let signal_task = tokio::spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
-    let result = match acquire_or_stand_by(&app, &shutdown, &hup).await {
+    let listener = crate::web::bind(&app)?;
+    let result = match acquire_or_stand_by(&app, &listener, &shutdown, &hup).await {
         Ok(Some(lock)) => {
-            let result = serve(&app, &lock, shutdown.clone(), hup).await;
+            let result = serve(&app, listener, &lock, shutdown.clone(), hup).await;
             lock.release().await;
             result
         }
@@ -174,6 +175,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
 /// endpoint alone until the lock frees up. `None` if shutdown came first.
 async fn acquire_or_stand_by(
     app: &App,
+    listener: &std::net::TcpListener,
     shutdown: &CancellationToken,
     hup: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<Option<Lock>> {
@@ -188,7 +190,16 @@ async fn acquire_or_stand_by(
     let web_stop = shutdown.child_token();
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::standby());
-    crate::web::start(app, Arc::clone(&liveness), None, &tracker, web_stop.clone()).await?;
+    let socket = listener.try_clone()?;
+    crate::web::start(
+        app,
+        socket,
+        Arc::clone(&liveness),
+        None,
+        &tracker,
+        web_stop.clone(),
+    )
+    .await?;
     // The watchdog is pinged while standing by, or systemd kills the standby.
     tracker.spawn(crate::systemd::watch(
         app.pool.clone(),
@@ -228,6 +239,7 @@ async fn acquire_or_stand_by(
 
 async fn serve(
     app: &App,
+    listener: std::net::TcpListener,
     lock: &Lock,
     shutdown: CancellationToken,
     hup: Arc<tokio::sync::Notify>,
@@ -243,7 +255,15 @@ async fn serve(
     liveness.lock_held();
     liveness.scheduler_alive();
     let web = Some(Arc::clone(&engine));
-    crate::web::start(app, Arc::clone(&liveness), web, &tracker, shutdown.clone()).await?;
+    crate::web::start(
+        app,
+        listener,
+        Arc::clone(&liveness),
+        web,
+        &tracker,
+        shutdown.clone(),
+    )
+    .await?;
 
     let (engine_task, first_fetch) =
         spawn_tasks(app, lock, &engine, &liveness, &tracker, (hup, &shutdown))?;
@@ -471,7 +491,8 @@ pub async fn serve_web(app: App) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());
-    crate::web::start(&app, liveness, None, &tracker, shutdown.clone()).await?;
+    let listener = crate::web::bind(&app)?;
+    crate::web::start(&app, listener, liveness, None, &tracker, shutdown.clone()).await?;
     let hup = Arc::new(tokio::sync::Notify::new());
     tracker.spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
     tracker.spawn(reloader(app.clone(), None, hup, shutdown.clone()));

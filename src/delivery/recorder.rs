@@ -91,8 +91,22 @@ impl Recorder {
         bounce_threshold: i64,
     ) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        // On SQLite one batch at a time (one writer, in this process). On
+        // PostgreSQL a few at once, each on its own connection: a batch's
+        // checks then wait for no earlier batch's round trip. Outcomes are
+        // still written in the order they came (an undone refusal after the
+        // refusal): each batch's writes wait for the previous batch's.
+        let in_flight = if writer.is_postgres() { 4 } else { 1 };
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
+            loop {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
                 let mut batch = vec![first];
                 while batch.len() < 1024 {
                     match rx.try_recv() {
@@ -100,47 +114,13 @@ impl Recorder {
                         Err(_) => break,
                     }
                 }
-                let mut checks = Vec::new();
-                let mut outcomes = Vec::new();
-                for r in batch {
-                    match r {
-                        Request::Status(id, reply) => checks.push((id, reply)),
-                        Request::Record(o, reply) => outcomes.push((o, reply)),
-                    }
-                }
-                // The checks read on the pool while the outcomes are written on
-                // the writer's connection: two threads, at the same time.
-                let check = async {
-                    if checks.is_empty() {
-                        return;
-                    }
-                    let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
-                    let statuses = subscribers::statuses(&pool, &ids).await;
-                    for (id, reply) in checks {
-                        let answer = match &statuses {
-                            Ok(m) => match m.get(&id).map(String::as_str) {
-                                Some("active") => Standing::Active,
-                                Some(other) => Standing::Ended(other.to_string()),
-                                None => Standing::Ended("deleted".to_string()),
-                            },
-                            Err(e) => Standing::Unknown(format!("{e:#}")),
-                        };
-                        let _ = reply.send(answer);
-                    }
-                };
-                let record = async {
-                    if outcomes.is_empty() {
-                        return;
-                    }
-                    let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
-                    let result = write_patiently(&writer, token, &items, bounce_threshold)
-                        .await
-                        .map_err(|e| format!("{e:#}"));
-                    for reply in replies {
-                        let _ = reply.send(result.clone());
-                    }
-                };
-                tokio::join!(check, record);
+                let (pool, writer) = (pool.clone(), writer.clone());
+                let (done, written) = tokio::sync::oneshot::channel();
+                let order = (previous.replace(written), done);
+                tokio::spawn(async move {
+                    answer_batch(&pool, &writer, (token, bounce_threshold), batch, order).await;
+                    drop(slot);
+                });
             }
         });
         Self { tx }
@@ -162,6 +142,66 @@ impl Recorder {
         let _ = self.tx.send(Request::Record(outcome, tx));
         rx
     }
+}
+
+/// One batch: its status checks answered on the pool while its outcomes are
+/// written on the writer's connection.
+async fn answer_batch(
+    pool: &crate::store::Pool,
+    writer: &crate::store::Pool,
+    (token, bounce_threshold): (i64, i64),
+    batch: Vec<Request>,
+    (previous, done): (
+        Option<tokio::sync::oneshot::Receiver<()>>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+) {
+    let mut checks = Vec::new();
+    let mut outcomes = Vec::new();
+    for r in batch {
+        match r {
+            Request::Status(id, reply) => checks.push((id, reply)),
+            Request::Record(o, reply) => outcomes.push((o, reply)),
+        }
+    }
+    // The checks read on the pool while the outcomes are written on
+    // the writer's connection: two threads, at the same time.
+    let check = async {
+        if checks.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
+        let statuses = subscribers::statuses(pool, &ids).await;
+        for (id, reply) in checks {
+            let answer = match &statuses {
+                Ok(m) => match m.get(&id).map(String::as_str) {
+                    Some("active") => Standing::Active,
+                    Some(other) => Standing::Ended(other.to_string()),
+                    None => Standing::Ended("deleted".to_string()),
+                },
+                Err(e) => Standing::Unknown(format!("{e:#}")),
+            };
+            let _ = reply.send(answer);
+        }
+    };
+    let record = async {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        if outcomes.is_empty() {
+            let _ = done.send(());
+            return;
+        }
+        let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
+        let result = write_patiently(writer, token, &items, bounce_threshold)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        let _ = done.send(());
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    };
+    tokio::join!(check, record);
 }
 
 pub(super) type StatusReply = tokio::sync::oneshot::Receiver<Standing>;
@@ -206,24 +246,27 @@ pub(super) async fn write_outcomes(
     items: &[Outcome],
     bounce_threshold: i64,
 ) -> anyhow::Result<()> {
-    let sent: Vec<serde_json::Value> = items
+    let sent: Vec<deliveries::SentRow> = items
         .iter()
         .filter_map(|o| match o {
             Outcome::Sent {
                 id,
                 reply,
                 message_id,
-            } => Some(serde_json::json!({"id": id, "reply": reply, "message_id": message_id})),
+            } => Some(deliveries::SentRow {
+                id: *id,
+                reply,
+                message_id,
+            }),
             _ => None,
         })
         .collect();
     let sent_n = sent.len() as u64;
     let all_sent = sent_n == items.len() as u64;
-    let sent = (!sent.is_empty()).then(|| serde_json::Value::Array(sent).to_string());
     // The common case, a batch of accepted messages: one statement, autocommit.
-    if all_sent && let Some(sent) = &sent {
+    if all_sent && !sent.is_empty() {
         let mut conn = writer.acquire().await?;
-        let written = deliveries::mark_sent_many(&mut conn, token, sent).await?;
+        let written = deliveries::mark_sent_many(&mut conn, token, &sent).await?;
         warn_not_ours(sent_n - written);
         return Ok(());
     }
@@ -231,8 +274,8 @@ pub(super) async fn write_outcomes(
     for o in items {
         write_one(&mut tx, token, o, bounce_threshold).await?;
     }
-    if let Some(sent) = &sent {
-        let written = deliveries::mark_sent_many(&mut tx, token, sent).await?;
+    if !sent.is_empty() {
+        let written = deliveries::mark_sent_many(&mut tx, token, &sent).await?;
         warn_not_ours(sent_n - written);
     }
     tx.commit().await?;

@@ -166,25 +166,52 @@ fn holds_lock(postgres: bool) -> String {
     }
 }
 
-/// Records many accepted messages in one statement. `json` is an array of
-/// `{"id", "reply", "message_id"}` objects. Only rows the claim `token` is
-/// sending are changed; returns how many were.
-pub async fn mark_sent_many(conn: &mut Conn, token: i64, json: &str) -> Result<u64, StoreError> {
-    on!(conn => {
+/// An accepted message, as [`mark_sent_many`] records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentRow<'a> {
+    pub id: i64,
+    pub reply: &'a str,
+    pub message_id: &'a str,
+}
+
+/// Records many accepted messages in one statement (on SQLite the rows go
+/// as a JSON array, on PostgreSQL as three arrays). Only rows the claim
+/// `token` is sending are changed; returns how many were.
+pub async fn mark_sent_many(
+    conn: &mut Conn,
+    token: i64,
+    rows: &[SentRow<'_>],
+) -> Result<u64, StoreError> {
     let now = now_ms();
-    let r = sqlx::query(conn.sql(
-        "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
-         sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
-         FROM json_each($2) AS j WHERE deliveries.id = CAST(j.value ->> 'id' AS BIGINT) \
-           AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
-    ))
-    .bind(now)
-    .bind(json)
-    .bind(token)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected())
-    })
+    let r = match conn.kind() {
+        super::Kind::Sqlite(conn) => sqlx::query(
+            "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
+             sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
+             FROM json_each($2) AS j WHERE deliveries.id = j.value ->> 'id' \
+               AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
+        )
+        .bind(now)
+        .bind(serde_json::to_string(rows).expect("rows serialize"))
+        .bind(token)
+        .execute(conn)
+        .await?
+        .rows_affected(),
+        super::Kind::Postgres(conn) => sqlx::query(
+            "UPDATE deliveries SET status = 'sent', smtp_reply = j.reply, message_id = j.message_id, \
+             sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS j(id, reply, message_id) \
+             WHERE deliveries.id = j.id AND deliveries.status = 'sending' AND deliveries.claimed_by = $5",
+        )
+        .bind(now)
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.reply).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+        .bind(token)
+        .execute(conn)
+        .await?
+        .rows_affected(),
+    };
+    Ok(r)
 }
 
 /// Puts a row back in the queue to be tried at `next_at`. With `counted`

@@ -891,14 +891,21 @@ pub async fn statuses(
     pool: &Pool,
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, String>, StoreError> {
-    on_pool!(pool => {
-    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let rows: Vec<(i64, String)> = sqlx::query_as(pool.sql(
-        "SELECT id, status FROM subscribers WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($1))",
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(i64, String)> =
+        match pool {
+            // One check per message a worker sends: an array, not JSON to parse.
+            Pool::Postgres(p) => {
+                sqlx::query_as("SELECT id, status FROM subscribers WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(p)
+                    .await?
+            }
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT id, status FROM subscribers WHERE id IN (SELECT value FROM json_each($1))",
+            )
+            .bind(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()))
+            .fetch_all(p)
+            .await?,
+        };
     Ok(rows.into_iter().collect())
-    })
 }

@@ -29,7 +29,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
 pub use health::Liveness;
-pub use server::{serve, start};
+pub use server::{bind, serve, start};
 pub use signups::SignUps;
 pub use unsubscriber::Unsubscriber;
 

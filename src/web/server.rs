@@ -104,17 +104,26 @@ fn connection_cap(app: &App) -> usize {
 
 /// Binds `http.bind` and serves the endpoint on `tracker` until `shutdown`.
 /// Returns the address it listens on (the port is chosen when it is 0).
+/// The web endpoint's socket on `http.bind`. A daemon binds it once and
+/// serves it as a standby and again as the sender: across a takeover the
+/// socket stays open, so connections wait in its backlog, none refused.
+pub fn bind(app: &App) -> anyhow::Result<std::net::TcpListener> {
+    let bind = app.settings.http.bind;
+    let listener = std::net::TcpListener::bind(bind)
+        .with_context(|| format!("cannot listen on http.bind {bind}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 pub async fn start(
     app: &App,
+    listener: std::net::TcpListener,
     liveness: Arc<Liveness>,
     engine: Option<Arc<Engine>>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let bind = app.settings.http.bind;
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on http.bind {bind}"))?;
+    let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     warn_if_not_https(app);
     let signups = SignUps::start(app, tracker)?;

@@ -272,3 +272,61 @@ fn without_auto_migrate_the_schema_waits_for_paperpost_migrate() {
             .contains("ada@example.org")
     );
 }
+
+/// kill -9 of the sender mid-edition: the standby takes over within
+/// TTL + TTL/3, its web endpoint answering all the while, and finishes the
+/// edition: nobody lost, at most `mail.concurrency` sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sender_is_replaced_and_nothing_is_lost() {
+    const READERS: usize = 60;
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(20));
+    let s = setup(READERS);
+    let env = never_fires(smtp_env(server.port(), 2));
+    let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
+    let mut first = TestDaemon::spawn(&s, &env, &["run"]);
+    first.wait_log("paperpost is running").await;
+    let web = format!("127.0.0.1:{}", crate::support::http::free_port());
+    let mut second = TestDaemon::spawn(&s, &with(env, "PAPERPOST__HTTP__BIND", &web), &["run"]);
+    second.wait_log("serving the web endpoint only").await;
+    queue_edition(&s, DATE).await;
+    wait_for("a third of the edition", || {
+        server.accepted().len() >= READERS / 3
+    })
+    .await;
+    let asking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let health = tokio::spawn(healthz_all_along(web, std::sync::Arc::clone(&asking)));
+    first.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    second.wait_log("this one sends from now on").await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(4), "taken over after {took:?}");
+    wait_for("the whole edition", || server.counts().len() == READERS).await;
+    asking.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = health.await.unwrap();
+    assert!(
+        ok > 0 && failed.is_empty(),
+        "{ok} answered, failed: {failed:?}"
+    );
+    let twice = server.counts().values().filter(|&&n| n > 1).count();
+    assert!(twice <= 2, "{twice} readers got the digest twice");
+    assert_eq!(second.stop().await.code, 0);
+}
+
+/// `GET /healthz` on `addr` every 10 ms while `on`: (200s, anything else).
+async fn healthz_all_along(
+    addr: String,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u32, Vec<String>) {
+    let client = reqwest::Client::new();
+    let (mut ok, mut failed) = (0, Vec::new());
+    while on.load(std::sync::atomic::Ordering::SeqCst) {
+        match client.get(format!("http://{addr}/healthz")).send().await {
+            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) => failed.push(r.status().to_string()),
+            Err(e) => failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (ok, failed)
+}

@@ -4,7 +4,13 @@
 
 use crate::support;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::support::{
     child::{DATE, deliveries, never_fires, queue_edition, setup, smtp_env, wait_for, with},
@@ -13,6 +19,20 @@ use crate::support::{
     notify::NotifySocket,
     smtp::SmtpServer,
 };
+
+/// Connects to `addr` over and over while `on`; (connections accepted,
+/// connections refused).
+async fn knock(addr: String, on: Arc<AtomicBool>) -> (u32, u32) {
+    let (mut answered, mut refused) = (0, 0);
+    while on.load(Ordering::SeqCst) {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(_) => answered += 1,
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (answered, refused)
+}
 
 /// `GET /healthz` on `addr`: the status and the body.
 async fn health(addr: &str) -> (u16, String) {
@@ -131,9 +151,20 @@ async fn a_second_daemon_serves_the_web_endpoint_and_takes_over_sending_when_the
     queue_edition(&s, DATE).await;
     wait_for("the edition", || server.accepted().len() == 3).await;
 
+    // Across the takeover the standby's socket stays open: clients knocking
+    // all the while are never refused (they wait in its backlog).
+    let knocking = Arc::new(AtomicBool::new(true));
+    let knocker = tokio::spawn(knock(web.clone(), Arc::clone(&knocking)));
     assert_eq!(first.stop().await.code, 0);
     let seen = second.wait_log("paperpost is running").await;
     assert!(seen.contains("this one sends from now on"), "{seen}");
+    knocking.store(false, Ordering::SeqCst);
+    let (answered, refused) = knocker.await.unwrap();
+    assert!(answered > 0, "no request was made");
+    assert_eq!(
+        refused, 0,
+        "connections refused during the takeover ({answered} answered)"
+    );
     // The next edition is the standby's to send, and it does.
     s.run(&["papers", "select", "--date", "2024-03-12", "2403.06410"])
         .ok();

@@ -228,8 +228,12 @@ async fn outcomes_of_a_process_that_lost_its_rows_change_nothing() {
     .await
     .unwrap();
     deliveries::unclaim(&mut conn, 1, a[2].id).await.unwrap();
-    let json = format!(r#"[{{"id": {id}, "reply": "250", "message_id": "<x@y>"}}]"#);
-    let written = deliveries::mark_sent_many(&mut conn, 1, &json)
+    let sent = [deliveries::SentRow {
+        id,
+        reply: "250",
+        message_id: "<x@y>",
+    }];
+    let written = deliveries::mark_sent_many(&mut conn, 1, &sent)
         .await
         .unwrap();
     assert_eq!(written, 0);

@@ -44,10 +44,12 @@ fn options(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Result<PgC
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60)))
 }
 
-/// One connection for a process's writes, in order (see [`super::writer`]).
+/// The connections for a process's writes (see [`super::writer`]): a few,
+/// since on a server each write is a round trip that others need not wait
+/// for; the rows they change never overlap (each claimed by one worker).
 pub fn writer(pool: &PgPool) -> PgPool {
     PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(4)
         .connect_lazy_with((*pool.connect_options()).clone())
 }
 
