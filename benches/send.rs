@@ -11,7 +11,10 @@
 //!      subscribers into the same sink: messages the sink accepted per
 //!      second (not rows `send` finished: a failed message is not
 //!      throughput), as a share of each ceiling, and its peak resident memory;
-//!   3. the send again for 10,000 and 100,000 subscribers (and 1,000,000 with
+//!   3. with a PostgreSQL server (PAPERPOST_TEST_POSTGRES, as `.ci/postgres.sh`
+//!      prints), the send on PostgreSQL alternated twice with SQLite, and
+//!      once with mail.concurrency 16;
+//!   4. the send again for 10,000 and 100,000 subscribers (and 1,000,000 with
 //!      PAPERPOST_BENCH_FULL=1) to show memory does not grow with the list
 //!      (targets: under 64 MB at 100,000; less than 1.5x from 10,000 to 1,000,000).
 
@@ -195,6 +198,21 @@ fn postgres(port: u16, sink: &Sink, n: usize) {
             pg / sqlite
         );
     }
+    // Each worker waits a round trip for its last outcome before the next
+    // body: on a database server, more workers make up for it.
+    let db = support::PgDb::create().unwrap();
+    let env = [
+        ("PAPERPOST__DATABASE__URL".to_string(), db.url.clone()),
+        ("PAPERPOST__MAIL__CONCURRENCY".to_string(), "16".to_string()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    support::prepare(dir.path(), "2024-03-11", n, || {
+        let mut c = paperpost(dir.path(), port);
+        c.envs(env.iter().map(|(k, v)| (k, v)));
+        c
+    });
+    let (pg, _) = send_with(dir.path(), sink, n, &env);
+    println!("postgres, mail.concurrency 16: {pg:.0} messages/s");
 }
 
 /// The DKIM settings for `keys` (selector, algorithm, fixture file).

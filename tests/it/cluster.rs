@@ -398,3 +398,41 @@ async fn unsubscribes_taken_by_another_instance_stop_the_senders_mail() {
     assert_eq!(other.stop().await.code, 0);
     assert_eq!(sender.stop().await.code, 0);
 }
+
+/// A sender frozen (SIGSTOP) for twice the lock's TTL: the standby takes
+/// over and sends the rest; the old sender, resumed, starts no message body
+/// (its fence fell while it was stopped). Each sends to its own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
+    const READERS: usize = 60;
+    let (a, b) = (SmtpServer::start().await, SmtpServer::start().await);
+    a.set_delay(Duration::from_millis(20));
+    let s = setup(READERS);
+    let env = |server: &SmtpServer| {
+        let env = never_fires(smtp_env(server.port(), 2));
+        with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s")
+    };
+    let mut first = TestDaemon::spawn(&s, &env(&a), &["run"]);
+    first.wait_log("paperpost is running").await;
+    let mut second = TestDaemon::spawn(&s, &env(&b), &["run"]);
+    second.wait_log("serving the web endpoint only").await;
+    queue_edition(&s, DATE).await;
+    wait_for("some messages", || a.received().len() >= 10).await;
+    first.signal(libc::SIGSTOP);
+    let at_stop = a.received().len();
+    second.wait_log("this one sends from now on").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    first.signal(libc::SIGCONT);
+    wait_for("the whole edition", || {
+        let mut all = a.counts();
+        all.extend(b.counts());
+        all.len() == READERS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Bodies half written when it froze may end; no new one starts.
+    let after = a.received().len() - at_stop;
+    assert!(after <= 2, "{after} bodies from the resumed sender");
+    first.stop().await;
+    assert_eq!(second.stop().await.code, 0);
+}
