@@ -41,6 +41,11 @@ impl TestDb {
         }
     }
 
+    /// No database of its own (an installation beside another's).
+    pub fn none() -> Self {
+        TestDb { url: None }
+    }
+
     /// The `database.url` setting (an empty one for SQLite).
     pub fn url(&self) -> &str {
         self.url.as_ref().map_or("", |(u, _)| u.as_str())

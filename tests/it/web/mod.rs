@@ -98,6 +98,32 @@ impl Site {
         }
     }
 
+    /// A second instance on this site's database, with its own outbox.
+    async fn beside(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = self.dir.path().join("pp.db").display().to_string();
+        let extra = [
+            ("PAPERPOST__DATABASE__PATH", shared.as_str()),
+            ("PAPERPOST__HTTP__SUBSCRIBE_PER_MINUTE", "1000"),
+        ];
+        let app = App::open(settings(dir.path(), self.db.url(), &extra))
+            .await
+            .unwrap();
+        let tracker = TaskTracker::new();
+        let mailer = SignUps::start(&app, &tracker).unwrap();
+        let unsubscriber = Unsubscriber::start(&app, &tracker);
+        let live = Arc::new(Liveness::default());
+        let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
+        Site {
+            dir,
+            db: support::TestDb::none(),
+            router: router(state.clone()),
+            metrics: paperpost::web::metrics_router(state.clone()),
+            state,
+            app,
+        }
+    }
+
     /// Adds an active subscriber; returns their link token.
     async fn subscriber(&self, email: &str) -> String {
         let mut conn = self.app.pool.acquire().await.unwrap();

@@ -573,3 +573,53 @@ async fn the_sign_up_answer_waits_for_no_database_work() {
         "the new address's mail, later"
     );
 }
+
+/// Two instances on one database take sign-ups for the same new addresses
+/// at the same moment: every answer is 200, each address is recorded once
+/// and gets one confirmation mail between them (their read-then-write
+/// transactions take turns, on PostgreSQL as on SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_signing_up_one_address_at_once_send_one_mail() {
+    let a = Site::with(&[("PAPERPOST__HTTP__SUBSCRIBE_PER_MINUTE", "1000")]).await;
+    let b = a.beside().await;
+    let emails: Vec<String> = (0..20).map(|i| format!("race{i}@example.org")).collect();
+    for email in &emails {
+        let form = format!("email={}", email.replace('@', "%40"));
+        let (ra, rb) = tokio::join!(
+            a.post_form("/subscribe", &form),
+            b.post_form("/subscribe", &form)
+        );
+        assert_eq!(
+            (ra.status, rb.status),
+            (StatusCode::OK, StatusCode::OK),
+            "{email}"
+        );
+    }
+    // Each worker handles its queue in order: once these are mailed,
+    // everything posted before them has been handled.
+    a.post_form("/subscribe", "email=last-a%40example.org")
+        .await;
+    b.post_form("/subscribe", "email=last-b%40example.org")
+        .await;
+    let mut mails = Vec::new();
+    for _ in 0..500 {
+        mails = a.outbox(0).await;
+        mails.extend(b.outbox(0).await);
+        let seen = |who: &str| mails.iter().any(|m| m.contains(&format!("To: {who}")));
+        if seen("last-a@example.org") && seen("last-b@example.org") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for email in &emails {
+        let n = mails
+            .iter()
+            .filter(|m| m.contains(&format!("To: {email}")))
+            .count();
+        assert_eq!(n, 1, "{email}: {n} confirmation mails");
+        assert_eq!(
+            a.get_subscriber(email).await.status,
+            SubscriberStatus::Pending
+        );
+    }
+}
