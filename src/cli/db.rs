@@ -43,7 +43,7 @@ async fn copy_to(settings: &Settings, url: &str) -> anyhow::Result<()> {
     let copied = store::copy::copy_to(&from, &to, &target.to_string()).await;
     lock.release().await;
     let copied = copied?;
-    println!("{:<20} {:>9}  SHA-256 of the rows", "TABLE", "ROWS");
+    println!("{:<20} {:>9}  SUM OF THE ROWS' SHA-256", "TABLE", "ROWS");
     for c in &copied {
         println!("{:<20} {:>9}  {}", c.table, c.rows, c.sha256);
     }

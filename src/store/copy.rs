@@ -30,8 +30,8 @@ const IDENTITIES: [&str; 4] = ["subscribers", "deliveries", "token_events", "bou
 
 const BATCH: usize = 1000;
 
-/// What one table's copy verified: rows on both sides, and the SHA-256 of
-/// its rows (in a canonical form, sorted) read back from the target.
+/// What one table's copy verified: rows on both sides, and the sum of its
+/// rows' SHA-256 (each in a canonical form) read back from the target.
 #[derive(Debug, Clone)]
 pub struct Copied {
     pub table: &'static str,
@@ -97,15 +97,33 @@ fn pg_row(row: &PgRow, columns: &[Column]) -> Result<Vec<Val>, sqlx::Error> {
     Ok(decode_row!(row, columns))
 }
 
-/// Row count and digest of canonical rows, whatever order they came in.
-fn digest(mut rows: Vec<String>) -> (u64, String) {
-    rows.sort_unstable();
-    let mut h = Sha256::new();
-    for r in &rows {
-        h.update(r.as_bytes());
-        h.update(b"\n");
+/// A table's rows as a multiset: their count, and the sum (modulo 2^256)
+/// of each canonical row's SHA-256, the same whatever order the rows come
+/// in, kept in constant memory.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    rows: u64,
+    sum: [u64; 4],
+}
+
+impl Tally {
+    fn add(&mut self, vals: &[Val]) {
+        let hash = Sha256::digest(canonical(vals).as_bytes());
+        let mut carry = false;
+        for (i, chunk) in hash.chunks(8).enumerate().rev() {
+            let word = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+            let limb = &mut self.sum[i];
+            let (v, c1) = limb.overflowing_add(word);
+            let (v, c2) = v.overflowing_add(u64::from(carry));
+            *limb = v;
+            carry = c1 || c2;
+        }
+        self.rows += 1;
     }
-    (rows.len() as u64, hex::encode(h.finalize()))
+
+    fn hex(&self) -> String {
+        self.sum.iter().map(|w| format!("{w:016x}")).collect()
+    }
 }
 
 fn canonical(vals: &[Val]) -> String {
@@ -187,12 +205,14 @@ async fn columns(target: &mut sqlx::PgConnection, table: &str) -> anyhow::Result
         .collect()
 }
 
-/// One table: read, adjusted, inserted in batches, read back and compared.
+/// One table: streamed, adjusted, inserted in batches, read back and
+/// compared; memory stays at one batch whatever the table's size.
 async fn copy_table(
     source: &mut Tx<'static>,
     target: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     table: &'static str,
 ) -> anyhow::Result<Copied> {
+    use futures_util::TryStreamExt;
     let columns = columns(target, table).await?;
     let list = columns
         .iter()
@@ -203,34 +223,37 @@ async fn copy_table(
     let Tx::Sqlite(source) = source else {
         unreachable!("the source is SQLite")
     };
-    let rows = sqlx::query(&select).fetch_all(&mut **source).await?;
-    let mut sent = Vec::with_capacity(rows.len());
+    let mut sent = Tally::default();
     let mut batch = Vec::with_capacity(BATCH);
-    for row in &rows {
-        let mut vals = sqlite_row(row, &columns)?;
+    let mut rows = sqlx::query(&select).fetch(&mut **source);
+    while let Some(row) = rows.try_next().await? {
+        let mut vals = sqlite_row(&row, &columns)?;
         adjust(table, &columns, &mut vals);
-        sent.push(canonical(&vals));
+        sent.add(&vals);
         batch.push(vals);
         if batch.len() == BATCH {
             insert(target, table, &list, std::mem::take(&mut batch)).await?;
         }
     }
+    drop(rows);
     insert(target, table, &list, batch).await?;
-    let back = sqlx::query(&select).fetch_all(&mut **target).await?;
-    let back = back
-        .iter()
-        .map(|r| pg_row(r, &columns).map(|v| canonical(&v)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (rows_in, sum_in) = digest(sent);
-    let (rows_out, sum_out) = digest(back);
+    let mut back = Tally::default();
+    let mut rows = sqlx::query(&select).fetch(&mut **target);
+    while let Some(row) = rows.try_next().await? {
+        back.add(&pg_row(&row, &columns)?);
+    }
     anyhow::ensure!(
-        (rows_in, &sum_in) == (rows_out, &sum_out),
-        "{table}: {rows_in} rows read, {rows_out} written, checksums {sum_in} and {sum_out}"
+        sent == back,
+        "{table}: {} rows read, {} written, checksums {} and {}",
+        sent.rows,
+        back.rows,
+        sent.hex(),
+        back.hex()
     );
     Ok(Copied {
         table,
-        rows: rows_out,
-        sha256: sum_out,
+        rows: back.rows,
+        sha256: back.hex(),
     })
 }
 
@@ -284,4 +307,35 @@ pub async fn moved(pool: &Pool) -> Result<Option<(String, i64)>, super::StoreErr
         .fetch_optional(pool)
         .await?),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Tally, Val};
+
+    fn row(i: i64, t: &str) -> Vec<Val> {
+        vec![
+            Val::Int(Some(i)),
+            Val::Text(Some(t.into())),
+            Val::Bool(None),
+        ]
+    }
+
+    #[test]
+    fn the_tally_is_the_same_in_any_order_and_tells_rows_apart() {
+        let (mut a, mut b, mut c) = (Tally::default(), Tally::default(), Tally::default());
+        for i in 0..1000 {
+            a.add(&row(i, "x"));
+            b.add(&row(999 - i, "x"));
+            c.add(&row(i, if i == 500 { "y" } else { "x" }));
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.rows, c.rows);
+        assert_ne!(a, c);
+        // A value moved from one column to the next is another row.
+        let (mut d, mut e) = (Tally::default(), Tally::default());
+        d.add(&[Val::Text(Some("ab".into())), Val::Text(Some("c".into()))]);
+        e.add(&[Val::Text(Some("a".into())), Val::Text(Some("bc".into()))]);
+        assert_ne!(d, e);
+    }
 }
