@@ -302,10 +302,7 @@ pub async fn write(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
         Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
         Pool::Postgres(p) => {
             let mut tx = p.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(postgres::WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            lock_writes(&mut tx).await?;
             Ok(Tx::Postgres(tx))
         }
     }
@@ -318,13 +315,20 @@ pub async fn write_on(conn: &mut Conn) -> Result<Tx<'_>, sqlx::Error> {
         Kind::Sqlite(c) => Ok(Tx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?)),
         Kind::Postgres(c) => {
             let mut tx = c.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(postgres::WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            lock_writes(&mut tx).await?;
             Ok(Tx::Postgres(tx))
         }
     }
+}
+
+/// PostgreSQL's stand-in for `BEGIN IMMEDIATE`: the one write lock, held
+/// until the transaction ends.
+async fn lock_writes(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(postgres::WRITE_LOCK)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// The SQLite migrations in migrations/sqlite/, compiled in.

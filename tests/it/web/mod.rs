@@ -80,22 +80,8 @@ impl Site {
     async fn with(extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = support::TestDb::new();
-        let app = App::open(settings(dir.path(), db.url(), extra))
-            .await
-            .unwrap();
-        let tracker = TaskTracker::new();
-        let mailer = SignUps::start(&app, &tracker).unwrap();
-        let unsubscriber = Unsubscriber::start(&app, &tracker);
-        let live = Arc::new(Liveness::default());
-        let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
-        Site {
-            dir,
-            db,
-            router: router(state.clone()),
-            metrics: paperpost::web::metrics_router(state.clone()),
-            state,
-            app,
-        }
+        let settings = settings(dir.path(), db.url(), extra);
+        Self::start(dir, db, settings).await
     }
 
     /// A second instance on this site's database, with its own outbox.
@@ -106,9 +92,13 @@ impl Site {
             ("PAPERPOST__DATABASE__PATH", shared.as_str()),
             ("PAPERPOST__HTTP__SUBSCRIBE_PER_MINUTE", "1000"),
         ];
-        let app = App::open(settings(dir.path(), self.db.url(), &extra))
-            .await
-            .unwrap();
+        let settings = settings(dir.path(), self.db.url(), &extra);
+        Self::start(dir, support::TestDb::none(), settings).await
+    }
+
+    /// The web endpoint of an installation in `dir` on `db`, in-process.
+    async fn start(dir: tempfile::TempDir, db: support::TestDb, settings: Settings) -> Self {
+        let app = App::open(settings).await.unwrap();
         let tracker = TaskTracker::new();
         let mailer = SignUps::start(&app, &tracker).unwrap();
         let unsubscriber = Unsubscriber::start(&app, &tracker);
@@ -116,7 +106,7 @@ impl Site {
         let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
         Site {
             dir,
-            db: support::TestDb::none(),
+            db,
             router: router(state.clone()),
             metrics: paperpost::web::metrics_router(state.clone()),
             state,
