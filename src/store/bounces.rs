@@ -210,7 +210,7 @@ pub async fn list(pool: &Pool, since: i64, kind: Option<&str>) -> Result<Vec<Lis
         "SELECT b.occurred_at AS at, b.kind, b.source, b.matched_by, s.email, b.recipient, \
            b.edition_date, b.status, b.diagnostic, b.counted = 1 AS counted \
          FROM bounces b LEFT JOIN subscribers s ON s.id = b.subscriber_id \
-         WHERE b.occurred_at >= $1 AND ($2 IS NULL OR b.kind = $3) ORDER BY b.occurred_at DESC, b.id DESC",
+         WHERE b.occurred_at >= $1 AND (CAST($2 AS TEXT) IS NULL OR b.kind = $3) ORDER BY b.occurred_at DESC, b.id DESC",
     ))
     .bind(since)
     .bind(kind)

@@ -657,7 +657,7 @@ pub async fn release_lock(conn: &mut Conn, me: &str) -> Result<(), StoreError> {
         .await?;
     if conn.postgres() && r.rows_affected() > 0 {
         // A standby listening takes over at once instead of at its next poll.
-        sqlx::query(conn.sql("SELECT pg_notify($1, 'released')"))
+        sqlx::query("SELECT pg_notify($1, 'released')")
             .bind(super::LOCK_CHANNEL)
             .execute(conn)
             .await?;

@@ -509,7 +509,7 @@ pub async fn unbounce(
     let back: Vec<(i64, String)> = sqlx::query_as(conn.sql(
         "UPDATE subscribers SET status = 'active', unsubscribed_by = NULL, unsubscribed_at = NULL, \
            hard_bounces = 0, updated_at = $1 \
-         WHERE status = 'bounced' AND ($2 IS NULL OR unsubscribed_at >= $2) \
+         WHERE status = 'bounced' AND (CAST($2 AS INTEGER) IS NULL OR unsubscribed_at >= $2) \
            AND ($3 = '[]' OR email IN (SELECT value FROM json_each($3))) \
          RETURNING id, email",
     ))
@@ -876,7 +876,7 @@ pub async fn expire_pending(conn: &mut Conn, ttl: std::time::Duration) -> Result
     .execute(&mut *conn)
     .await?;
     let hour_ago = now_ms() - 3_600_000;
-    sqlx::query(conn.sql("DELETE FROM confirmations WHERE created_at < min($1, $2)"))
+    sqlx::query(conn.sql("DELETE FROM confirmations WHERE created_at < $1 AND created_at < $2"))
         .bind(before)
         .bind(hour_ago)
         .execute(conn)

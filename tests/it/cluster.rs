@@ -224,6 +224,124 @@ async fn both_stores_have_the_same_schema() {
     }
 }
 
+/// The statements written once for both stores (every `conn.sql("…")` in
+/// `src/store/`, read from the source) prepare on SQLite as written and on
+/// PostgreSQL as rewritten: a table, column, function or type one of them
+/// lacks is found here, not when the statement first runs on that store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_statement_prepares_on_both_stores() {
+    use sqlx::{Connection, Executor};
+    if not_on_postgres() {
+        return;
+    }
+    let statements = shared_statements();
+    assert!(
+        statements.len() > 60,
+        "found {} statements",
+        statements.len()
+    );
+    let s = crate::support::Sandbox::new();
+    let pg = s.pool().await;
+    let lite_settings = crate::support::settings(&[(
+        "PAPERPOST__DATABASE__PATH",
+        &s.db_path().display().to_string(),
+    )]);
+    let lite = paperpost::store::connect(&lite_settings.database)
+        .await
+        .unwrap();
+    let mut lite = crate::support::sqlite(&lite).acquire().await.unwrap();
+    let paperpost::store::Pool::Postgres(pg) = &pg else {
+        unreachable!()
+    };
+    let mut pg = pg.acquire().await.unwrap();
+    let mut failed = Vec::new();
+    // The import's session table first: later statements name it.
+    let (temp, rest): (Vec<_>, Vec<_>) = statements
+        .iter()
+        .partition(|(_, sql)| sql.starts_with("CREATE TEMP TABLE"));
+    for (at, sql) in temp {
+        lite.execute(sql.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+        let text = paperpost::store::postgres::text(sql);
+        pg.execute(text)
+            .await
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+    }
+    for (at, sql) in rest {
+        if let Err(e) = lite.prepare(sql.as_str()).await {
+            failed.push(format!("{at} on SQLite: {e}\n  {sql}"));
+        }
+        let text = paperpost::store::postgres::text(sql);
+        if let Err(e) = pg.prepare(text).await {
+            failed.push(format!("{at} on PostgreSQL: {e}\n  {text}"));
+        }
+    }
+    lite.close().await.ok();
+    eprintln!("{} statements prepared on both stores", statements.len());
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Each string literal passed to `.sql(` in `src/store/` (file:line, text),
+/// its escapes and line continuations read as the compiler reads them.
+fn shared_statements() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut files = vec![];
+    let mut dirs = vec![root];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    let mut found = vec![];
+    for f in files {
+        let src = std::fs::read_to_string(&f).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        for (i, _) in src.match_indices(".sql(") {
+            let line_start = src[..i].rfind('\n').map_or(0, |n| n + 1);
+            if src[line_start..i].trim_start().starts_with("//") {
+                continue;
+            }
+            let after = src[i + 5..].trim_start();
+            let Some(lit) = after.strip_prefix('"') else {
+                continue; // built with format!: covered by the suite
+            };
+            let line = src[..i].lines().count();
+            found.push((format!("{name}:{line}"), unescape(lit)));
+        }
+    }
+    found
+}
+
+/// A Rust string literal's text up to its closing quote.
+fn unescape(lit: &str) -> String {
+    let mut out = String::new();
+    let mut chars = lit.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('\n') => {
+                    while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                        chars.next();
+                    }
+                }
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The password in `database.url` shows nowhere: not in `paperpost config`,
 /// not in the error when the server cannot be reached.
 #[test]
