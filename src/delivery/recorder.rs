@@ -68,19 +68,28 @@ pub(super) enum Standing {
     Fenced,
 }
 
-pub(super) enum Request {
-    /// Is this subscriber still active?
-    Status(i64, tokio::sync::oneshot::Sender<Standing>),
-    Record(Outcome, tokio::sync::oneshot::Sender<Result<(), String>>),
+/// A status check: the subscriber, and where its standing goes.
+type Check = (i64, tokio::sync::oneshot::Sender<Standing>);
+
+/// An outcome to write, with the status check of its worker's next message
+/// when it has one: the check is answered by the write's own round trip.
+struct Record {
+    outcome: Outcome,
+    check: Option<Check>,
+    written: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Group commit for the workers: status checks and outcomes that arrive
-/// together are answered with one query and written in one transaction (the
-/// sent rows with one statement), the two at once on separate connections. A
-/// worker waits for its outcome to be committed before its next message's body
-/// goes out, so a crash can lose at most the outcomes of the messages in flight.
+/// Group commit for the workers: outcomes that arrive together are written in
+/// one transaction (the sent rows with one statement) and the status checks
+/// that came with them are answered in the same round trip (one statement on
+/// PostgreSQL); checks asked on their own are answered together with one
+/// query, on another connection. A
+/// worker waits for its outcome to be committed before its next message's
+/// body goes out, so a crash can lose at most the outcomes of the messages in
+/// flight.
 pub(super) struct Recorder {
-    tx: tokio::sync::mpsc::UnboundedSender<Request>,
+    checks: tokio::sync::mpsc::UnboundedSender<Check>,
+    records: tokio::sync::mpsc::UnboundedSender<Record>,
 }
 
 impl Recorder {
@@ -90,118 +99,183 @@ impl Recorder {
         token: i64,
         bounce_threshold: i64,
     ) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        // On SQLite one batch at a time (one writer, in this process). On
-        // PostgreSQL a few at once, each on its own connection: a batch's
-        // checks then wait for no earlier batch's round trip. Outcomes are
-        // still written in the order they came (an undone refusal after the
-        // refusal): each batch's writes wait for the previous batch's.
-        let in_flight = if writer.is_postgres() { 4 } else { 1 };
-        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
-        tokio::spawn(async move {
-            let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
-            loop {
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let Some(first) = rx.recv().await else {
-                    return;
-                };
-                let mut batch = vec![first];
-                while batch.len() < 1024 {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    }
-                }
-                let (pool, writer) = (pool.clone(), writer.clone());
-                let (done, written) = tokio::sync::oneshot::channel();
-                let order = (previous.replace(written), done);
-                tokio::spawn(async move {
-                    answer_batch(&pool, &writer, (token, bounce_threshold), batch, order).await;
-                    drop(slot);
-                });
-            }
-        });
-        Self { tx }
+        let (checks, check_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (records, record_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(answer_checks(pool.own(1), check_rx));
+        tokio::spawn(write_records(
+            writer.own(1),
+            record_rx,
+            (token, bounce_threshold),
+        ));
+        Self { checks, records }
     }
 
     /// Asks whether a subscriber is still active.
     pub(super) fn ask_status(&self, subscriber_id: i64) -> StatusReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.send(Request::Status(subscriber_id, tx));
+        let _ = self.checks.send((subscriber_id, tx));
         rx
     }
 
     /// Asks for an outcome to be written; the answer comes once it is committed.
-    pub(super) fn ask_record(
+    pub(super) fn ask_record(&self, outcome: Outcome) -> RecordReply {
+        self.ask_record_checking(outcome, None).0
+    }
+
+    /// [`Recorder::ask_record`], and whether `next` (a subscriber) is still
+    /// active, read once the outcome is written.
+    pub(super) fn ask_record_checking(
         &self,
         outcome: Outcome,
-    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.send(Request::Record(outcome, tx));
-        rx
+        next: Option<i64>,
+    ) -> (RecordReply, Option<StatusReply>) {
+        let (written, written_rx) = tokio::sync::oneshot::channel();
+        let (check, status) = match next {
+            Some(id) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some((id, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
+        let record = Record {
+            outcome,
+            check,
+            written,
+        };
+        let _ = self.records.send(record);
+        (written_rx, status)
     }
 }
 
-/// One batch: its status checks answered on the pool while its outcomes are
-/// written on the writer's connection.
-async fn answer_batch(
-    pool: &crate::store::Pool,
-    writer: &crate::store::Pool,
-    (token, bounce_threshold): (i64, i64),
-    batch: Vec<Request>,
-    (previous, done): (
-        Option<tokio::sync::oneshot::Receiver<()>>,
-        tokio::sync::oneshot::Sender<()>,
-    ),
-) {
-    let mut checks = Vec::new();
-    let mut outcomes = Vec::new();
-    for r in batch {
-        match r {
-            Request::Status(id, reply) => checks.push((id, reply)),
-            Request::Record(o, reply) => outcomes.push((o, reply)),
+pub(super) type RecordReply = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// Takes what is waiting in `rx` after `first`, up to 1,024 in all.
+fn drain<T>(first: T, rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < 1024 {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
         }
     }
-    // The checks read on the pool while the outcomes are written on
-    // the writer's connection: two threads, at the same time.
-    let check = async {
-        if checks.is_empty() {
-            return;
+    batch
+}
+
+/// Answers the checks asked on their own (a worker's first, and those asked
+/// again because the answer grew old), those waiting together with one query.
+async fn answer_checks(
+    pool: crate::store::Pool,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Check>,
+) {
+    let mut conn = Held::new(pool);
+    while let Some(checks) = conn.next(&mut rx).await {
+        let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
+        let statuses = async {
+            let c = conn.get().await?;
+            anyhow::Ok(subscribers::statuses(c, &ids).await?)
+        };
+        let statuses = statuses.await;
+        conn.done(statuses.is_ok());
+        answer(checks, &statuses.map_err(|e| format!("{e:#}")));
+    }
+}
+
+/// A connection of the recorder's: on PostgreSQL kept from one batch to the
+/// next (sqlx pings a connection as it is taken from its pool and as it is
+/// handed back: two round trips more per batch), and let go after an error
+/// or [`HELD_IDLE`] without work. On SQLite taken for each batch: the writer
+/// is the process's one writing connection, shared.
+struct Held {
+    pool: crate::store::Pool,
+    conn: Option<crate::store::Pooled>,
+}
+
+/// How long the recorder keeps a PostgreSQL connection with nothing to do.
+const HELD_IDLE: Duration = Duration::from_secs(30);
+
+impl Held {
+    fn new(pool: crate::store::Pool) -> Self {
+        Self { pool, conn: None }
+    }
+
+    /// The next batch from `rx` (`None` once it is closed); the connection
+    /// is let go while none comes for [`HELD_IDLE`].
+    async fn next<T>(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    ) -> Option<Vec<T>> {
+        let first = match tokio::time::timeout(HELD_IDLE, rx.recv()).await {
+            Ok(first) => first?,
+            Err(_) => {
+                self.conn = None;
+                rx.recv().await?
+            }
+        };
+        Some(drain(first, rx))
+    }
+
+    async fn get(&mut self) -> Result<&mut crate::store::Conn, sqlx::Error> {
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.pool.acquire().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+
+    /// After a batch: the connection is kept if it did well, on PostgreSQL.
+    fn done(&mut self, ok: bool) {
+        if !ok || !self.pool.is_postgres() {
+            self.conn = None;
+        }
+    }
+}
+
+/// Sends each check its subscriber's standing from `statuses`.
+fn answer(checks: Vec<Check>, statuses: &Result<Statuses, String>) {
+    for (id, reply) in checks {
+        let standing = match statuses {
+            Ok(m) => match m.get(&id).map(String::as_str) {
+                Some("active") => Standing::Active,
+                Some(other) => Standing::Ended(other.to_string()),
+                None => Standing::Ended("deleted".to_string()),
+            },
+            Err(e) => Standing::Unknown(e.clone()),
+        };
+        let _ = reply.send(standing);
+    }
+}
+
+type Statuses = std::collections::HashMap<i64, String>;
+
+/// Writes outcomes in the order they came (an undone refusal after the
+/// refusal), one transaction at a time, each taking every outcome that
+/// arrived while the one before was written: the slower a commit, the more
+/// outcomes the next one carries.
+async fn write_records(
+    writer: crate::store::Pool,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Record>,
+    (token, bounce_threshold): (i64, i64),
+) {
+    let mut conn = Held::new(writer);
+    while let Some(batch) = conn.next(&mut rx).await {
+        let mut items = Vec::with_capacity(batch.len());
+        let mut checks = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for r in batch {
+            items.push(r.outcome);
+            checks.extend(r.check);
+            replies.push(r.written);
         }
         let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
-        let statuses = subscribers::statuses(pool, &ids).await;
-        for (id, reply) in checks {
-            let answer = match &statuses {
-                Ok(m) => match m.get(&id).map(String::as_str) {
-                    Some("active") => Standing::Active,
-                    Some(other) => Standing::Ended(other.to_string()),
-                    None => Standing::Ended("deleted".to_string()),
-                },
-                Err(e) => Standing::Unknown(format!("{e:#}")),
-            };
-            let _ = reply.send(answer);
-        }
-    };
-    let record = async {
-        if let Some(previous) = previous {
-            let _ = previous.await;
-        }
-        if outcomes.is_empty() {
-            let _ = done.send(());
-            return;
-        }
-        let (items, replies): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
-        let result = write_patiently(writer, token, &items, bounce_threshold)
+        let statuses = write_patiently(&mut conn, token, &items, &ids, bounce_threshold)
             .await
             .map_err(|e| format!("{e:#}"));
-        let _ = done.send(());
+        let written = statuses.as_ref().map(|_| ()).map_err(Clone::clone);
+        answer(checks, &statuses);
         for reply in replies {
-            let _ = reply.send(result.clone());
+            let _ = reply.send(written.clone());
         }
-    };
-    tokio::join!(check, record);
+    }
 }
 
 pub(super) type StatusReply = tokio::sync::oneshot::Receiver<Standing>;
@@ -212,17 +286,25 @@ pub(super) type StatusReply = tokio::sync::oneshot::Receiver<Standing>;
 /// means a message sent twice, so not sending is the better wait.
 pub(super) const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 
-pub(super) async fn write_patiently(
-    writer: &crate::store::Pool,
+/// Writes `items` (see [`write_outcomes`]), waiting out a database another
+/// process keeps locked; returns the standing of each of `check`.
+async fn write_patiently(
+    conn: &mut Held,
     token: i64,
     items: &[Outcome],
+    check: &[i64],
     bounce_threshold: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Statuses> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(50);
     let mut warned = false;
     loop {
-        match write_outcomes(writer, token, items, bounce_threshold).await {
+        let written = match conn.get().await {
+            Ok(c) => write_outcomes(c, token, items, check, bounce_threshold).await,
+            Err(e) => Err(e.into()),
+        };
+        conn.done(written.is_ok());
+        match written {
             Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
                 if !warned {
                     tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; waiting to record delivery outcomes");
@@ -231,21 +313,24 @@ pub(super) async fn write_patiently(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Ok(()) if warned => {
+            Ok(statuses) if warned => {
                 tracing::info!(waited = ?start.elapsed(), "the database is free again; outcomes recorded");
-                return Ok(());
+                return Ok(statuses);
             }
             other => return other,
         }
     }
 }
 
-pub(super) async fn write_outcomes(
-    writer: &crate::store::Pool,
+/// Writes `items` in one transaction, then reads the standing of each of
+/// `check`.
+async fn write_outcomes(
+    conn: &mut crate::store::Conn,
     token: i64,
     items: &[Outcome],
+    check: &[i64],
     bounce_threshold: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Statuses> {
     let sent: Vec<deliveries::SentRow> = items
         .iter()
         .filter_map(|o| match o {
@@ -265,21 +350,25 @@ pub(super) async fn write_outcomes(
     let all_sent = sent_n == items.len() as u64;
     // The common case, a batch of accepted messages: one statement, autocommit.
     if all_sent && !sent.is_empty() {
-        let mut conn = writer.acquire().await?;
-        let written = deliveries::mark_sent_many(&mut conn, token, &sent).await?;
+        let (written, statuses) =
+            deliveries::mark_sent_many_checking(conn, token, &sent, check).await?;
         warn_not_ours(sent_n - written);
-        return Ok(());
+        return Ok(statuses);
     }
-    let mut tx = writer.begin().await?;
+    let mut tx = store::begin(&mut *conn).await?;
     for o in items {
-        write_one(&mut tx, token, o, bounce_threshold).await?;
+        write_one(&mut *tx, token, o, bounce_threshold).await?;
     }
     if !sent.is_empty() {
-        let written = deliveries::mark_sent_many(&mut tx, token, &sent).await?;
+        let written = deliveries::mark_sent_many(&mut *tx, token, &sent).await?;
         warn_not_ours(sent_n - written);
     }
+    let statuses = match check {
+        [] => Statuses::new(),
+        ids => subscribers::statuses(&mut *tx, ids).await?,
+    };
     tx.commit().await?;
-    Ok(())
+    Ok(statuses)
 }
 
 /// Writes one outcome other than a plain "sent" (those go in one statement).

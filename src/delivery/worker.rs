@@ -7,7 +7,7 @@ use tracing::Instrument;
 /// The claimed rows waiting for a worker, shared by the workers.
 pub(super) type Jobs = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>;
 
-/// The next job and its status re-check, asked for as the one before starts.
+/// The next job, the check of its reader's standing, and when that was asked.
 type Next = Option<(Job, StatusReply, Instant)>;
 
 impl Engine {
@@ -16,6 +16,8 @@ impl Engine {
     /// while the next one is composed and its MAIL, RCPT and DATA go out; the
     /// next waits for it only at its point of no return (the server's 354),
     /// so no worker ever has more than one message delivered but not recorded.
+    /// The next reader's status check goes with the outcome and is answered
+    /// by the same round trip, just before that reader's body.
     pub(super) async fn work(
         self: Arc<Self>,
         jobs: Jobs,
@@ -28,7 +30,7 @@ impl Engine {
         let mut unrecorded: Option<Unrecorded> = None;
         let mut next: Next = None;
         loop {
-            let Some((job, status)) = self
+            let Some((job, status, asked)) = self
                 .take_job(&jobs, &mut next, &mut unrecorded, &in_flight)
                 .await
             else {
@@ -49,18 +51,6 @@ impl Engine {
                 self.wake.notify_one();
                 continue;
             }
-            let status = status
-                .await
-                .unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into()));
-            let answered = Instant::now();
-            next = jobs
-                .try_lock()
-                .ok()
-                .and_then(|mut r| r.try_recv().ok())
-                .map(|j| {
-                    let s = self.recorder.ask_status(j.subscriber.id);
-                    (j, s, Instant::now())
-                });
             let gate: Gate = Box::pin(self.settle(&mut unrecorded, &in_flight));
             // The span names the row; addresses are left to debug logs.
             let span = tracing::info_span!(
@@ -71,46 +61,43 @@ impl Engine {
                 attempt = job.claimed.attempts,
             );
             let (outcome, tally) = self
-                .attempt(&mut sender, &job, (status, answered), gate)
+                .attempt(&mut sender, &job, (status, asked), gate)
                 .instrument(span)
                 .await;
             // When nothing was sent the gate was never reached.
             self.settle(&mut unrecorded, &in_flight).await;
             let (outcome, tally) = self.reconsider(outcome, tally);
+            let following = jobs.try_lock().ok().and_then(|mut r| r.try_recv().ok());
+            let reader = following.as_ref().map(|j| j.subscriber.id);
+            let (written, status) = self.recorder.ask_record_checking(outcome, reader);
             unrecorded = Some(Unrecorded {
                 id: job.claimed.id,
                 tally,
-                written: self.recorder.ask_record(outcome),
+                written,
             });
+            next = following.zip(status).map(|(j, s)| (j, s, Instant::now()));
         }
         self.settle(&mut unrecorded, &in_flight).await;
         sender.close().await;
     }
 
-    /// The job to send next and its status check: the one already at hand
-    /// (asked again if its answer is stale), or the next from the queue
-    /// (after settling the last outcome). `None` when the claimer stopped.
+    /// The job to send next and its status check: the one already at hand, or
+    /// the next from the queue (after settling the last outcome), its check
+    /// asked on its own. `None` when the claimer stopped.
     async fn take_job(
         &self,
         jobs: &Jobs,
         next: &mut Next,
         unrecorded: &mut Option<Unrecorded>,
         in_flight: &AtomicU64,
-    ) -> Option<(Job, StatusReply)> {
-        Some(match next.take() {
-            // A slow server makes an early answer stale: ask again.
-            Some((job, _, asked)) if asked.elapsed() > STATUS_MAX_AGE => {
-                let status = self.recorder.ask_status(job.subscriber.id);
-                (job, status)
-            }
-            Some((job, status, _)) => (job, status),
-            None => {
-                self.settle(unrecorded, in_flight).await;
-                let job = { jobs.lock().await.recv().await }?;
-                let status = self.recorder.ask_status(job.subscriber.id);
-                (job, status)
-            }
-        })
+    ) -> Option<(Job, StatusReply, Instant)> {
+        if let Some(n) = next.take() {
+            return Some(n);
+        }
+        self.settle(unrecorded, in_flight).await;
+        let job = { jobs.lock().await.recv().await }?;
+        let status = self.recorder.ask_status(job.subscriber.id);
+        Some((job, status, Instant::now()))
     }
 }
 
@@ -170,18 +157,26 @@ impl Engine {
         }
     }
 
-    /// Decides what happens to one claimed row: `status` is the subscriber's
-    /// standing as just re-checked. Sends at most one message.
+    /// Decides what happens to one claimed row: `status` is the check of the
+    /// subscriber's standing asked at `asked`, answered by the time the gate
+    /// opens. Sends at most one message.
     pub(super) async fn attempt(
         &self,
         sender: &mut Sender,
         job: &Job,
-        (status, answered): (Standing, Instant),
+        (mut status, asked): (StatusReply, Instant),
         gate: Gate<'_>,
     ) -> (Outcome, Tally) {
-        if !matches!(status, Standing::Active) {
-            return self.not_wanted(job, status);
-        }
+        // Already answered: a reader who wants no more mail costs no message.
+        let status = match status.try_recv() {
+            Ok(Standing::Active) => None,
+            Ok(other) => return self.not_wanted(job, other),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Some(status),
+            Err(_) => {
+                let stopped = Standing::Unknown("the recorder stopped".into());
+                return self.not_wanted(job, stopped);
+            }
+        };
         let message = match self.compose(job).await {
             Ok(m) => m,
             Err(outcome) => return outcome,
@@ -202,7 +197,7 @@ impl Engine {
         };
         let started = std::time::Instant::now();
         let changed: Mutex<Option<Standing>> = Mutex::new(None);
-        let gate = self.last_look(job, answered, gate, &changed);
+        let gate = self.last_look(job, (status, asked), gate, &changed);
         let result = sender.send_headed(envelope, &raw, headers, gate).await;
         self.metrics
             .send_seconds
@@ -269,14 +264,14 @@ impl Engine {
     }
 
     /// `gate` followed by a last look before the body: this process still
-    /// holds the sending lock, and the reader still wants mail (asked again
-    /// when the answer from `answered` is older than [`STATUS_MAX_AGE`]:
-    /// connecting, TLS, AUTH and the gate can take seconds). What stopped the
-    /// message goes into `changed`.
+    /// holds the sending lock, and the reader still wants mail (`status`, the
+    /// check still to be answered, if any; asked again when the check asked at
+    /// `asked` is older than [`STATUS_MAX_AGE`]: connecting, TLS, AUTH and the
+    /// gate can take seconds). What stopped the message goes into `changed`.
     fn last_look<'g>(
         &'g self,
         job: &'g Job,
-        answered: Instant,
+        (status, asked): (Option<StatusReply>, Instant),
         gate: Gate<'g>,
         changed: &'g Mutex<Option<Standing>>,
     ) -> Gate<'g> {
@@ -291,11 +286,16 @@ impl Engine {
             if !self.fence.held() {
                 return stop(Standing::Fenced);
             }
-            if answered.elapsed() <= STATUS_MAX_AGE {
-                return true;
+            let stopped = |_| Standing::Unknown("the recorder stopped".into());
+            let mut standing = match status {
+                Some(pending) => pending.await.unwrap_or_else(stopped),
+                None => Standing::Active,
+            };
+            if matches!(standing, Standing::Active) && asked.elapsed() > STATUS_MAX_AGE {
+                let again = self.recorder.ask_status(job.subscriber.id).await;
+                standing = again.unwrap_or_else(stopped);
             }
-            let now = self.recorder.ask_status(job.subscriber.id).await;
-            match now.unwrap_or_else(|_| Standing::Unknown("the recorder stopped".into())) {
+            match standing {
                 Standing::Active => true,
                 other => stop(other),
             }

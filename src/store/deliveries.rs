@@ -214,6 +214,48 @@ pub async fn mark_sent_many(
     Ok(r)
 }
 
+/// [`mark_sent_many`], and the status of each of `check` (subscriber ids)
+/// read after it: the delivery workers' checks before their next bodies ride
+/// on the commit of their last messages. On PostgreSQL one statement, so one
+/// round trip for both.
+pub async fn mark_sent_many_checking(
+    conn: &mut Conn,
+    token: i64,
+    rows: &[SentRow<'_>],
+    check: &[i64],
+) -> Result<(u64, std::collections::HashMap<i64, String>), StoreError> {
+    let super::Kind::Postgres(c) = conn.kind() else {
+        let written = mark_sent_many(conn, token, rows).await?;
+        if check.is_empty() {
+            return Ok((written, Default::default()));
+        }
+        return Ok((written, super::subscribers::statuses(conn, check).await?));
+    };
+    let found: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        "WITH sent AS (UPDATE deliveries SET status = 'sent', smtp_reply = j.reply, \
+           message_id = j.message_id, sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
+           FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS j(id, reply, message_id) \
+           WHERE deliveries.id = j.id AND deliveries.status = 'sending' AND deliveries.claimed_by = $5 \
+           RETURNING 1), \
+         n AS (SELECT count(*) AS n FROM sent) \
+         SELECT n.n, s.id, s.status FROM n LEFT JOIN subscribers s ON s.id = ANY($6)",
+    )
+    .bind(now_ms())
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reply).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind(token)
+    .bind(check)
+    .fetch_all(c)
+    .await?;
+    let written = found.first().map_or(0, |r| r.0) as u64;
+    let statuses = found
+        .into_iter()
+        .filter_map(|(_, id, status)| Some((id?, status?)))
+        .collect();
+    Ok((written, statuses))
+}
+
 /// Puts a row back in the queue to be tried at `next_at`. With `counted`
 /// false the attempt is given back (it never reached a live server).
 pub async fn mark_retry(

@@ -281,6 +281,26 @@ impl Pool {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Pool::Postgres(_))
     }
+
+    /// On PostgreSQL a pool of its own of `connections` to the same server,
+    /// whose statements are planned once for any parameters (generic plans):
+    /// for the delivery recorder's few statements, run tens of thousands of
+    /// times with arrays whose sizes change nothing in their plans. SQLite's
+    /// pools are shared as they are (its writer is the process's one).
+    pub fn own(&self, connections: u32) -> Pool {
+        match self {
+            Pool::Sqlite(p) => Pool::Sqlite(p.clone()),
+            Pool::Postgres(p) => Pool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(connections)
+                    .connect_lazy_with(
+                        (*p.connect_options())
+                            .clone()
+                            .options([("plan_cache_mode", "force_generic_plan")]),
+                    ),
+            ),
+        }
+    }
 }
 
 /// A transaction inside `conn` (a savepoint when one is open already).

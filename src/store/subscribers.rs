@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{Row, postgres::PgRow, sqlite::SqliteRow};
 
 use super::{
-    Conn, Dialect, Pool, StoreError,
+    Conn, Dialect, Kind, Pool, StoreError,
     events::{Action, Channel},
     is_unique_violation, now_ms,
 };
@@ -885,26 +885,26 @@ pub async fn expire_pending(conn: &mut Conn, ttl: std::time::Duration) -> Result
     })
 }
 
-/// The status of each subscriber in `ids` that exists, by id: one query for a
-/// batch of the delivery workers' checks.
+/// The status of each of `ids` that still exists (the delivery engine's
+/// check just before a message's body).
 pub async fn statuses(
-    pool: &Pool,
+    conn: &mut Conn,
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, String>, StoreError> {
     let rows: Vec<(i64, String)> =
-        match pool {
+        match conn.kind() {
             // One check per message a worker sends: an array, not JSON to parse.
-            Pool::Postgres(p) => {
+            Kind::Postgres(c) => {
                 sqlx::query_as("SELECT id, status FROM subscribers WHERE id = ANY($1)")
                     .bind(ids)
-                    .fetch_all(p)
+                    .fetch_all(c)
                     .await?
             }
-            Pool::Sqlite(p) => sqlx::query_as(
+            Kind::Sqlite(c) => sqlx::query_as(
                 "SELECT id, status FROM subscribers WHERE id IN (SELECT value FROM json_each($1))",
             )
             .bind(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()))
-            .fetch_all(p)
+            .fetch_all(c)
             .await?,
         };
     Ok(rows.into_iter().collect())

@@ -230,7 +230,7 @@ async fn both_stores_have_the_same_schema() {
 /// lacks is found here, not when the statement first runs on that store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shared_statement_prepares_on_both_stores() {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     if not_on_postgres() {
         return;
     }
