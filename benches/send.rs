@@ -191,12 +191,19 @@ fn postgres(port: u16, sink: &Sink, n: usize) {
             c.envs(env.iter().map(|(k, v)| (k, v)));
             c
         });
+        let wal = db.value("SELECT pg_current_wal_lsn()");
         let (pg, rss) = send_with(dir.path(), sink, n, &env);
+        let wal = db.value(&format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal}')"
+        ));
         println!(
             "postgres, round {round}: {n} digests: SQLite {sqlite:.0} messages/s, PostgreSQL \
              {pg:.0} messages/s ({:.2}x), peak RSS {rss:.1} MiB",
             pg / sqlite
         );
+        if round == 1 {
+            bloat(&db, n, wal.parse::<f64>().unwrap_or(0.0));
+        }
     }
     // Each worker waits a round trip for its last outcome before the next
     // body: on a database server, more workers make up for it.
@@ -213,6 +220,26 @@ fn postgres(port: u16, sink: &Sink, n: usize) {
     });
     let (pg, _) = send_with(dir.path(), sink, n, &env);
     println!("postgres, mail.concurrency 16: {pg:.0} messages/s");
+}
+
+/// What the send left behind on PostgreSQL: WAL written per message (the
+/// whole server's, idle but for the send), and the `deliveries` table's dead
+/// row versions and size before a vacuum and after one.
+fn bloat(db: &support::PgDb, n: usize, wal: f64) {
+    let dead = || {
+        db.value(
+            "SELECT n_dead_tup || ' dead, ' || n_live_tup || ' live row versions, ' || \
+             pg_size_pretty(pg_total_relation_size('deliveries')) || ' with its indexes' \
+             FROM pg_stat_user_tables WHERE relname = 'deliveries'",
+        )
+    };
+    println!(
+        "postgres: WAL {:.0} bytes per message; deliveries after the send: {}",
+        wal / n as f64,
+        dead()
+    );
+    db.value("VACUUM deliveries");
+    println!("postgres: deliveries after VACUUM: {}", dead());
 }
 
 /// The DKIM settings for `keys` (selector, algorithm, fixture file).
