@@ -563,3 +563,34 @@ async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
     first.stop().await;
     assert_eq!(second.stop().await.code, 0);
 }
+
+/// `scripts/failover-drill.sh`, the drill the README gives operators, passes
+/// here after a crash (the sender as if on another host: the standby waits
+/// out the lock) and after a clean stop.
+#[test]
+fn the_failover_drill_passes() {
+    if not_on_postgres() {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/smtp-sink").exists() {
+        eprintln!("needs Postfix's smtp-sink (bash .ci/postfix.sh installs it)");
+        return;
+    }
+    let server = std::env::var("PAPERPOST_TEST_POSTGRES").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/failover-drill.sh");
+    for how in ["KILL", "TERM"] {
+        let out = std::process::Command::new("bash")
+            .args([script, &server, how])
+            .env("PAPERPOST", env!("CARGO_BIN_EXE_paperpost"))
+            .envs([("READERS", "600"), ("RATE", "100"), ("TTL", "3")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("drill: passed"),
+            "SIG{how}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprint!("{text}");
+    }
+}
