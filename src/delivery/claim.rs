@@ -55,7 +55,7 @@ impl Engine {
                 Ok(claimed) => claimed,
                 // Another process holds the database (a large import): wait it out.
                 Err(e) if store::is_busy(&e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; claiming later");
+                    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; claiming later");
                     drop(permit);
                     c.pause(Duration::from_secs(1)).await;
                     continue;

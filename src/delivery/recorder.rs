@@ -307,14 +307,14 @@ async fn write_patiently(
         match written {
             Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
                 if !warned {
-                    tracing::warn!(error = %format!("{e:#}"), "the database is locked by another process; waiting to record delivery outcomes");
+                    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; waiting to record delivery outcomes");
                     warned = true;
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             Ok(statuses) if warned => {
-                tracing::info!(waited = ?start.elapsed(), "the database is free again; outcomes recorded");
+                tracing::info!(waited = ?start.elapsed(), "the database answers again; outcomes recorded");
                 return Ok(statuses);
             }
             other => return other,

@@ -22,7 +22,15 @@ const BATCH: usize = 256;
 /// with Retry-After rather than piling up.
 const QUEUE: usize = 8192;
 
-type Reply = oneshot::Sender<LinkResult>;
+type Reply = oneshot::Sender<Result<LinkResult, Failed>>;
+
+/// Why a batch was not written.
+#[derive(Clone)]
+enum Failed {
+    /// The database is locked by another writer, or cannot be reached.
+    Busy,
+    Other(String),
+}
 
 /// The handle the unsubscribe handler sends link uses through.
 #[derive(Clone)]
@@ -52,7 +60,8 @@ impl Unsubscriber {
     }
 
     /// Unsubscribes the owner of the link, waiting up to `patience` for the
-    /// write; `Err(None)` when the queue is full.
+    /// write; `Err(None)` when the queue is full or the database is busy or
+    /// out of reach (the answer is then 503: try again).
     pub async fn unsubscribe(
         &self,
         link: LinkUse,
@@ -68,8 +77,9 @@ impl Unsubscriber {
         match tokio::time::timeout(patience, answer).await {
             Err(_) => Ok(Applied::Pending),
             Ok(Err(_)) => Err(Some(anyhow::anyhow!("the unsubscribe writer has stopped"))),
-            Ok(Ok(Ok(done))) => Ok(Applied::Done(done)),
-            Ok(Ok(Err(e))) => Err(Some(anyhow::Error::msg(e))),
+            Ok(Ok(Ok(Ok(done)))) => Ok(Applied::Done(done)),
+            Ok(Ok(Ok(Err(e)) | Err(Failed::Other(e)))) => Err(Some(anyhow::Error::msg(e))),
+            Ok(Ok(Err(Failed::Busy))) => Err(None),
         }
     }
 }
@@ -94,14 +104,19 @@ async fn write_batches(
                 tracing::debug!(uses = done.len(), "wrote a batch of unsubscribes");
                 for ((reply, one), link) in replies.into_iter().zip(done).zip(&uses) {
                     report(&metrics, link, &one);
-                    let _ = reply.send(one);
+                    let _ = reply.send(Ok(one));
                 }
             }
             Err(e) => {
-                let e = format!("{e:#}");
-                tracing::error!(error = %e, uses = uses.len(), "cannot write unsubscribes");
+                let failed = if crate::store::is_busy(&e) {
+                    tracing::warn!(error = %format!("{e:#}"), uses = uses.len(), "the database is busy or out of reach: unsubscribes answered 503");
+                    Failed::Busy
+                } else {
+                    tracing::error!(error = %format!("{e:#}"), uses = uses.len(), "cannot write unsubscribes");
+                    Failed::Other(format!("{e:#}"))
+                };
                 for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(Err(failed.clone()));
                 }
             }
         }

@@ -594,3 +594,102 @@ fn the_failover_drill_passes() {
         eprint!("{text}");
     }
 }
+
+/// The database goes away for 3 s in the middle of an edition (every
+/// connection dropped, new ones closed: a server restart, a lost network).
+/// Sending pauses and resumes by itself, nobody is lost or sent twice beyond
+/// the messages in flight, the web endpoint answers 503 with Retry-After
+/// promptly rather than hanging, and the daemon never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
+    const READERS: usize = 300;
+    const CONCURRENCY: usize = 2;
+    if not_on_postgres() {
+        return;
+    }
+    let server = SmtpServer::start().await;
+    server.set_delay(Duration::from_millis(10));
+    let s = setup(READERS);
+    let url = s.db.url().to_string();
+    let (head, rest) = url.split_once('@').unwrap();
+    let (target, name) = rest.split_once('/').unwrap();
+    let proxy = crate::support::proxy::Proxy::start(target.parse().unwrap()).await;
+    let through = format!("{head}@127.0.0.1:{}/{name}", proxy.port);
+    let env = never_fires(smtp_env(server.port(), CONCURRENCY as u16));
+    let mut daemon = TestDaemon::spawn(
+        &s,
+        &with(env, "PAPERPOST__DATABASE__URL", &through),
+        &["run"],
+    );
+    daemon.wait_log("paperpost is running").await;
+    let web = daemon.addr().await;
+    // The last reader: not yet claimed when the database goes.
+    let last = crate::support::child::email(READERS - 1);
+    let token = {
+        let pool = s.pool().await;
+        let mut conn = pool.acquire().await.unwrap();
+        let sub = paperpost::store::subscribers::get_by_email(&mut conn, &last)
+            .await
+            .unwrap();
+        paperpost::security::Keys::from_bytes(crate::support::SECRET.as_bytes())
+            .subscriber_token(&sub.uuid)
+    };
+    queue_edition(&s, DATE).await;
+    wait_for("a quarter of the edition", || {
+        server.accepted().len() >= READERS / 4
+    })
+    .await;
+    proxy.cut();
+    let before = server.accepted().len();
+    let client = reqwest::Client::new();
+    let unsubscribe = || {
+        client
+            .post(format!("http://{web}/unsubscribe/{token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .timeout(Duration::from_secs(20))
+            .send()
+    };
+    let asked = Instant::now();
+    let r = unsubscribe().await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(r.status(), 503, "during the outage");
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    assert!(waited < Duration::from_secs(5), "the 503 took {waited:?}");
+    // A page that reads, on a connection that must be made anew.
+    let asked = Instant::now();
+    let page = client
+        .get(format!("http://{web}/unsubscribe/{token}"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(page.status(), 503, "the page during the outage");
+    assert!(page.headers().contains_key("retry-after"), "{:?}", page.headers());
+    assert!(waited < Duration::from_secs(5), "the page's 503 took {waited:?}");
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(asked.elapsed())).await;
+    let during = server.accepted().len() - before;
+    assert!(
+        during <= CONCURRENCY,
+        "{during} messages accepted while the database was gone"
+    );
+    proxy.restore();
+    let r = unsubscribe().await.unwrap();
+    assert_eq!(r.status(), 200, "after the outage");
+    wait_for("the rest of the edition", || {
+        server.counts().len() == READERS - 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = server.counts();
+    assert!(
+        !counts.contains_key(&last),
+        "the reader who unsubscribed was sent the digest"
+    );
+    let twice = counts.values().filter(|&&n| n > 1).count();
+    assert!(twice <= CONCURRENCY, "{twice} readers got it twice");
+    let log = daemon.drain_log();
+    assert!(log.contains("out of reach; waiting to record"), "{log}");
+    assert_eq!(daemon.stop().await.code, 0, "{log}");
+}

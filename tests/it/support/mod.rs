@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod http;
 pub mod notify;
 pub mod postfix;
+pub mod proxy;
 pub mod smtp;
 pub mod source;
 
