@@ -28,7 +28,8 @@ pub const TABLES: [&str; 14] = [
 /// Tables whose `id` the database numbers: numbering goes on after the copy.
 const IDENTITIES: [&str; 4] = ["subscribers", "deliveries", "token_events", "bounces"];
 
-const BATCH: usize = 1000;
+/// Bytes of COPY data sent at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// What one table's copy verified: rows on both sides, and the sum of its
 /// rows' SHA-256 (each in a canonical form) read back from the target.
@@ -205,8 +206,8 @@ async fn columns(target: &mut sqlx::PgConnection, table: &str) -> anyhow::Result
         .collect()
 }
 
-/// One table: streamed, adjusted, inserted in batches, read back and
-/// compared; memory stays at one batch whatever the table's size.
+/// One table: streamed from SQLite through `COPY ... FROM STDIN`, adjusted,
+/// read back and compared; memory stays at one chunk whatever its size.
 async fn copy_table(
     source: &mut Tx<'static>,
     target: &mut sqlx::Transaction<'static, sqlx::Postgres>,
@@ -224,19 +225,24 @@ async fn copy_table(
         unreachable!("the source is SQLite")
     };
     let mut sent = Tally::default();
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut chunk = Vec::with_capacity(CHUNK + 4096);
+    let copy = format!("COPY {table} ({list}) FROM STDIN WITH (FORMAT csv)");
+    let mut copy = target.copy_in_raw(&copy).await?;
     let mut rows = sqlx::query(&select).fetch(&mut **source);
     while let Some(row) = rows.try_next().await? {
         let mut vals = sqlite_row(&row, &columns)?;
         adjust(table, &columns, &mut vals);
         sent.add(&vals);
-        batch.push(vals);
-        if batch.len() == BATCH {
-            insert(target, table, &list, std::mem::take(&mut batch)).await?;
+        csv_row(&vals, &mut chunk);
+        if chunk.len() >= CHUNK {
+            copy.send(std::mem::take(&mut chunk)).await?;
         }
     }
     drop(rows);
-    insert(target, table, &list, batch).await?;
+    if !chunk.is_empty() {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
     let mut back = Tally::default();
     let mut rows = sqlx::query(&select).fetch(&mut **target);
     while let Some(row) = rows.try_next().await? {
@@ -257,6 +263,35 @@ async fn copy_table(
     })
 }
 
+/// One row as `COPY`'s CSV reads it: NULL as nothing, every text quoted (so
+/// an empty text stays a text), quotes doubled.
+fn csv_row(vals: &[Val], out: &mut Vec<u8>) {
+    use std::io::Write;
+    for (i, v) in vals.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match v {
+            Val::Int(Some(n)) => {
+                let _ = write!(out, "{n}");
+            }
+            Val::Bool(Some(b)) => out.push(if *b { b't' } else { b'f' }),
+            Val::Text(Some(t)) => {
+                out.push(b'"');
+                for &b in t.as_bytes() {
+                    if b == b'"' {
+                        out.push(b'"');
+                    }
+                    out.push(b);
+                }
+                out.push(b'"');
+            }
+            Val::Int(None) | Val::Text(None) | Val::Bool(None) => {}
+        }
+    }
+    out.push(b'\n');
+}
+
 /// A delivery being sent when the copy was made goes over queued and
 /// unclaimed: its sender stays behind, and the new one sends it.
 fn adjust(table: &str, columns: &[Column], vals: &mut [Val]) {
@@ -274,30 +309,6 @@ fn adjust(table: &str, columns: &[Column], vals: &mut [Val]) {
         vals[claimed] = Val::Int(None);
         vals[lease] = Val::Int(None);
     }
-}
-
-async fn insert(
-    target: &mut sqlx::PgConnection,
-    table: &str,
-    list: &str,
-    rows: Vec<Vec<Val>>,
-) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut qb =
-        sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("INSERT INTO {table} ({list}) "));
-    qb.push_values(rows, |mut b, row| {
-        for v in row {
-            match v {
-                Val::Int(v) => b.push_bind(v),
-                Val::Text(v) => b.push_bind(v),
-                Val::Bool(v) => b.push_bind(v),
-            };
-        }
-    });
-    qb.build().execute(&mut *target).await?;
-    Ok(())
 }
 
 /// Where this database moved, if `db copy-to` copied it: (URL, when).

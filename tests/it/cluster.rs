@@ -122,6 +122,10 @@ async fn an_edition_moved_halfway_finishes_on_postgres_once_per_reader() {
     ] {
         s.run_env(&on_sqlite(vec![]), &args).ok();
     }
+    // Text that COPY's formats treat specially: quotes, a comma, a backslash.
+    let name = r#"Zoë "Q", back\slash \N"#;
+    let odd = ["subscribers", "add", "odd@example.org", "--name", name];
+    s.run_env(&on_sqlite(vec![]), &odd).ok();
     // Half the edition from SQLite, then a clean stop.
     server.hold_at(READERS / 2);
     let env = on_sqlite(smtp_env(server.port(), 8));
@@ -143,7 +147,15 @@ async fn an_edition_moved_halfway_finishes_on_postgres_once_per_reader() {
             .await;
     assert!(out.ok().contains("sent"), "{}", out.stdout);
     let counts = server.counts();
-    assert_eq!(counts.len(), READERS, "lost: {}", READERS - counts.len());
+    assert_eq!(
+        counts.len(),
+        READERS + 1,
+        "lost: {}",
+        READERS + 1 - counts.len()
+    );
+    let listed = s.run(&["subscribers", "list"]);
+    let listed = listed.ok();
+    assert!(listed.contains(name), "{listed}");
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "sent twice: {twice:?}");
     // Nothing sends from the SQLite file any more.
@@ -666,8 +678,15 @@ async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
         .unwrap();
     let waited = asked.elapsed();
     assert_eq!(page.status(), 503, "the page during the outage");
-    assert!(page.headers().contains_key("retry-after"), "{:?}", page.headers());
-    assert!(waited < Duration::from_secs(5), "the page's 503 took {waited:?}");
+    assert!(
+        page.headers().contains_key("retry-after"),
+        "{:?}",
+        page.headers()
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the page's 503 took {waited:?}"
+    );
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(asked.elapsed())).await;
     let during = server.accepted().len() - before;
     assert!(
