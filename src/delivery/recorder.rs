@@ -182,9 +182,9 @@ async fn answer_checks(
 
 /// A connection of the recorder's: on PostgreSQL kept from one batch to the
 /// next (sqlx pings a connection as it is taken from its pool and as it is
-/// handed back: two round trips more per batch), and let go after an error
-/// or [`HELD_IDLE`] without work. On SQLite taken for each batch: the writer
-/// is the process's one writing connection, shared.
+/// handed back: two round trips more per batch), and handed back after an
+/// error or [`HELD_IDLE`] without work. On SQLite taken for each batch: the
+/// writer is the process's one writing connection, shared.
 struct Held {
     pool: crate::store::Pool,
     conn: Option<crate::store::Pooled>,

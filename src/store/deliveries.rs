@@ -182,36 +182,7 @@ pub async fn mark_sent_many(
     token: i64,
     rows: &[SentRow<'_>],
 ) -> Result<u64, StoreError> {
-    let now = now_ms();
-    let r = match conn.kind() {
-        super::Kind::Sqlite(conn) => sqlx::query(
-            "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', message_id = j.value ->> 'message_id', \
-             sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
-             FROM json_each($2) AS j WHERE deliveries.id = j.value ->> 'id' \
-               AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
-        )
-        .bind(now)
-        .bind(serde_json::to_string(rows).expect("rows serialize"))
-        .bind(token)
-        .execute(conn)
-        .await?
-        .rows_affected(),
-        super::Kind::Postgres(conn) => sqlx::query(
-            "UPDATE deliveries SET status = 'sent', smtp_reply = j.reply, message_id = j.message_id, \
-             sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
-             FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS j(id, reply, message_id) \
-             WHERE deliveries.id = j.id AND deliveries.status = 'sending' AND deliveries.claimed_by = $5",
-        )
-        .bind(now)
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.reply).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-        .bind(token)
-        .execute(conn)
-        .await?
-        .rows_affected(),
-    };
-    Ok(r)
+    Ok(mark_sent_many_checking(conn, token, rows, &[]).await?.0)
 }
 
 /// [`mark_sent_many`], and the status of each of `check` (subscriber ids)
@@ -224,35 +195,56 @@ pub async fn mark_sent_many_checking(
     rows: &[SentRow<'_>],
     check: &[i64],
 ) -> Result<(u64, std::collections::HashMap<i64, String>), StoreError> {
-    let super::Kind::Postgres(c) = conn.kind() else {
-        let written = mark_sent_many(conn, token, rows).await?;
-        if check.is_empty() {
-            return Ok((written, Default::default()));
+    let now = now_ms();
+    let (written, statuses) = match conn.kind() {
+        super::Kind::Sqlite(c) => {
+            let r = sqlx::query(
+                "UPDATE deliveries SET status = 'sent', smtp_reply = j.value ->> 'reply', \
+                   message_id = j.value ->> 'message_id', sent_at = $1, lease_until = NULL, \
+                   last_error = NULL, updated_at = $1 \
+                 FROM json_each($2) AS j WHERE deliveries.id = j.value ->> 'id' \
+                   AND deliveries.status = 'sending' AND deliveries.claimed_by = $3",
+            )
+            .bind(now)
+            .bind(serde_json::to_string(rows).expect("rows serialize"))
+            .bind(token)
+            .execute(c)
+            .await?;
+            (r.rows_affected(), None)
         }
-        return Ok((written, super::subscribers::statuses(conn, check).await?));
+        super::Kind::Postgres(c) => {
+            let found: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+                "WITH sent AS (UPDATE deliveries SET status = 'sent', smtp_reply = j.reply, \
+                   message_id = j.message_id, sent_at = $1, lease_until = NULL, \
+                   last_error = NULL, updated_at = $1 \
+                   FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS j(id, reply, message_id) \
+                   WHERE deliveries.id = j.id AND deliveries.status = 'sending' \
+                     AND deliveries.claimed_by = $5 \
+                   RETURNING 1), \
+                 n AS (SELECT count(*) AS n FROM sent) \
+                 SELECT n.n, s.id, s.status FROM n LEFT JOIN subscribers s ON s.id = ANY($6)",
+            )
+            .bind(now)
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.reply).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind(token)
+            .bind(check)
+            .fetch_all(c)
+            .await?;
+            let written = found.first().map_or(0, |r| r.0) as u64;
+            let statuses = found
+                .into_iter()
+                .filter_map(|(_, id, status)| Some((id?, status?)))
+                .collect();
+            (written, Some(statuses))
+        }
     };
-    let found: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
-        "WITH sent AS (UPDATE deliveries SET status = 'sent', smtp_reply = j.reply, \
-           message_id = j.message_id, sent_at = $1, lease_until = NULL, last_error = NULL, updated_at = $1 \
-           FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS j(id, reply, message_id) \
-           WHERE deliveries.id = j.id AND deliveries.status = 'sending' AND deliveries.claimed_by = $5 \
-           RETURNING 1), \
-         n AS (SELECT count(*) AS n FROM sent) \
-         SELECT n.n, s.id, s.status FROM n LEFT JOIN subscribers s ON s.id = ANY($6)",
-    )
-    .bind(now_ms())
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reply).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-    .bind(token)
-    .bind(check)
-    .fetch_all(c)
-    .await?;
-    let written = found.first().map_or(0, |r| r.0) as u64;
-    let statuses = found
-        .into_iter()
-        .filter_map(|(_, id, status)| Some((id?, status?)))
-        .collect();
+    let statuses = match statuses {
+        Some(s) => s,
+        None if check.is_empty() => Default::default(),
+        None => super::subscribers::statuses(conn, check).await?,
+    };
     Ok((written, statuses))
 }
 
