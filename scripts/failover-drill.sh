@@ -34,6 +34,7 @@ concurrency=${CONCURRENCY:-4}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PAPERPOST:-$here/target/release/paperpost}
 [ -x "$bin" ] || bin=$(command -v paperpost) || { echo "no paperpost binary: build it or set PAPERPOST" >&2; exit 2; }
+case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
 sink_bin=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 [ -x "$sink_bin" ] || { echo "needs smtp-sink (Debian's postfix package)" >&2; exit 2; }
 case $how in KILL|TERM) ;; *) echo "how to stop the sender: KILL or TERM, not $how" >&2; exit 2 ;; esac
@@ -137,7 +138,12 @@ until [ "$(sent)" -ge $(( readers / 3 )) ]; do
 done
 ( ok=0; bad=0
   while [ ! -e "$work/done" ]; do
-      if PAPERPOST__HTTP__BIND=$web "$bin" healthcheck >/dev/null 2>&1; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+      if PAPERPOST__HTTP__BIND=$web "$bin" healthcheck > "$work/check" 2>&1; then
+          ok=$((ok + 1))
+      else
+          bad=$((bad + 1))
+          [ "$bad" -gt 3 ] || { date -u +%T.%N; cat "$work/check"; } >> "$work/unhealthy"
+      fi
       sleep 0.05
   done
   echo "$ok $bad" > "$work/health" ) &
@@ -163,6 +169,11 @@ twice=$(grep '^X-Rcpt-Args:' "$work/sink/dump" | sort | uniq -d | wc -l)
 lost=$(( readers - got ))
 echo "drill: $got of $readers readers got the digest, $twice twice, $lost never; /healthz on the standby: $ok answered 200, $bad did not"
 
+if ! kill -0 "$b" 2>/dev/null; then
+    wait "$b" && status=0 || status=$?
+    echo "FAIL: the standby exited (status $status)" >&2
+    bad=$((bad + 1))
+fi
 limit=$(awk -v t="$ttl" 'BEGIN { printf "%.2f", t + t / 3 }')
 [ "$how" = TERM ] && limit=2
 fail=0
@@ -170,5 +181,13 @@ if awk -v a="$took" -v b="$limit" 'BEGIN { exit !(a > b) }'; then echo "FAIL: ta
 if [ "$twice" -gt "$concurrency" ]; then echo "FAIL: $twice readers got it twice, more than mail.concurrency ($concurrency)" >&2; fail=1; fi
 if [ "$lost" -gt 0 ]; then echo "FAIL: $lost readers never got it" >&2; fail=1; fi
 if [ "$bad" -gt 0 ] || [ "$ok" -eq 0 ]; then echo "FAIL: /healthz did not answer 200 all along" >&2; fail=1; fi
-[ "$fail" = 0 ] && echo "drill: passed"
+if [ "$fail" = 0 ]; then
+    echo "drill: passed"
+else
+    [ -e unhealthy ] && { echo "--- the first /healthz failures:" >&2; cat unhealthy >&2; }
+    for log in a.log b.log; do
+        echo "--- the last of $log (deliveries left out):" >&2
+        grep -v 'delivery{' "$log" | tail -15 >&2
+    done
+fi
 exit "$fail"

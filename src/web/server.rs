@@ -21,6 +21,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEAD: usize = 16 * 1024;
 /// How long requests in flight may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(10);
+
+/// How long a connection open at shutdown keeps being served before it is
+/// closed once idle: long enough for a request just sent to arrive.
+const SETTLE: Duration = Duration::from_millis(250);
 /// How often unconfirmed sign-ups past `subscribers.pending_ttl` are removed.
 const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 /// Connections the metrics listener keeps open at once (Prometheus needs one).
@@ -297,8 +301,17 @@ pub async fn serve(
                     }
                     return;
                 }
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                _ = shutdown.cancelled() => {}
             }
+            // A connection accepted a moment ago may not have sent its request
+            // yet, and a graceful shutdown closes a connection with no request
+            // in progress: the request would fail (a standby handing over to
+            // the sender it becomes, at every takeover). It gets a moment to
+            // arrive and be answered first.
+            if tokio::time::timeout(SETTLE, conn.as_mut()).await.is_ok() {
+                return;
+            }
+            conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         });
     }

@@ -706,6 +706,38 @@ async fn every_response_forbids_framing() {
     }
 }
 
+/// A request on a connection the server accepted just before it was told to
+/// stop (a standby handing over to the sender at a takeover) is answered,
+/// not cut: the drill's /healthz failed this way, "connection closed before
+/// message completed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_just_as_the_server_stops_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = Site::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slots = paperpost::web::server::Connections::new(64, Default::default());
+    let server = tokio::spawn(paperpost::web::server::serve(
+        listener,
+        site.router.clone(),
+        slots,
+        stop.clone(),
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Accepted (a request would be answered) before the stop.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    server.await.unwrap().unwrap();
+}
+
 /// Over a real socket: a request head up to 16 KiB is read, a longer one is
 /// refused, and a client that sends half a head is cut after 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
