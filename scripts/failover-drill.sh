@@ -129,6 +129,7 @@ pids+=("$a")
 wait_log a.log "paperpost is running" 30
 "$bin" run > b.log 2>&1 & b=$!; pids+=("$b")
 wait_log b.log "serving the web endpoint only" 30
+wait_log b.log "web endpoint listening addr=" 30
 web=$(grep -o 'web endpoint listening addr=[^ ]*' b.log | head -1 | cut -d= -f2)
 
 echo "drill: $readers readers at $rate messages/s, lock_ttl ${ttl}s, mail.concurrency $concurrency"

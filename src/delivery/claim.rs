@@ -26,6 +26,12 @@ impl Claimer<'_> {
     }
 }
 
+/// Says why the claimer waits, and waits a second (or until shutdown).
+async fn wait_out(c: &Claimer<'_>, e: &anyhow::Error, then: &str) {
+    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; {then}");
+    c.pause(Duration::from_secs(1)).await;
+}
+
 impl Engine {
     /// Claims due rows in batches and hands them to the workers until
     /// shutdown, or until `until`'s edition is done.
@@ -53,26 +59,42 @@ impl Engine {
             };
             let claimed = match self.claim(limit, c.until.edition()).await {
                 Ok(claimed) => claimed,
-                // Another process holds the database (a large import): wait it out.
+                // Another process holds the database (a large import), or it
+                // is out of reach (restarting): wait it out.
                 Err(e) if store::is_busy(&e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; claiming later");
                     drop(permit);
-                    c.pause(Duration::from_secs(1)).await;
+                    wait_out(&c, &e, "claiming later").await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             if claimed.is_empty() {
                 drop(permit);
-                if self.idle(&c, &mut swept).await? {
-                    return Ok(());
+                match self.idle(&c, &mut swept).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) if store::is_busy(&e) => wait_out(&c, &e, "looking again later").await,
+                    Err(e) => return Err(e),
                 }
                 continue;
             }
             let ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
-            let subs = {
-                let mut conn = self.pool.acquire().await?;
-                subscribers::get_many(&mut conn, &ids).await?
+            // The rows are claimed: their readers are read, however long the
+            // database takes to answer (rows left claimed at a stop go back
+            // to the queue at the next start).
+            let subs = loop {
+                let read = async {
+                    let mut conn = self.pool.acquire().await?;
+                    anyhow::Ok(subscribers::get_many(&mut conn, &ids).await?)
+                };
+                match read.await {
+                    Ok(subs) => break subs,
+                    Err(e) if store::is_busy(&e) && !c.shutdown.is_cancelled() => {
+                        wait_out(&c, &e, "reading the claimed readers again").await
+                    }
+                    Err(e) if store::is_busy(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
             };
             self.dispatch(claimed, subs, permit, c.tx, c.in_flight)
                 .await;

@@ -607,8 +607,9 @@ fn the_failover_drill_passes() {
     }
 }
 
-/// The database goes away for 3 s in the middle of an edition (every
-/// connection dropped, new ones closed: a server restart, a lost network).
+/// The database goes away for 2.5 s while the daemon waits for work, then for
+/// 3 s in the middle of an edition (every connection dropped, new ones
+/// closed: a server restart, a lost network).
 /// Sending pauses and resumes by itself, nobody is lost or sent twice beyond
 /// the messages in flight, the web endpoint answers 503 with Retry-After
 /// promptly rather than hanging, and the daemon never stops.
@@ -646,6 +647,10 @@ async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
         paperpost::security::Keys::from_bytes(crate::support::SECRET.as_bytes())
             .subscriber_token(&sub.uuid)
     };
+    // Gone while the daemon waits for work, too.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.restore();
     queue_edition(&s, DATE).await;
     wait_for("a quarter of the edition", || {
         server.accepted().len() >= READERS / 4
@@ -696,10 +701,19 @@ async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
     proxy.restore();
     let r = unsubscribe().await.unwrap();
     assert_eq!(r.status(), 200, "after the outage");
-    wait_for("the rest of the edition", || {
-        server.counts().len() == READERS - 1
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        while server.counts().len() < READERS - 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
+    assert!(
+        finished.is_ok(),
+        "{} of {} sent; log:\n{}",
+        server.counts().len(),
+        READERS - 1,
+        daemon.drain_log()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = server.counts();
     assert!(
