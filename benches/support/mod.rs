@@ -278,25 +278,7 @@ impl PgDb {
 impl PgDb {
     /// The one value `sql` returns, run in this database.
     pub fn value(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                &self.url,
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql(&self.url, sql)
     }
 }
 
@@ -309,9 +291,20 @@ impl Drop for PgDb {
     }
 }
 
-fn psql(server: &str, sql: &str) {
+/// Runs `sql` on the database at `url`; what it printed, unaligned.
+fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", server, "-c", sql])
+        .args([
+            "-q",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql");
     assert!(
@@ -319,4 +312,5 @@ fn psql(server: &str, sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -576,6 +576,26 @@ async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
     assert_eq!(second.stop().await.code, 0);
 }
 
+/// `request` is answered 503 with Retry-After within 5 s.
+async fn unavailable_at_once(
+    what: &str,
+    request: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) {
+    let asked = Instant::now();
+    let r = request.await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(r.status(), 503, "{what} during the outage");
+    assert!(
+        r.headers().contains_key("retry-after"),
+        "{what}: {:?}",
+        r.headers()
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "{what}: the 503 took {waited:?}"
+    );
+}
+
 /// `scripts/failover-drill.sh`, the drill the README gives operators, passes
 /// here after a crash (the sender as if on another host: the standby waits
 /// out the lock) and after a clean stop.
@@ -623,11 +643,7 @@ async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
     let server = SmtpServer::start().await;
     server.set_delay(Duration::from_millis(10));
     let s = setup(READERS);
-    let url = s.db.url().to_string();
-    let (head, rest) = url.split_once('@').unwrap();
-    let (target, name) = rest.split_once('/').unwrap();
-    let proxy = crate::support::proxy::Proxy::start(target.parse().unwrap()).await;
-    let through = format!("{head}@127.0.0.1:{}/{name}", proxy.port);
+    let (proxy, through) = crate::support::proxy::Proxy::before(s.db.url()).await;
     let env = never_fires(smtp_env(server.port(), CONCURRENCY as u16));
     let mut daemon = TestDaemon::spawn(
         &s,
@@ -668,30 +684,13 @@ async fn a_database_gone_for_a_while_pauses_sending_and_loses_nothing() {
             .send()
     };
     let asked = Instant::now();
-    let r = unsubscribe().await.unwrap();
-    let waited = asked.elapsed();
-    assert_eq!(r.status(), 503, "during the outage");
-    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
-    assert!(waited < Duration::from_secs(5), "the 503 took {waited:?}");
+    unavailable_at_once("the one-click POST", unsubscribe()).await;
     // A page that reads, on a connection that must be made anew.
-    let asked = Instant::now();
     let page = client
         .get(format!("http://{web}/unsubscribe/{token}"))
         .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .unwrap();
-    let waited = asked.elapsed();
-    assert_eq!(page.status(), 503, "the page during the outage");
-    assert!(
-        page.headers().contains_key("retry-after"),
-        "{:?}",
-        page.headers()
-    );
-    assert!(
-        waited < Duration::from_secs(5),
-        "the page's 503 took {waited:?}"
-    );
+        .send();
+    unavailable_at_once("the page", page).await;
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(asked.elapsed())).await;
     let during = server.accepted().len() - before;
     assert!(

@@ -38,6 +38,16 @@ impl Proxy {
         Proxy { port, down, cut }
     }
 
+    /// A proxy before the database server at `url` (postgres://USER@HOST:PORT/DB),
+    /// and the URL that goes through it.
+    pub async fn before(url: &str) -> (Self, String) {
+        let (head, rest) = url.split_once('@').expect("a URL with a user");
+        let (target, name) = rest.split_once('/').expect("a URL with a database");
+        let proxy = Self::start(target.parse().expect("HOST:PORT")).await;
+        let through = format!("{head}@127.0.0.1:{}/{name}", proxy.port);
+        (proxy, through)
+    }
+
     /// Drops every connection and closes new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);

@@ -706,14 +706,15 @@ async fn every_response_forbids_framing() {
     }
 }
 
-/// A request on a connection the server accepted just before it was told to
-/// stop (a standby handing over to the sender at a takeover) is answered,
-/// not cut: the drill's /healthz failed this way, "connection closed before
-/// message completed".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_sent_just_as_the_server_stops_is_answered() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let site = Site::new().await;
+/// The site served over a real loopback socket: its address, the token that
+/// stops it, and the server's task.
+async fn serve_on_loopback(
+    site: &Site,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -724,6 +725,18 @@ async fn a_request_sent_just_as_the_server_stops_is_answered() {
         slots,
         stop.clone(),
     ));
+    (addr, stop, server)
+}
+
+/// A request on a connection the server accepted just before it was told to
+/// stop (a standby handing over to the sender at a takeover) is answered,
+/// not cut: the drill's /healthz failed this way, "connection closed before
+/// message completed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_just_as_the_server_stops_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = Site::new().await;
+    let (addr, stop, server) = serve_on_loopback(&site).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Accepted (a request would be answered) before the stop.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -744,16 +757,8 @@ async fn a_request_sent_just_as_the_server_stops_is_answered() {
 async fn request_heads_are_bounded_in_size_and_time() {
     use std::io::{Read, Write};
     let site = Site::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let slots = paperpost::web::server::Connections::new(64, Default::default());
-    let server = tokio::spawn(paperpost::web::server::serve(
-        listener,
-        site.router.clone(),
-        slots,
-        stop.clone(),
-    ));
+    let (addr, stop, server) = serve_on_loopback(&site).await;
+    let addr = addr.to_string();
     let head = |filler: usize| {
         let addr = addr.clone();
         tokio::task::spawn_blocking(move || {
