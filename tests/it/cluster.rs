@@ -163,6 +163,19 @@ async fn an_edition_moved_halfway_finishes_on_postgres_once_per_reader() {
     assert!(again.fails().contains("db copy-to"), "{}", again.stderr);
 }
 
+/// The sandbox's installation made on each store, migrated: (SQLite, PostgreSQL).
+async fn both_stores(
+    s: &crate::support::Sandbox,
+) -> (paperpost::store::Pool, paperpost::store::Pool) {
+    let pg = s.pool().await;
+    let sqlite = crate::support::settings(&[(
+        "PAPERPOST__DATABASE__PATH",
+        &s.db_path().display().to_string(),
+    )]);
+    let lite = paperpost::store::connect(&sqlite.database).await.unwrap();
+    (lite, pg)
+}
+
 /// Both stores are built by their migrations to the same schema: the same
 /// versions, tables and columns, each column of a matching type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,14 +184,7 @@ async fn both_stores_have_the_same_schema() {
         return;
     }
     let s = crate::support::Sandbox::new();
-    let pg = s.pool().await;
-    let sqlite_settings = crate::support::settings(&[(
-        "PAPERPOST__DATABASE__PATH",
-        &s.db_path().display().to_string(),
-    )]);
-    let lite = paperpost::store::connect(&sqlite_settings.database)
-        .await
-        .unwrap();
+    let (lite, pg) = both_stores(&s).await;
     let versions = |pool: paperpost::store::Pool| async move {
         crate::on_db!(&pool, |p| sqlx::query_scalar::<_, i64>(
             "SELECT version FROM _sqlx_migrations ORDER BY version"
@@ -253,14 +259,7 @@ async fn every_shared_statement_prepares_on_both_stores() {
         statements.len()
     );
     let s = crate::support::Sandbox::new();
-    let pg = s.pool().await;
-    let lite_settings = crate::support::settings(&[(
-        "PAPERPOST__DATABASE__PATH",
-        &s.db_path().display().to_string(),
-    )]);
-    let lite = paperpost::store::connect(&lite_settings.database)
-        .await
-        .unwrap();
+    let (lite, pg) = both_stores(&s).await;
     let mut lite = crate::support::sqlite(&lite).acquire().await.unwrap();
     let paperpost::store::Pool::Postgres(pg) = &pg else {
         unreachable!()
