@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
+    WriteLock,
     child::{DATE, never_fires, queue_edition, setup, smtp_env, wait_for, with},
     daemon::TestDaemon,
     smtp::SmtpServer,
@@ -540,9 +541,14 @@ async fn unsubscribes_taken_by_another_instance_stop_the_senders_mail() {
 /// A sender frozen (SIGSTOP) for twice the lock's TTL: the standby takes
 /// over and sends the rest; the old sender, resumed, starts no message body
 /// (its fence fell while it was stopped). Each sends to its own server.
+///
+/// It is frozen between transactions: SQLite's write lock is the file's, and
+/// a process stopped inside a write holds it until it resumes (the README
+/// says so; nothing can end it). On PostgreSQL the server ends such a
+/// transaction (`a_transaction_left_open_is_ended_by_the_server`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
-    const READERS: usize = 60;
+    const READERS: usize = 200;
     let (a, b) = (SmtpServer::start().await, SmtpServer::start().await);
     a.set_delay(Duration::from_millis(20));
     let s = setup(READERS);
@@ -556,9 +562,14 @@ async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
     second.wait_log("serving the web endpoint only").await;
     queue_edition(&s, DATE).await;
     wait_for("some messages", || a.received().len() >= 10).await;
-    first.signal(libc::SIGSTOP);
+    let frozen = freeze_between_transactions(&first, &s.pool().await).await;
     let at_stop = a.received().len();
     second.wait_log("this one sends from now on").await;
+    let takeover = frozen.elapsed();
+    assert!(
+        takeover < Duration::from_secs(5),
+        "the standby took over {takeover:?} after the freeze"
+    );
     tokio::time::sleep(Duration::from_secs(6)).await;
     first.signal(libc::SIGCONT);
     wait_for("the whole edition", || {
@@ -572,7 +583,88 @@ async fn a_sender_frozen_past_its_lock_sends_nothing_when_it_wakes() {
     let after = a.received().len() - at_stop;
     assert!(after <= 2, "{after} bodies from the resumed sender");
     first.stop().await;
-    assert_eq!(second.stop().await.code, 0);
+    let second = second.stop().await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+}
+
+/// A paperpost process stopped inside a write transaction (here a session
+/// opened as paperpost opens them, holding the write lock and every table)
+/// would stop every instance's writes for as long as it stays stopped. The
+/// server ends that transaction after TTL/3: a daemon started beside it
+/// sends the whole edition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_is_ended_by_the_server() {
+    if not_on_postgres() {
+        return;
+    }
+    let server = SmtpServer::start().await;
+    let s = setup(3);
+    queue_edition(&s, DATE).await;
+    let ttl = [("PAPERPOST__DATABASE__LOCK_TTL", "3s")];
+    let stopped = WriteLock::take_and_stop(&s.pool_with(&ttl).await).await;
+    let held = Instant::now();
+    let env = with(never_fires(smtp_env(server.port(), 1)), ttl[0].0, ttl[0].1);
+    let mut daemon = TestDaemon::spawn(&s, &env, &["run"]);
+    daemon.wait_log("paperpost is running").await;
+    wait_for("the edition", || server.counts().len() == 3).await;
+    let sent = held.elapsed();
+    assert!(sent < Duration::from_secs(10), "sent {sent:?} after");
+    assert!(
+        stopped.release_fails().await,
+        "its transaction is still open"
+    );
+    assert_eq!(daemon.stop().await.code, 0);
+}
+
+/// Stops `daemon` (SIGSTOP) at a moment when it has no database transaction
+/// open, resuming it and trying again a few milliseconds later while it has;
+/// returns when it was stopped.
+async fn freeze_between_transactions(
+    daemon: &TestDaemon,
+    pool: &paperpost::store::Pool,
+) -> Instant {
+    for _ in 0..100 {
+        daemon.signal(libc::SIGSTOP);
+        let at = Instant::now();
+        wait_for("the stop", || process_state(daemon.pid()) == Some('T')).await;
+        if !holds_a_transaction(pool).await {
+            return at;
+        }
+        daemon.signal(libc::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1..8))).await;
+    }
+    panic!("always stopped with a transaction open");
+}
+
+/// The state letter of process `pid` (`T` when stopped).
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// True if another connection has had a transaction open for over 100 ms:
+/// on SQLite one holding the write lock (a write cannot begin); on
+/// PostgreSQL any transaction (no paperpost transaction lasts that long
+/// unless its process is stopped).
+async fn holds_a_transaction(pool: &paperpost::store::Pool) -> bool {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match pool {
+        paperpost::store::Pool::Sqlite(p) => {
+            use sqlx::{ConnectOptions, Connection};
+            let options = (*p.connect_options()).clone().busy_timeout(Duration::ZERO);
+            let mut conn = options.connect().await.unwrap();
+            let began = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await;
+            conn.close().await.ok();
+            began.is_err()
+        }
+        paperpost::store::Pool::Postgres(p) => sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND xact_start < clock_timestamp() - interval '100 ms'",
+        )
+        .fetch_one(p)
+        .await
+        .unwrap(),
+    }
 }
 
 /// `request` is answered 503 with Retry-After within 5 s.

@@ -31,14 +31,25 @@ pub async fn open(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Res
         .connect_lazy_with(options))
 }
 
+/// The session settings of every connection. A transaction left open by a
+/// process that stopped (SIGSTOP, a paused container or VM, a hung host
+/// whose socket stays up) is ended by the server after `lock_ttl / 3`, the
+/// sender's renewal period: its locks, which would stop every instance's
+/// writes and any takeover, are freed, and what it wrote is rolled back
+/// (the process, if it resumes, finds its connection gone: busy, retried).
 fn options(settings: &DatabaseSettings, url: &DatabaseUrl) -> anyhow::Result<PgConnectOptions> {
     let lock_timeout = format!("{}ms", settings.busy_timeout.as_millis());
+    let idle_in_transaction = format!("{}ms", (settings.lock_ttl / 3).as_millis());
     Ok(PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("database.url: cannot read {url}"))?
         .application_name("paperpost")
         // NOTICEs ("relation already exists, skipping") are not for logs.
         .options([
             ("lock_timeout", lock_timeout.as_str()),
+            (
+                "idle_in_transaction_session_timeout",
+                idle_in_transaction.as_str(),
+            ),
             ("client_min_messages", "warning"),
         ])
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60)))

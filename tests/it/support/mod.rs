@@ -299,17 +299,25 @@ impl Sandbox {
     }
 
     fn database_settings(&self) -> paperpost::config::DatabaseSettings {
+        self.database_settings_with(&[])
+    }
+
+    fn database_settings_with(&self, env: &[(&str, &str)]) -> paperpost::config::DatabaseSettings {
         let db = self.db_path().display().to_string();
-        settings(&[
-            ("PAPERPOST__DATABASE__PATH", &db),
-            ("PAPERPOST__DATABASE__URL", self.db.url()),
-        ])
-        .database
+        let mut env = env.to_vec();
+        env.push(("PAPERPOST__DATABASE__PATH", &db));
+        env.push(("PAPERPOST__DATABASE__URL", self.db.url()));
+        settings(&env).database
     }
 
     /// Opens the sandbox database with the library, as the daemon would.
     pub async fn pool(&self) -> paperpost::store::Pool {
-        paperpost::store::connect(&self.database_settings())
+        self.pool_with(&[]).await
+    }
+
+    /// `pool` with these `PAPERPOST__DATABASE__…` settings.
+    pub async fn pool_with(&self, env: &[(&str, &str)]) -> paperpost::store::Pool {
+        paperpost::store::connect(&self.database_settings_with(env))
             .await
             .unwrap()
     }
@@ -408,7 +416,19 @@ pub enum WriteLock {
 }
 
 impl WriteLock {
+    /// Held as a process at work holds it: on PostgreSQL the server never
+    /// ends the transaction (it would, were it idle past TTL/3).
     pub async fn take(pool: &paperpost::store::Pool) -> Self {
+        Self::take_as(pool, true).await
+    }
+
+    /// Held as by a paperpost process that stopped inside its write: its
+    /// session is left as paperpost opens them.
+    pub async fn take_and_stop(pool: &paperpost::store::Pool) -> Self {
+        Self::take_as(pool, false).await
+    }
+
+    async fn take_as(pool: &paperpost::store::Pool, at_work: bool) -> Self {
         match pool {
             paperpost::store::Pool::Sqlite(p) => {
                 let mut conn = p.acquire().await.unwrap();
@@ -421,6 +441,12 @@ impl WriteLock {
             paperpost::store::Pool::Postgres(p) => {
                 let mut conn = p.acquire().await.unwrap();
                 sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+                if at_work {
+                    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                }
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(paperpost::store::postgres::WRITE_LOCK)
                     .execute(&mut *conn)
@@ -440,6 +466,15 @@ impl WriteLock {
                 }
                 WriteLock::Postgres(conn)
             }
+        }
+    }
+
+    /// True if the lock's transaction is gone (ended by the server) when
+    /// it is released.
+    pub async fn release_fails(self) -> bool {
+        match self {
+            WriteLock::Sqlite(mut c) => sqlx::query("ROLLBACK").execute(&mut *c).await.is_err(),
+            WriteLock::Postgres(mut c) => sqlx::query("ROLLBACK").execute(&mut *c).await.is_err(),
         }
     }
 
