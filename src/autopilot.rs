@@ -20,7 +20,7 @@ async fn at_start(app: &App, fetcher: &Fetcher) -> Option<NaiveDate> {
     let date = match first_date(app).await {
         Ok(d) => d?,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot tell whether the day's papers are in; fetching them");
+            tracing::warn!(error = %crate::telemetry::causes(&e), "cannot tell whether the day's papers are in; fetching them");
             app.fetch_date()
         }
     };
@@ -98,7 +98,7 @@ async fn attempt(app: &App, fetcher: &Fetcher, date: NaiveDate) -> bool {
         }
         Err(e) => {
             tracing::error!(
-                error = %format!("{e:#}"),
+                error = %crate::telemetry::causes(&e),
                 retry_in = ?app.settings.papers.fetch_retry,
                 "cannot fetch the day's papers; nothing changed"
             );

@@ -47,7 +47,7 @@ pub async fn sync_subscriber_file(app: &App) {
             }
         }
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %format!("{e:#}"), "cannot apply the subscriber file; nothing changed")
+            tracing::error!(file = %path.display(), error = %crate::telemetry::causes(&e), "cannot apply the subscriber file; nothing changed")
         }
     }
 }
@@ -82,7 +82,7 @@ async fn reloader(
             match app.composer_for(&new) {
                 Ok(composer) => engine.reload(&new, composer),
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot apply the new configuration; the old one stays");
+                    tracing::error!(error = %crate::telemetry::causes(&e), "cannot apply the new configuration; the old one stays");
                     continue;
                 }
             }
@@ -183,7 +183,10 @@ async fn acquire_or_stand_by(
     match Lock::acquire(&app.pool, ttl).await {
         Ok(lock) => return Ok(Some(lock)),
         Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {
-            tracing::warn!("{e:#}; serving the web endpoint only, and sending once it stops");
+            tracing::warn!(
+                "{}; serving the web endpoint only, and sending once it stops",
+                crate::telemetry::causes(&e)
+            );
         }
         Err(e) => return Err(e),
     }
@@ -229,7 +232,9 @@ async fn acquire_or_stand_by(
                 break Some(lock);
             }
             Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {}
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot take the sending lock"),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::causes(&e), "cannot take the sending lock")
+            }
         }
     };
     web_stop.cancel();
@@ -339,7 +344,7 @@ fn spawn_tasks(
                 .run(crate::delivery::Until::Shutdown, shutdown.clone())
                 .await;
             if let Err(e) = &result {
-                tracing::error!(error = %format!("{e:#}"), "the delivery engine stopped");
+                tracing::error!(error = %crate::telemetry::causes(&e), "the delivery engine stopped");
                 shutdown.cancel();
             }
             result
@@ -385,7 +390,7 @@ async fn prune_daily(app: App, shutdown: CancellationToken) {
                 "pruned history older than [retention]"
             ),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot prune old history; trying again tomorrow")
+                tracing::warn!(error = %crate::telemetry::causes(&e), "cannot prune old history; trying again tomorrow")
             }
         }
     }
@@ -417,10 +422,10 @@ impl Firing<'_> {
             };
             let retry = Utc::now() + FIRE_RETRY;
             if !self.schedule.within_catch_up(fire_time, retry) {
-                tracing::error!(error = %format!("{e:#}"), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; giving up on this fire time");
+                tracing::error!(error = %crate::telemetry::causes(&e), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; giving up on this fire time");
                 return;
             }
-            tracing::error!(error = %format!("{e:#}"), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; trying again in 30 s");
+            tracing::error!(error = %crate::telemetry::causes(&e), fire_time = %fire_time.to_rfc3339(), "cannot start the edition; trying again in 30 s");
             if !wait_until(Some(retry), self.liveness, self.shutdown).await {
                 return;
             }

@@ -423,9 +423,9 @@ impl Lock {
                         wait = Duration::from_secs(1).min(every);
                         if !fence.held() && !stalled {
                             stalled = true;
-                            tracing::error!(error = %format!("{e:#}"), "cannot renew the sending lock within its TTL; sending stops until it can");
+                            tracing::error!(error = %crate::telemetry::causes(&e), "cannot renew the sending lock within its TTL; sending stops until it can");
                         } else if !stalled {
-                            tracing::warn!(error = %format!("{e:#}"), "cannot renew the sending lock; retrying");
+                            tracing::warn!(error = %crate::telemetry::causes(&e), "cannot renew the sending lock; retrying");
                         }
                     }
                 }

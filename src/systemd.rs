@@ -109,7 +109,7 @@ async fn describe(pool: &crate::store::Pool) -> String {
         })
     }
     .await;
-    result.unwrap_or_else(|e| format!("cannot read the database: {e:#}"))
+    result.unwrap_or_else(|e| format!("cannot read the database: {}", crate::telemetry::causes(&e)))
 }
 
 /// 20000 as "20,000".

@@ -64,3 +64,24 @@ pub fn address(email: &str) -> String {
         None => "…".to_string(),
     }
 }
+
+/// `e` and its causes, joined as `{e:#}` joins them, without a cause whose
+/// text the one before it already ends with: sqlx's errors, and ours that
+/// wrap them, print their source and also return it, so `{e:#}` read
+/// "…: database is locked: database is locked".
+pub fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = "".to_string();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if previous.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}

@@ -65,7 +65,10 @@ pub async fn ingest_exit(
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#} (the report is kept: exit 75, try again later)");
+            eprintln!(
+                "error: {} (the report is kept: exit 75, try again later)",
+                crate::telemetry::causes(&e)
+            );
             TEMPFAIL
         }
     }

@@ -365,7 +365,7 @@ fn report_error(e: &anyhow::Error) {
         eprintln!("{input}");
         eprintln!("error: nothing was imported or changed");
     } else {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", crate::telemetry::causes(e));
     }
 }
 

@@ -28,7 +28,7 @@ impl Claimer<'_> {
 
 /// Says why the claimer waits, and waits a second (or until shutdown).
 async fn wait_out(c: &Claimer<'_>, e: &anyhow::Error, then: &str) {
-    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; {then}");
+    tracing::warn!(error = %crate::telemetry::causes(&e), "the database is busy (locked by another process) or out of reach; {then}");
     c.pause(Duration::from_secs(1)).await;
 }
 
@@ -251,7 +251,9 @@ impl Engine {
                 messages = n,
                 "claimed messages whose lease ran out go back to the queue (a recipient may get one twice)"
             ),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot release expired claims"),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::causes(&e), "cannot release expired claims")
+            }
         }
     }
 

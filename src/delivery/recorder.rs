@@ -176,7 +176,7 @@ async fn answer_checks(
         };
         let statuses = statuses.await;
         conn.done(statuses.is_ok());
-        answer(checks, &statuses.map_err(|e| format!("{e:#}")));
+        answer(checks, &statuses.map_err(|e| crate::telemetry::causes(&e)));
     }
 }
 
@@ -269,7 +269,7 @@ async fn write_records(
         let ids: Vec<i64> = checks.iter().map(|(id, _)| *id).collect();
         let statuses = write_patiently(&mut conn, token, &items, &ids, bounce_threshold)
             .await
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| crate::telemetry::causes(&e));
         let written = statuses.as_ref().map(|_| ()).map_err(Clone::clone);
         answer(checks, &statuses);
         for reply in replies {
@@ -307,7 +307,7 @@ async fn write_patiently(
         match written {
             Err(e) if store::is_busy(&e) && start.elapsed() < RECORD_PATIENCE => {
                 if !warned {
-                    tracing::warn!(error = %format!("{e:#}"), "the database is busy (locked by another process) or out of reach; waiting to record delivery outcomes");
+                    tracing::warn!(error = %crate::telemetry::causes(&e), "the database is busy (locked by another process) or out of reach; waiting to record delivery outcomes");
                     warned = true;
                 }
                 tokio::time::sleep(pause).await;

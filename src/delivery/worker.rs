@@ -251,7 +251,7 @@ impl Engine {
             Ok(Some(e)) => e,
             Ok(None) => return Err(failed(format!("no papers are selected for {date}"))),
             Err(e) => {
-                let reason = format!("cannot load the edition: {e:#}");
+                let reason = format!("cannot load the edition: {}", crate::telemetry::causes(&e));
                 let next_at = store::now_ms() + self.retry().base_delay.as_millis() as i64;
                 return Err(uncounted(c.id, reason, next_at));
             }
@@ -259,7 +259,10 @@ impl Engine {
         let reader = Reader::from(&job.subscriber);
         match self.composer().compose(&edition, &reader) {
             Ok(m) => Ok(m),
-            Err(e) => Err(failed(format!("cannot build the message: {e:#}"))),
+            Err(e) => Err(failed(format!(
+                "cannot build the message: {}",
+                crate::telemetry::causes(&e)
+            ))),
         }
     }
 
@@ -454,7 +457,7 @@ impl Engine {
                 anyhow::Ok(crate::store::alerts::set(&mut w, kind, message.as_deref()).await?)
             };
             if let Err(e) = r.await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot record the alert for `paperpost status`");
+                tracing::warn!(error = %crate::telemetry::causes(&e), "cannot record the alert for `paperpost status`");
             }
         });
     }

@@ -144,7 +144,7 @@ impl Fetcher {
                 papers::parse(Path::new(&url), body, PaperFormat::Hf).map_err(|e| {
                     FetchError::Invalid {
                         url: url.clone(),
-                        reason: format!("{e:#}"),
+                        reason: crate::telemetry::causes(&e),
                     }
                 })
             });
@@ -247,7 +247,7 @@ pub async fn fetch_and_import(
     .await;
     let (ok, message) = match &result {
         Ok(r) => (true, summary(r, date)),
-        Err(e) => (false, format!("{e:#}")),
+        Err(e) => (false, crate::telemetry::causes(&e)),
     };
     let outcome = if ok { "ok" } else { "failed" };
     app.metrics

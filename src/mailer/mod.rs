@@ -192,7 +192,7 @@ impl Headers<'_> {
             Ok(None) => Ok(std::borrow::Cow::Borrowed(raw)),
             Ok(Some(h)) => Ok(std::borrow::Cow::Owned([h.as_bytes(), raw].concat())),
             Err(e) => Err(Failure::Transient {
-                reason: format!("cannot sign the message: {e:#}"),
+                reason: format!("cannot sign the message: {}", crate::telemetry::causes(&e)),
                 connection: false,
             }),
         }

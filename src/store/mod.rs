@@ -365,7 +365,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("database error: {0}")]
+    /// The driver's error as it is ("error returned from database: ...").
+    #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 

@@ -146,7 +146,7 @@ pub async fn start(
         let slots = Connections::new(METRICS_CONNECTIONS, app.metrics.http_shed.clone());
         tracker.spawn(async move {
             if let Err(e) = serve(listener, metrics, slots, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "the metrics endpoint stopped");
+                tracing::error!(error = %crate::telemetry::causes(&e), "the metrics endpoint stopped");
             }
         });
     }
@@ -179,7 +179,7 @@ pub async fn start(
                 })
             });
         if let Err(e) = served {
-            tracing::error!(error = %format!("{e:#}"), "the web endpoint stopped");
+            tracing::error!(error = %crate::telemetry::causes(&e), "the web endpoint stopped");
         }
     })?;
     tracing::info!(%addr, public_url = %app.settings.http.public_url, max_connections, "web endpoint listening");
@@ -240,7 +240,9 @@ async fn expire_pending(app: App, shutdown: CancellationToken) {
         match result {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "forgot sign-ups that were never confirmed"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot remove expired sign-ups"),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::causes(&e), "cannot remove expired sign-ups")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(EXPIRY_EVERY) => {}

@@ -106,7 +106,7 @@ impl Worker {
                 Ok(SignUp::Confirm { token, .. }) => self.mail(&job.email, &token).await,
                 Ok(SignUp::Nothing(skipped)) => self.skipped(skipped).await,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot record a sign-up; nothing sent")
+                    tracing::warn!(error = %crate::telemetry::causes(&e), "cannot record a sign-up; nothing sent")
                 }
             }
         }
@@ -137,7 +137,7 @@ impl Worker {
                 "sent"
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "confirmation mail not sent; the address may ask again");
+                tracing::warn!(error = %crate::telemetry::causes(&e), "confirmation mail not sent; the address may ask again");
                 let forgotten = async {
                     let mut c = self.app.writer.acquire().await?;
                     anyhow::Ok(confirmations::forget(&mut c, token).await?)
@@ -203,6 +203,6 @@ impl Worker {
 
 /// A write's value, or `None` with the failure logged (the worker goes on).
 fn logged<T>(what: &str, r: anyhow::Result<T>) -> Option<T> {
-    r.map_err(|e| tracing::warn!(error = %format!("{e:#}"), "cannot {what}"))
+    r.map_err(|e| tracing::warn!(error = %crate::telemetry::causes(&e), "cannot {what}"))
         .ok()
 }

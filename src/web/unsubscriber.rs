@@ -109,11 +109,11 @@ async fn write_batches(
             }
             Err(e) => {
                 let failed = if crate::store::is_busy(&e) {
-                    tracing::warn!(error = %format!("{e:#}"), uses = uses.len(), "the database is busy or out of reach: unsubscribes answered 503");
+                    tracing::warn!(error = %crate::telemetry::causes(&e), uses = uses.len(), "the database is busy or out of reach: unsubscribes answered 503");
                     Failed::Busy
                 } else {
-                    tracing::error!(error = %format!("{e:#}"), uses = uses.len(), "cannot write unsubscribes");
-                    Failed::Other(format!("{e:#}"))
+                    tracing::error!(error = %crate::telemetry::causes(&e), uses = uses.len(), "cannot write unsubscribes");
+                    Failed::Other(crate::telemetry::causes(&e))
                 };
                 for reply in replies {
                     let _ = reply.send(Err(failed.clone()));

@@ -131,6 +131,36 @@ fn a_database_from_a_newer_paperpost_is_refused_untouched() {
     }
 }
 
+/// A command that finds the database busy says so once: each cause in its
+/// error appears once (the database's own words were printed three times,
+/// "…: database is locked: database is locked", as each wrapper repeated its
+/// source), and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_is_named_once_in_the_error() {
+    let s = Sandbox::new();
+    let pool = s.pool().await;
+    let lock = support::WriteLock::take(&pool).await;
+    let out = s.run_env(
+        &[("PAPERPOST__DATABASE__BUSY_TIMEOUT", "200ms")],
+        &["subscribers", "add", "ada@example.org"],
+    );
+    lock.release().await;
+    let stderr = out.fails();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or(stderr);
+    let words = ["database is locked", "lock timeout"];
+    assert!(words.iter().any(|w| line.contains(w)), "{line}");
+    let mut parts: Vec<&str> = line.split(": ").collect();
+    parts.sort();
+    assert!(
+        parts.windows(2).all(|w| w[0] != w[1]),
+        "a cause repeated in: {line}"
+    );
+    assert!(s.subscribers().is_empty(), "{:?}", s.subscribers());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_exits_0_while_the_daemon_is_healthy_and_1_when_it_is_gone() {
     let s = Sandbox::with_sample_papers();
