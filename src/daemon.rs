@@ -156,32 +156,67 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let hup = Arc::new(tokio::sync::Notify::new());
     let signal_task = tokio::spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
-    let listener = crate::web::bind(&app)?;
-    let result = match acquire_or_stand_by(&app, &listener, &shutdown, &hup).await {
-        Ok(Some(lock)) => {
-            let result = serve(&app, listener, &lock, shutdown.clone(), hup).await;
+    let endpoint = Endpoint::Socket(crate::web::bind(&app)?);
+    let web_tasks = TaskTracker::new();
+    let result = match acquire_or_stand_by(&app, endpoint, &web_tasks, &shutdown, &hup).await {
+        Ok(Some((lock, endpoint))) => {
+            let result = serve(&app, endpoint, &web_tasks, &lock, shutdown.clone(), hup).await;
             lock.release().await;
             result
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
+    // The endpoint stops with the rest, whatever ended it.
+    shutdown.cancel();
+    web_tasks.close();
+    web_tasks.wait().await;
     signal_task.abort();
     tracing::info!("paperpost stopped");
     result
+}
+
+/// The web endpoint of `run`: its socket, bound at start, until a server
+/// serves it; the standby's server goes on serving as the sender's.
+enum Endpoint {
+    Socket(std::net::TcpListener),
+    Serving(crate::web::Web),
+}
+
+impl Endpoint {
+    /// Serves it as `role` on `tracker` until `shutdown`: a standby's server
+    /// becomes the sender's, with no connection closed or made to wait.
+    async fn serve_as(
+        self,
+        app: &App,
+        role: crate::web::Role,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Endpoint> {
+        Ok(match self {
+            Endpoint::Socket(listener) => Endpoint::Serving(
+                crate::web::start(app, listener, role, tracker, shutdown.clone()).await?,
+            ),
+            Endpoint::Serving(web) => {
+                web.become_sender(role);
+                Endpoint::Serving(web)
+            }
+        })
+    }
 }
 
 /// The sending lock; while another process holds it, serves the web
 /// endpoint alone until the lock frees up. `None` if shutdown came first.
 async fn acquire_or_stand_by(
     app: &App,
-    listener: &std::net::TcpListener,
+    endpoint: Endpoint,
+    web_tasks: &TaskTracker,
     shutdown: &CancellationToken,
     hup: &Arc<tokio::sync::Notify>,
-) -> anyhow::Result<Option<Lock>> {
+) -> anyhow::Result<Option<(Lock, Endpoint)>> {
     let ttl = app.settings.database.lock_ttl;
     match Lock::acquire(&app.pool, ttl).await {
-        Ok(lock) => return Ok(Some(lock)),
+        Ok(lock) => return Ok(Some((lock, endpoint))),
         Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {
             tracing::warn!(
                 "{}; serving the web endpoint only, and sending once it stops",
@@ -190,61 +225,64 @@ async fn acquire_or_stand_by(
         }
         Err(e) => return Err(e),
     }
-    let web_stop = shutdown.child_token();
-    let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::standby());
-    let socket = listener.try_clone()?;
-    crate::web::start(
-        app,
-        socket,
-        Arc::clone(&liveness),
-        None,
-        &tracker,
-        web_stop.clone(),
-    )
-    .await?;
+    let role = crate::web::Role {
+        liveness: Arc::clone(&liveness),
+        engine: None,
+    };
+    let endpoint = endpoint.serve_as(app, role, web_tasks, shutdown).await?;
+    let standby_stop = shutdown.child_token();
+    let tracker = TaskTracker::new();
     // The watchdog is pinged while standing by, or systemd kills the standby.
     tracker.spawn(crate::systemd::watch(
         app.pool.clone(),
         liveness,
         None,
-        web_stop.clone(),
+        standby_stop.clone(),
     ));
     tracker.spawn(reloader(
         app.clone(),
         None,
         Arc::clone(hup),
-        web_stop.clone(),
+        standby_stop.clone(),
     ));
     tracker.close();
     crate::systemd::standing_by();
+    let lock = wait_for_the_lock(app, shutdown).await;
+    standby_stop.cancel();
+    tracker.wait().await;
+    Ok(lock.map(|lock| (lock, endpoint)))
+}
+
+/// Tries for the sending lock every TTL/3, and at once when its holder
+/// releases it; `None` if shutdown came first.
+async fn wait_for_the_lock(app: &App, shutdown: &CancellationToken) -> Option<Lock> {
+    let ttl = app.settings.database.lock_ttl;
     let mut watch = crate::lock::Watch::default();
     let mut releases = crate::store::LockReleases::listen(&app.pool).await;
-    let lock = loop {
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(ttl / 3) => {}
             _ = releases.released() => {}
-            _ = shutdown.cancelled() => break None,
+            _ = shutdown.cancelled() => return None,
         }
         match Lock::acquire_watching(&app.pool, ttl, &mut watch).await {
             Ok(lock) => {
                 tracing::info!("the sending process stopped; this one sends from now on");
-                break Some(lock);
+                return Some(lock);
             }
             Err(e) if e.downcast_ref::<crate::lock::Held>().is_some() => {}
             Err(e) => {
                 tracing::warn!(error = %crate::telemetry::causes(&e), "cannot take the sending lock")
             }
         }
-    };
-    web_stop.cancel();
-    tracker.wait().await;
-    Ok(lock)
+    }
 }
 
 async fn serve(
     app: &App,
-    listener: std::net::TcpListener,
+    endpoint: Endpoint,
+    web_tasks: &TaskTracker,
     lock: &Lock,
     shutdown: CancellationToken,
     hup: Arc<tokio::sync::Notify>,
@@ -259,16 +297,11 @@ async fn serve(
     let liveness = Arc::new(Liveness::sending(settings.database.lock_ttl));
     liveness.lock_held();
     liveness.scheduler_alive();
-    let web = Some(Arc::clone(&engine));
-    crate::web::start(
-        app,
-        listener,
-        Arc::clone(&liveness),
-        web,
-        &tracker,
-        shutdown.clone(),
-    )
-    .await?;
+    let role = crate::web::Role {
+        liveness: Arc::clone(&liveness),
+        engine: Some(Arc::clone(&engine)),
+    };
+    endpoint.serve_as(app, role, web_tasks, &shutdown).await?;
 
     let (engine_task, first_fetch) =
         spawn_tasks(app, lock, &engine, &liveness, &tracker, (hup, &shutdown))?;
@@ -344,7 +377,7 @@ fn spawn_tasks(
                 .run(crate::delivery::Until::Shutdown, shutdown.clone())
                 .await;
             if let Err(e) = &result {
-                tracing::error!(error = %crate::telemetry::causes(&e), "the delivery engine stopped");
+                tracing::error!(error = %crate::telemetry::causes(e), "the delivery engine stopped");
                 shutdown.cancel();
             }
             result
@@ -497,7 +530,11 @@ pub async fn serve_web(app: App) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let liveness = Arc::new(Liveness::default());
     let listener = crate::web::bind(&app)?;
-    crate::web::start(&app, listener, liveness, None, &tracker, shutdown.clone()).await?;
+    let role = crate::web::Role {
+        liveness,
+        engine: None,
+    };
+    crate::web::start(&app, listener, role, &tracker, shutdown.clone()).await?;
     let hup = Arc::new(tokio::sync::Notify::new());
     tracker.spawn(signals.handle(shutdown.clone(), Arc::clone(&hup)));
     tracker.spawn(reloader(app.clone(), None, hup, shutdown.clone()));

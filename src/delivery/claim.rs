@@ -28,7 +28,7 @@ impl Claimer<'_> {
 
 /// Says why the claimer waits, and waits a second (or until shutdown).
 async fn wait_out(c: &Claimer<'_>, e: &anyhow::Error, then: &str) {
-    tracing::warn!(error = %crate::telemetry::causes(&e), "the database is busy (locked by another process) or out of reach; {then}");
+    tracing::warn!(error = %crate::telemetry::causes(e), "the database is busy (locked by another process) or out of reach; {then}");
     c.pause(Duration::from_secs(1)).await;
 }
 

@@ -334,7 +334,7 @@ impl Engine {
         let result = self.claim_loop(claimer).await;
         if let Err(e) = &result {
             // Workers must not send what is already claimed either.
-            self.stop_for_good(crate::telemetry::causes(&e));
+            self.stop_for_good(crate::telemetry::causes(e));
         }
         drop(tx);
         while workers.join_next().await.is_some() {}

@@ -247,7 +247,7 @@ pub async fn fetch_and_import(
     .await;
     let (ok, message) = match &result {
         Ok(r) => (true, summary(r, date)),
-        Err(e) => (false, crate::telemetry::causes(&e)),
+        Err(e) => (false, crate::telemetry::causes(e)),
     };
     let outcome = if ok { "ok" } else { "failed" };
     app.metrics

@@ -89,7 +89,7 @@ impl WebError {
                 return r;
             }
             WebError::Internal(e) => {
-                tracing::error!(error = %crate::telemetry::causes(&e), "request failed");
+                tracing::error!(error = %crate::telemetry::causes(e), "request failed");
                 Message::new(page("Something went wrong"))
                     .para("We could not complete this request. Please try again in a few minutes.")
             }

@@ -88,18 +88,19 @@ impl Liveness {
 /// (a `run` waiting for the sending lock) is healthy: 200, saying so.
 pub async fn healthz(State(state): State<WebState>) -> Response {
     let db = store::ping(&state.app.pool).await;
+    let role = state.role();
     let problem = match db {
         Err(e) => {
             tracing::warn!(error = %e, "health check: the database does not answer");
             Some("the database does not answer")
         }
-        Ok(_) if state.engine.as_ref().is_some_and(|e| e.fault().is_some()) => {
+        Ok(_) if role.engine.as_ref().is_some_and(|e| e.fault().is_some()) => {
             Some("sending stopped: the database cannot record what is sent")
         }
-        Ok(_) => state.liveness.problem(store::now_ms()),
+        Ok(_) => role.liveness.problem(store::now_ms()),
     };
     let (status, body) = match problem {
-        None if state.liveness.standby => (StatusCode::OK, "ok: standing by to send\n".into()),
+        None if role.liveness.standby => (StatusCode::OK, "ok: standing by to send\n".into()),
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -154,7 +155,7 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
             m.subscribers.get_or_create(&StatusLabel { status }).set(n);
         }
     }
-    if let Some(engine) = &state.engine {
+    if let Some(engine) = &state.role().engine {
         m.breaker_open.set(i64::from(engine.breaker.is_open()));
     }
     bounce_metrics(&state).await;

@@ -29,7 +29,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
 pub use health::Liveness;
-pub use server::{bind, serve, start};
+pub use server::{Web, bind, serve, start};
 pub use signups::SignUps;
 pub use unsubscriber::Unsubscriber;
 
@@ -48,9 +48,9 @@ pub struct Inner {
     pub look: Look,
     pub signups: SignUps,
     pub unsubscriber: Unsubscriber,
-    pub liveness: Arc<Liveness>,
-    /// The engine, when this process sends (for /metrics).
-    pub engine: Option<Arc<Engine>>,
+    /// Standing by, sending or web only: changed at a takeover, while the
+    /// endpoint goes on serving (see [`WebState::set_role`]).
+    role: std::sync::RwLock<Role>,
     subscribe_limit: DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// How SNS certificates and subscription URLs are fetched (tests inject
     /// their own), and the certificates fetched so far.
@@ -65,7 +65,26 @@ impl std::ops::Deref for WebState {
     }
 }
 
+/// What this process is, for `/healthz` and `/metrics`.
+#[derive(Clone)]
+pub struct Role {
+    pub liveness: Arc<Liveness>,
+    /// The engine, when this process sends.
+    pub engine: Option<Arc<Engine>>,
+}
+
 impl WebState {
+    /// What this process is now.
+    pub fn role(&self) -> Role {
+        self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This process is now `role` (a standby that took over sending): the
+    /// next request sees it; the connections open stay open.
+    pub fn set_role(&self, role: Role) {
+        *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
     /// Replaces how SNS certificates and subscription URLs are fetched.
     pub fn set_sns_fetch(&self, fetch: ses::Fetch) {
         *self.sns_fetch.write().expect("sns fetch lock") = fetch;
@@ -78,13 +97,7 @@ impl WebState {
         self.subscribe_limit.shrink_to_fit();
     }
 
-    pub fn new(
-        app: App,
-        signups: SignUps,
-        unsubscriber: Unsubscriber,
-        liveness: Arc<Liveness>,
-        engine: Option<Arc<Engine>>,
-    ) -> Self {
+    pub fn new(app: App, signups: SignUps, unsubscriber: Unsubscriber, role: Role) -> Self {
         let per_minute = std::num::NonZeroU32::new(app.settings.http.subscribe_per_minute)
             .unwrap_or(std::num::NonZeroU32::MIN);
         WebState(Arc::new(Inner {
@@ -93,8 +106,7 @@ impl WebState {
             app,
             signups,
             unsubscriber,
-            liveness,
-            engine,
+            role: std::sync::RwLock::new(role),
             sns_fetch: std::sync::RwLock::new(ses::https_fetch()),
             sns_certs: ses::Certificates::default(),
         }))

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use super::{Liveness, SignUps, Unsubscriber, WebState, router};
-use crate::{app::App, delivery::Engine, store};
+use super::{Role, SignUps, Unsubscriber, WebState, router};
+use crate::{app::App, store};
 
 /// A client must send its request line and headers within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,21 +119,39 @@ pub fn bind(app: &App) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// The web endpoint [`start`] serves until its shutdown.
+pub struct Web {
+    pub addr: SocketAddr,
+    state: WebState,
+    /// The serving thread's id, once it runs.
+    thread: Arc<std::sync::OnceLock<libc::pid_t>>,
+}
+
+impl Web {
+    /// This process sends from now on (a standby took over): `/healthz` and
+    /// `/metrics` speak for `role`, and requests yield to the engine. The
+    /// endpoint serves on: no connection is closed, none waits.
+    pub fn become_sender(&self, role: Role) {
+        self.state.set_role(role);
+        if let Some(&tid) = self.thread.get() {
+            yield_to_the_engine(tid);
+        }
+    }
+}
+
 pub async fn start(
     app: &App,
     listener: std::net::TcpListener,
-    liveness: Arc<Liveness>,
-    engine: Option<Arc<Engine>>,
+    role: Role,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<Web> {
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     warn_if_not_https(app);
     let signups = SignUps::start(app, tracker)?;
     let unsubscriber = Unsubscriber::start(app, tracker);
-    let engine_present = engine.is_some();
-    let state = WebState::new(app.clone(), signups, unsubscriber, liveness, engine);
+    let state = WebState::new(app.clone(), signups, unsubscriber, role);
     tracker.spawn(expire_pending(app.clone(), shutdown.clone()));
     tracker.spawn(trim_limits(state.clone(), shutdown.clone()));
     if let Some(bind) = app.settings.http.metrics_bind {
@@ -161,12 +179,16 @@ pub async fn start(
     tracker.spawn(async move {
         let _ = finished.await;
     });
-    let thread = std::thread::Builder::new().name("paperpost-web".into());
-    let sends = engine_present;
-    thread.spawn(move || {
+    let builder = std::thread::Builder::new().name("paperpost-web".into());
+    let thread = Arc::new(std::sync::OnceLock::new());
+    let (tid, serving) = (Arc::clone(&thread), state.clone());
+    builder.spawn(move || {
         let _done = done;
-        if sends {
-            yield_to_the_engine();
+        // SAFETY: gettid takes nothing and returns this thread's id.
+        let me = unsafe { libc::gettid() };
+        let _ = tid.set(me);
+        if serving.role().engine.is_some() {
+            yield_to_the_engine(me);
         }
         let served = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -175,7 +197,7 @@ pub async fn start(
             .and_then(|rt| {
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, router(state), slots, shutdown).await
+                    serve(listener, router(serving), slots, shutdown).await
                 })
             });
         if let Err(e) = served {
@@ -183,19 +205,22 @@ pub async fn start(
         }
     })?;
     tracing::info!(%addr, public_url = %app.settings.http.public_url, max_connections, "web endpoint listening");
-    Ok(addr)
+    Ok(Web {
+        addr,
+        state,
+        thread,
+    })
 }
 
 /// How much nicer than the rest of the process the web thread runs.
 const WEB_NICE: libc::c_int = 10;
 
-/// Lowers this thread's CPU priority (Linux's nice is per thread): when the
-/// cores are busy, the delivery engine keeps its pace and requests get a
+/// Lowers thread `tid`'s CPU priority (Linux's nice is per thread): when
+/// the cores are busy, the delivery engine keeps its pace and requests get a
 /// smaller share, which they can spare (milliseconds against a 50 ms p99).
-fn yield_to_the_engine() {
-    // SAFETY: gettid and setpriority take and return plain integers.
+fn yield_to_the_engine(tid: libc::pid_t) {
+    // SAFETY: getpriority and setpriority take and return plain integers.
     let r = unsafe {
-        let tid = libc::gettid();
         let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + WEB_NICE)
     };
@@ -307,9 +332,9 @@ pub async fn serve(
             }
             // A connection accepted a moment ago may not have sent its request
             // yet, and a graceful shutdown closes a connection with no request
-            // in progress: the request would fail (a standby handing over to
-            // the sender it becomes, at every takeover). It gets a moment to
-            // arrive and be answered first.
+            // in progress: the request would fail (a client whose request
+            // crossed the stop, or one a load balancer still sends here). It
+            // gets a moment to arrive and be answered first.
             if tokio::time::timeout(SETTLE, conn.as_mut()).await.is_ok() {
                 return;
             }

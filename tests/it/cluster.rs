@@ -454,11 +454,63 @@ async fn healthz_all_along(
         match client.get(format!("http://{addr}/healthz")).send().await {
             Ok(r) if r.status() == 200 => ok += 1,
             Ok(r) => failed.push(r.status().to_string()),
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => failed.push(format!("{:?}", anyhow::Error::from(e))),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (ok, failed)
+}
+
+/// A connection kept open (HTTP keep-alive) to a standby's web endpoint is
+/// answered by it after it takes over sending, as the sender now: one
+/// server all along, its role changed. (The standby's server was stopped
+/// and another started at the takeover, closing idle connections: a
+/// client's next request on one could fail, as a /healthz poll did in CI.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_answered_across_a_takeover() {
+    let server = SmtpServer::start().await;
+    let s = setup(1);
+    let env = never_fires(smtp_env(server.port(), 1));
+    let env = with(env, "PAPERPOST__DATABASE__LOCK_TTL", "3s");
+    let mut first = TestDaemon::spawn(&s, &env, &["run"]);
+    first.wait_log("paperpost is running").await;
+    let web = format!("127.0.0.1:{}", crate::support::http::free_port());
+    let mut second = TestDaemon::spawn(&s, &with(env, "PAPERPOST__HTTP__BIND", &web), &["run"]);
+    second.wait_log("serving the web endpoint only").await;
+    let healthz = |conn: &mut std::net::TcpStream| {
+        let r = crate::support::http::get_on(conn, "/healthz").expect("an answer");
+        (r.status, r.body)
+    };
+    let mut conn = std::net::TcpStream::connect(&web).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let standing_by = (200, "ok: standing by to send\n".to_string());
+    assert_eq!(healthz(&mut conn), standing_by);
+    assert_eq!(web_thread_nice(second.pid()), 0, "a standby's requests");
+    assert_eq!(first.stop().await.code, 0);
+    second.wait_log("paperpost is running").await;
+    // Past any moment's grace a stopping server gives an idle connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(healthz(&mut conn), (200, "ok\n".to_string()));
+    // The sender's requests yield to its engine, as when it sends from start.
+    assert_eq!(web_thread_nice(second.pid()), 10, "the sender's requests");
+    assert_eq!(second.stop().await.code, 0);
+}
+
+/// The nice value of process `pid`'s web thread.
+fn web_thread_nice(pid: i32) -> i64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "paperpost-web" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // After the command's ")": state is field 3, nice field 19.
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            return fields[16].parse().unwrap();
+        }
+    }
+    panic!("no paperpost-web thread in {pid}");
 }
 
 /// 500 one-click unsubscribes posted to a standby while the sender sends:

@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client over a real socket (one request per connection),
+//! A minimal HTTP/1.1 client over a real socket (one request per connection,
+//! or several on one kept open),
 //! for tests that talk to a running paperpost or to chromedriver.
 
 use std::{
@@ -49,8 +50,19 @@ fn exchange(
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
-    // Read to the end of the body (some servers keep the line open despite
-    // `Connection: close`): by Content-Length when given, else to EOF.
+    read_response(&mut s)
+}
+
+/// A GET of `path` on a connection already open, which stays open after
+/// (HTTP keep-alive). An error if the server closed it instead of answering.
+pub fn get_on(s: &mut TcpStream, path: &str) -> std::io::Result<Response> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: paperpost\r\n\r\n").as_bytes())?;
+    read_response(s)
+}
+
+/// Reads one answer: to the end of the body by Content-Length when given
+/// (some servers keep the line open despite `Connection: close`), else to EOF.
+fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -69,6 +81,12 @@ fn exchange(
                 break;
             }
         }
+    }
+    if raw.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection was closed without an answer",
+        ));
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));

@@ -102,8 +102,11 @@ impl Site {
         let tracker = TaskTracker::new();
         let mailer = SignUps::start(&app, &tracker).unwrap();
         let unsubscriber = Unsubscriber::start(&app, &tracker);
-        let live = Arc::new(Liveness::default());
-        let state = WebState::new(app.clone(), mailer, unsubscriber, live, None);
+        let role = paperpost::web::Role {
+            liveness: Arc::new(Liveness::default()),
+            engine: None,
+        };
+        let state = WebState::new(app.clone(), mailer, unsubscriber, role);
         Site {
             dir,
             db,
