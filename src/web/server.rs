@@ -106,11 +106,8 @@ fn connection_cap(app: &App) -> usize {
     room as usize
 }
 
-/// Binds `http.bind` and serves the endpoint on `tracker` until `shutdown`.
-/// Returns the address it listens on (the port is chosen when it is 0).
-/// The web endpoint's socket on `http.bind`. A daemon binds it once and
-/// serves it as a standby and again as the sender: across a takeover the
-/// socket stays open, so connections wait in its backlog, none refused.
+/// The web endpoint's socket on `http.bind`, bound before anything else so
+/// that a taken port stops the start at once.
 pub fn bind(app: &App) -> anyhow::Result<std::net::TcpListener> {
     let bind = app.settings.http.bind;
     let listener = std::net::TcpListener::bind(bind)
@@ -139,6 +136,8 @@ impl Web {
     }
 }
 
+/// Serves the endpoint on `listener` as `role` until `shutdown`: requests on
+/// a thread of their own, its other tasks on `tracker`.
 pub async fn start(
     app: &App,
     listener: std::net::TcpListener,
@@ -168,48 +167,65 @@ pub async fn start(
             }
         });
     }
-    // Requests are served on a thread of their own, so answering them never
-    // waits for (or delays) the delivery engine on the main thread.
-    let listener = listener.into_std()?;
     let max_connections = connection_cap(app);
     let slots = Connections::new(max_connections, app.metrics.http_shed.clone());
-    // A thread of its own (not a pooled blocking thread: its priority is
-    // lowered for good), which the tracker waits for.
-    let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    tracker.spawn(async move {
-        let _ = finished.await;
-    });
-    let builder = std::thread::Builder::new().name("paperpost-web".into());
-    let thread = Arc::new(std::sync::OnceLock::new());
-    let (tid, serving) = (Arc::clone(&thread), state.clone());
-    builder.spawn(move || {
-        let _done = done;
-        // SAFETY: gettid takes nothing and returns this thread's id.
-        let me = unsafe { libc::gettid() };
-        let _ = tid.set(me);
-        if serving.role().engine.is_some() {
-            yield_to_the_engine(me);
-        }
-        let served = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    serve(listener, router(serving), slots, shutdown).await
-                })
-            });
-        if let Err(e) = served {
-            tracing::error!(error = %crate::telemetry::causes(&e), "the web endpoint stopped");
-        }
-    })?;
+    let thread = spawn_thread(
+        listener.into_std()?,
+        state.clone(),
+        slots,
+        tracker,
+        shutdown,
+    )?;
     tracing::info!(%addr, public_url = %app.settings.http.public_url, max_connections, "web endpoint listening");
     Ok(Web {
         addr,
         state,
         thread,
     })
+}
+
+/// Serves requests on a thread of their own, so answering them never waits
+/// for (or delays) the delivery engine on the main thread; not a pooled
+/// blocking thread, as its priority is lowered for good once this process
+/// sends. `tracker` waits for it. Returns where its id will be.
+fn spawn_thread(
+    listener: std::net::TcpListener,
+    state: WebState,
+    slots: Connections,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<std::sync::OnceLock<libc::pid_t>>> {
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    tracker.spawn(async move {
+        let _ = finished.await;
+    });
+    let thread = Arc::new(std::sync::OnceLock::new());
+    let tid = Arc::clone(&thread);
+    std::thread::Builder::new()
+        .name("paperpost-web".into())
+        .spawn(move || {
+            let _done = done;
+            // SAFETY: gettid takes nothing and returns this thread's id.
+            let me = unsafe { libc::gettid() };
+            let _ = tid.set(me);
+            if state.role().engine.is_some() {
+                yield_to_the_engine(me);
+            }
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve(listener, router(state), slots, shutdown).await
+                    })
+                });
+            if let Err(e) = served {
+                tracing::error!(error = %crate::telemetry::causes(&e), "the web endpoint stopped");
+            }
+        })?;
+    Ok(thread)
 }
 
 /// How much nicer than the rest of the process the web thread runs.
