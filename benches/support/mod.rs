@@ -276,6 +276,25 @@ impl PgDb {
 }
 
 impl PgDb {
+    /// A new database made from this one (`CREATE DATABASE ... TEMPLATE`),
+    /// dropped with it. Nobody may be connected to this one meanwhile.
+    pub fn copy(&self) -> PgDb {
+        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        psql(
+            &self.server,
+            &format!("CREATE DATABASE {name} TEMPLATE {}", self.name),
+        );
+        let base = self
+            .url
+            .rsplit_once('/')
+            .map_or(self.url.as_str(), |(b, _)| b);
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+            server: self.server.clone(),
+        }
+    }
+
     /// The one value `sql` returns, run in this database.
     pub fn value(&self, sql: &str) -> String {
         psql(&self.url, sql)
