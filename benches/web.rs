@@ -472,27 +472,16 @@ async fn drive_until_sent(
     }
 }
 
-/// Postfix's smtp-sink on a free loopback port, if installed.
-fn smtp_sink() -> Option<(Child, u16)> {
-    let bin = support::which("smtp-sink")?;
-    let port = support::free_port();
-    let sink = Command::new(bin)
-        .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1024"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    Some((sink, port))
-}
-
 /// (b) and (c): the load during an edition, against the same edition
 /// without it, on SQLite and then on PostgreSQL.
 async fn during_an_edition(quick: bool) {
-    let Some((mut sink, smtp)) = smtp_sink() else {
+    let Some(bin) = support::which("smtp-sink") else {
         println!("(b) SKIPPED: needs Postfix's smtp-sink (bash .ci/postfix.sh installs it)");
         return;
     };
+    // Stopped when dropped, even by a panic.
+    let sink = support::Sink::start(&bin);
+    let smtp = sink.port;
     let n = if quick { 2_000 } else { 20_000 };
     let today = chrono::Utc::now().date_naive().to_string();
     let template = tempfile::tempdir().unwrap();
@@ -517,8 +506,7 @@ async fn during_an_edition(quick: bool) {
             println!("(c) SKIPPED: set PAPERPOST_TEST_POSTGRES (bash .ci/postgres.sh prints it)")
         }
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
 }
 
 /// The edition of `template` without load and with it; prints both rates,
