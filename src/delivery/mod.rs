@@ -249,7 +249,8 @@ impl Engine {
         if self.fault.set(why.clone()).is_ok() {
             tracing::error!(
                 reason = %why,
-                "sending stopped: the database cannot record what is sent (is the disk full?); \
+                "sending stopped: the database cannot record what is sent (a full disk, a dropped or \
+                 read-only database?); \
                  messages not yet sent are left queued; paperpost exits so that it can be restarted \
                  once the database can be written"
             );
