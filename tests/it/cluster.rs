@@ -696,8 +696,8 @@ fn process_state(pid: i32) -> Option<char> {
 
 /// True if another connection has had a transaction open for over 100 ms:
 /// on SQLite one holding the write lock (a write cannot begin); on
-/// PostgreSQL any transaction (no paperpost transaction lasts that long
-/// unless its process is stopped).
+/// PostgreSQL any client's transaction (no paperpost transaction lasts that
+/// long unless its process is stopped; autovacuum's are not clients').
 async fn holds_a_transaction(pool: &paperpost::store::Pool) -> bool {
     tokio::time::sleep(Duration::from_millis(100)).await;
     match pool {
@@ -711,7 +711,8 @@ async fn holds_a_transaction(pool: &paperpost::store::Pool) -> bool {
         }
         paperpost::store::Pool::Postgres(p) => sqlx::query_scalar(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND xact_start < clock_timestamp() - interval '100 ms'",
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             AND xact_start < clock_timestamp() - interval '100 ms'",
         )
         .fetch_one(p)
         .await
