@@ -71,7 +71,7 @@ pub fn address(email: &str) -> String {
 /// "…: database is locked: database is locked".
 pub fn causes(e: &anyhow::Error) -> String {
     let mut out = String::new();
-    let mut previous = "".to_string();
+    let mut previous = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
         if previous.ends_with(&text) {

@@ -3,7 +3,7 @@
 //! `http.request_timeout`, a head of at most [`MAX_HEAD`] bytes), and shutdown
 //! lets requests in flight finish.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::ConnectInfo};
@@ -118,7 +118,6 @@ pub fn bind(app: &App) -> anyhow::Result<std::net::TcpListener> {
 
 /// The web endpoint [`start`] serves until its shutdown.
 pub struct Web {
-    pub addr: SocketAddr,
     state: WebState,
     /// The serving thread's id, once it runs.
     thread: Arc<std::sync::OnceLock<libc::pid_t>>,
@@ -177,11 +176,7 @@ pub async fn start(
         shutdown,
     )?;
     tracing::info!(%addr, public_url = %app.settings.http.public_url, max_connections, "web endpoint listening");
-    Ok(Web {
-        addr,
-        state,
-        thread,
-    })
+    Ok(Web { state, thread })
 }
 
 /// Serves requests on a thread of their own, so answering them never waits
